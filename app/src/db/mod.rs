@@ -1,0 +1,126 @@
+//! The connection pool, migrations and the bounded-time wrapper for every database call.
+
+pub mod articles;
+pub mod jobs;
+
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+
+use crate::config::Config;
+
+/// Migrations compiled into the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database call timed out")]
+    Timeout,
+    #[error("no database connection available: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => DbError::Unavailable(e),
+            // 57014: statement_timeout; 57P01..57P03: admin shutdown, crash, cannot connect now;
+            // 53300: too many connections; 08xxx: connection exceptions; 3D000: no such
+            // database; 28xxx: authentication. All mean "not reachable now", not a bug.
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                Some("57014") => DbError::Timeout,
+                Some(c)
+                    if c.starts_with("57P")
+                        || c.starts_with("08")
+                        || c.starts_with("28")
+                        || c == "53300"
+                        || c == "3D000" =>
+                {
+                    DbError::Unavailable(e)
+                }
+                _ => DbError::Other(e),
+            },
+            _ => DbError::Other(e),
+        }
+    }
+}
+
+/// Runs one database call (or transaction) with a deadline, so a slow or vanished
+/// database turns into a quick 503 instead of a hung request.
+pub async fn timed<T, E>(limit: Duration, fut: impl Future<Output = Result<T, E>>) -> Result<T, E>
+where
+    E: From<DbError>,
+{
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(E::from(DbError::Timeout)),
+    }
+}
+
+fn base_options(config: &Config) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(config
+        .database
+        .connect_options()?
+        .application_name("article-server")
+        // Statement logging would put article bodies into the log at info level.
+        .disable_statement_logging())
+}
+
+/// A lazily connecting, bounded pool: the server starts even while the database is down,
+/// and reconnects by itself when it returns.
+pub fn pool(config: &Config) -> Result<PgPool, sqlx::Error> {
+    let ms = config.db_timeout.as_millis().to_string();
+    let options = base_options(config)?.options([("statement_timeout", ms.as_str())]);
+    Ok(PgPoolOptions::new()
+        .max_connections(config.pool_size)
+        .min_connections(0)
+        .acquire_timeout(config.db_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .max_lifetime(Some(Duration::from_secs(1800)))
+        .test_before_acquire(true)
+        .connect_lazy_with(options))
+}
+
+/// Opens the dedicated migration connection, with no statement timeout: the advisory-lock
+/// wait and index builds may take a while.
+pub async fn migrate_connect(config: &Config) -> Result<PgConnection, sqlx::migrate::MigrateError> {
+    Ok(base_options(config)?.connect().await?)
+}
+
+/// Applies the embedded migrations. sqlx's Postgres migrator holds `pg_advisory_lock` for
+/// the whole run, so replicas that start together take turns, and each after the first
+/// finds the work done.
+pub async fn migrate_on(mut conn: PgConnection) -> Result<(), sqlx::migrate::MigrateError> {
+    // `run_direct` because `run`'s `Acquire` bound makes the future not `Send`.
+    let result = MIGRATOR.run_direct(None, &mut conn, false).await;
+    let _ = conn.close().await;
+    result
+}
+
+/// The newest migration version compiled in; `/readyz` checks the database has it.
+pub fn latest_migration() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// True when the database answers and has every embedded migration applied.
+pub async fn ready(pool: &PgPool, limit: Duration) -> Result<bool, DbError> {
+    timed(limit, async {
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool)
+                .await
+                .map_err(DbError::from)?;
+        Ok(applied.unwrap_or(0) >= latest_migration())
+    })
+    .await
+}

@@ -1,0 +1,145 @@
+//! The article server: a JSON API, server-rendered pages and an Atom feed over PostgreSQL,
+//! built to run as many replicas and to be stopped at any time.
+
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod http;
+pub mod jobs;
+pub mod metrics;
+pub mod middleware;
+pub mod render;
+pub mod routes;
+pub mod shutdown;
+pub mod state;
+pub mod validate;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use config::Config;
+use state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid database settings: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Applies migrations, retrying until they succeed or the server stops. Until then
+/// `/readyz` reports not ready; the server already answers `/livez`.
+async fn migrate_until_done(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let connect_limit = state.config.db_timeout.max(Duration::from_secs(5));
+        let attempt = async {
+            match tokio::time::timeout(connect_limit, db::migrate_connect(&state.config)).await {
+                Ok(Ok(conn)) => db::migrate_on(conn).await,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(sqlx::migrate::MigrateError::Execute(
+                    sqlx::Error::PoolTimedOut,
+                )),
+            }
+        };
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            result = attempt => match result {
+                Ok(()) => {
+                    state.lifecycle.set_migrated();
+                    tracing::info!(version = db::latest_migration(), "database schema is up to date");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "migrations failed; retrying"),
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then: reports not-ready at once, keeps
+/// serving for the drain delay, stops accepting, finishes requests in flight and the job
+/// being run, closes the pool, and returns, all within the shutdown timeout.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let pool = db::pool(&config)?;
+    let state = Arc::new(AppState::new(config, pool.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut migrator = tokio::spawn(migrate_until_done(state.clone(), stop_rx.clone()));
+    let mut worker = tokio::spawn(jobs::run_worker(state.clone(), stop_rx.clone()));
+    let app = routes::router(state.clone());
+    let mut server_stop = stop_rx.clone();
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tracing::info!(addr = ?state.config.listen_addr, cache = state.cache.enabled(), "article server started");
+
+    tokio::select! {
+        _ = shutdown => {}
+        result = &mut server => {
+            // Only a broken listener gets here.
+            let _ = stop_tx.send(true);
+            pool.close().await;
+            return match result {
+                Ok(r) => r.map_err(RunError::Serve),
+                Err(e) => Err(RunError::Serve(std::io::Error::other(e))),
+            };
+        }
+    }
+
+    let deadline = Instant::now() + state.config.shutdown_timeout;
+    state.lifecycle.start_draining();
+    tracing::info!(
+        drain_ms = state.config.drain_delay.as_millis() as u64,
+        "draining: reporting not ready"
+    );
+    tokio::time::sleep(state.config.drain_delay).await;
+    tracing::info!("no longer accepting connections; finishing requests in flight");
+    let _ = stop_tx.send(true);
+
+    // Keep a moment for closing the pool before the deadline.
+    let finish_by = deadline
+        .checked_sub(Duration::from_millis(500))
+        .unwrap_or(deadline);
+    let finished = tokio::time::timeout_at(finish_by, async {
+        let _ = (&mut server).await;
+        let _ = (&mut worker).await;
+        let _ = (&mut migrator).await;
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!("shutdown timeout reached with work still in flight; stopping anyway");
+        server.abort();
+        worker.abort();
+        migrator.abort();
+    }
+    if tokio::time::timeout_at(deadline, pool.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("database pool did not close in time");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

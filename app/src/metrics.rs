@@ -1,0 +1,141 @@
+//! Prometheus metrics: requests by route and status, latency, pool usage, job queue depth,
+//! cache and job outcomes. Gauges that describe the database are refreshed at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub kind: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: HistogramFamily,
+    pub in_flight: Gauge,
+    pub shed: Counter,
+    pub pool_connections: Family<StateLabels, Gauge>,
+    pub pool_max: Gauge,
+    pub jobs_queue: Family<StateLabels, Gauge>,
+    pub jobs_processed: Family<JobLabels, Counter>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("articles");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let in_flight = Gauge::default();
+        let shed = Counter::default();
+        let pool_connections = Family::<StateLabels, Gauge>::default();
+        let pool_max = Gauge::default();
+        let jobs_queue = Family::<StateLabels, Gauge>::default();
+        let jobs_processed = Family::<JobLabels, Counter>::default();
+        let cache_hits = Counter::default();
+        let cache_misses = Counter::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being served",
+            in_flight.clone(),
+        );
+        registry.register(
+            "http_requests_shed",
+            "Requests refused with 503 at capacity",
+            shed.clone(),
+        );
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections by state (idle, in_use)",
+            pool_connections.clone(),
+        );
+        registry.register(
+            "db_pool_max_connections",
+            "Database pool size limit",
+            pool_max.clone(),
+        );
+        registry.register(
+            "jobs_queue_depth",
+            "Pending jobs: all pending, and those due now",
+            jobs_queue.clone(),
+        );
+        registry.register(
+            "jobs_processed",
+            "Jobs attempted by this replica, by outcome",
+            jobs_processed.clone(),
+        );
+        registry.register("cache_hits", "Response cache hits", cache_hits.clone());
+        registry.register(
+            "cache_misses",
+            "Response cache misses",
+            cache_misses.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            shed,
+            pool_connections,
+            pool_max,
+            jobs_queue,
+            jobs_processed,
+            cache_hits,
+            cache_misses,
+        }
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,97 @@
+//! The reader's HTML pages, rendered on the server and cached.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{DEFAULT_PAGE, ListParams, cached_response};
+use crate::cache::Cached;
+use crate::db::articles::{self, Article};
+use crate::db::timed;
+use crate::error::ApiError;
+use crate::http::{CACHE_NONE, body_etag};
+use crate::render::{self, IndexFilter};
+use crate::state::AppState;
+use crate::validate::is_valid_slug;
+
+const HTML: &str = "text/html; charset=utf-8";
+
+fn html(body: String) -> Cached {
+    Cached {
+        etag: body_etag(body.as_bytes()),
+        body: body.into(),
+        content_type: HTML,
+    }
+}
+
+/// A readable 404 page rather than a problem document.
+fn not_found_page(state: &AppState) -> Response {
+    let mut res = (
+        StatusCode::NOT_FOUND,
+        render::not_found_page(&state.config.site_title),
+    )
+        .into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(HTML));
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_NONE));
+    res
+}
+
+pub async fn index(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(mut params) = params.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
+    params.limit = Some(DEFAULT_PAGE.to_string());
+    let query = params.to_query()?;
+    let key = ListParams::cache_key("page:index", &query);
+    cached_response(&state, key, &headers, async {
+        let (items, next) = timed(
+            state.config.db_timeout,
+            articles::list_published(&state.pool, &query),
+        )
+        .await?;
+        let filter = IndexFilter {
+            tag: query.tag.as_deref(),
+            search: query.search.as_deref(),
+        };
+        Ok(html(render::index_page(
+            &state.config.site_title,
+            &items,
+            next,
+            &filter,
+        )))
+    })
+    .await
+}
+
+pub async fn article(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let slug = match path {
+        Ok(Path(slug)) if is_valid_slug(&slug) => slug,
+        _ => return Ok(not_found_page(&state)),
+    };
+    let result = cached_response(&state, format!("page:article|{slug}"), &headers, async {
+        let a = timed(
+            state.config.db_timeout,
+            articles::get_by_slug(&state.pool, &slug),
+        )
+        .await?
+        .filter(Article::is_published)
+        .ok_or(ApiError::NotFound)?;
+        Ok(html(render::article_page(&state.config.site_title, &a)))
+    })
+    .await;
+    match result {
+        Err(ApiError::NotFound) => Ok(not_found_page(&state)),
+        other => other,
+    }
+}

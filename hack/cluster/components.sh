@@ -1,0 +1,135 @@
+# How each component of the local cluster is started. Sourced by up.sh and by
+# component.sh (which restarts one component, for the resilience tests).
+# shellcheck shell=bash
+
+cmd_etcd() {
+  echo "$ETCD_BIN/etcd" \
+    --name=local \
+    --data-dir="$CLUSTER_DIR/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="local=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --listen-metrics-urls="" \
+    --unsafe-no-fsync=true \
+    --quota-backend-bytes=4294967296 \
+    --log-level=warn
+}
+
+cmd_kube-apiserver() {
+  echo "$K8S_BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 \
+    --secure-port="$APISERVER_PORT" \
+    --tls-cert-file="$PKI/apiserver.crt" \
+    --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/sa.pub" \
+    --service-account-signing-key-file="$PKI/sa.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --allow-privileged=true \
+    --audit-policy-file="$here/audit-policy.yaml" \
+    --audit-log-path="$LOGS/audit.log" \
+    --audit-log-format=json \
+    --audit-log-maxsize=200 \
+    --audit-log-maxbackup=1 \
+    --profiling=false \
+    --v=1
+}
+
+cmd_kube-controller-manager() {
+  echo "$K8S_BIN/kube-controller-manager" \
+    --kubeconfig="$CLUSTER_DIR/kube-controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$CLUSTER_DIR/kube-controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$CLUSTER_DIR/kube-controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 \
+    --secure-port="$KCM_PORT" \
+    --leader-elect=false \
+    --use-service-account-credentials=true \
+    --root-ca-file="$PKI/ca.crt" \
+    --service-account-private-key-file="$PKI/sa.key" \
+    --cluster-signing-cert-file="$PKI/ca.crt" \
+    --cluster-signing-key-file="$PKI/ca.key" \
+    --profiling=false \
+    --v=1
+}
+
+cmd_kube-scheduler() {
+  echo "$K8S_BIN/kube-scheduler" \
+    --kubeconfig="$CLUSTER_DIR/kube-scheduler.kubeconfig" \
+    --authentication-kubeconfig="$CLUSTER_DIR/kube-scheduler.kubeconfig" \
+    --authorization-kubeconfig="$CLUSTER_DIR/kube-scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 \
+    --secure-port="$SCHEDULER_PORT" \
+    --leader-elect=false \
+    --profiling=false \
+    --v=1
+}
+
+cmd_kwok() {
+  echo "$KWOK_BIN/kwok" \
+    --kubeconfig="$CLUSTER_DIR/kwok.kubeconfig" \
+    --config="$KWOK_BIN/stages.yaml" \
+    --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --cidr="$POD_CIDR" \
+    --node-lease-duration-seconds=40 \
+    --server-address="127.0.0.1:$KWOK_PORT"
+}
+
+# The port each component listens on, to refuse a start when something else has it.
+ports_of() {
+  case $1 in
+    etcd) echo "$ETCD_PORT $ETCD_PEER_PORT" ;;
+    kube-apiserver) echo "$APISERVER_PORT" ;;
+    kube-controller-manager) echo "$KCM_PORT" ;;
+    kube-scheduler) echo "$SCHEDULER_PORT" ;;
+    kwok) echo "$KWOK_PORT" ;;
+  esac
+}
+
+# start_component NAME: starts it detached (its own session, so make's exit does not
+# stop it), logs to .cluster/logs/NAME.log, pid in .cluster/pids/NAME.pid.
+start_component() {
+  local name=$1 p
+  [ -n "$(component_pid "$name")" ] && return 0
+  for p in $(ports_of "$name"); do
+    if port_in_use "$p"; then
+      die "port 127.0.0.1:$p, needed by $name, is already in use: $(ss -Hltnp "sport = :$p" | head -n1). Stop that process or set the port variable in hack/cluster/lib.sh's environment."
+    fi
+  done
+  mkdir -p "$LOGS" "$PIDS"
+  # shellcheck disable=SC2046
+  setsid $(cmd_"$name") >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/$name.pid"
+}
+
+# stop_component NAME: TERM, then KILL after 10 s; removes the pid file.
+stop_component() {
+  local name=$1 pid i
+  pid=$(component_pid "$name")
+  if [ -n "$pid" ]; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do
+      [ -d "/proc/$pid" ] || break
+      # a zombie has exited already; nothing left to wait for
+      grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null && break
+      sleep 0.1
+    done
+    [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$PIDS/$name.pid"
+}
+
+# Fails with the tail of its log when a component is not running.
+check_alive() {
+  local name=$1
+  if [ -z "$(component_pid "$name")" ]; then
+    say "error: $name is not running. Last lines of $LOGS/$name.log:"
+    tail -n 25 "$LOGS/$name.log" >&2 2>/dev/null || true
+    exit 1
+  fi
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# make cluster-down: stops exactly the processes that cluster-up started (by pid file),
+# removes the blackhole routes and the cluster's state. Safe to run when nothing runs.
+set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
+. "$here/components.sh"
+
+for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+  stop_component "${COMPONENTS[$i]}"
+done
+
+for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
+  if ip route show type blackhole 2>/dev/null | grep -q "^blackhole $cidr"; then
+    ip route del blackhole "$cidr" || say "warning: could not remove the blackhole route for $cidr"
+  fi
+done
+
+# Keep the logs of the last run for post-mortems; everything else goes.
+if [ -d "$CLUSTER_DIR" ]; then
+  rm -rf "$CLUSTER_DIR/etcd" "$CLUSTER_DIR/pki" "$PIDS" "$CLUSTER_DIR"/*.kubeconfig "$KUBECONFIG_FILE"
+fi
+say "local cluster stopped"

@@ -1,0 +1,8 @@
+# Pinned versions of the local control plane. Sourced by the other scripts.
+# Changing a version here rebuilds that component once; binaries are cached by version.
+KUBERNETES_VERSION=v1.36.3
+ETCD_VERSION=v3.6.14
+KWOK_VERSION=v0.8.0
+HELM_VERSION=v3.21.4
+
+CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/articlesite"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the tests and the local cluster need and a fresh machine of this kind
+# may lack: Debian packages, and the Rust components for fmt and clippy.
+set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/cluster/lib.sh"
+
+ensure_commands openssl:openssl ss:iproute2 ip:iproute2 curl:curl envsubst:gettext-base \
+  runuser:util-linux
+# PostgreSQL: the article server's tests start a real server from Debian's package.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_install postgresql
+fi
+command -v go >/dev/null 2>&1 || die "Go is required to build the local control plane (see README.md)"
+command -v cargo >/dev/null 2>&1 || die "Rust (cargo) is required (see README.md)"
+if command -v rustup >/dev/null 2>&1; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi

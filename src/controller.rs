@@ -1,0 +1,665 @@
+//! Context, reconcile, error_policy and the Controller wiring.
+//!
+//! One reconcile: check what only the user can fix (StorageClass, TLS Secret), create the
+//! generated Secrets once, apply each child that differs from its live object, then write the
+//! status if it changed and publish Events for condition transitions. At steady state this sends
+//! reads only.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::MANAGER;
+use crate::apply::{self, Outcome};
+use crate::crd::ArticleSite;
+use crate::error::{Error, Result, backoff};
+use crate::metrics::Metrics;
+use crate::resources::{self, MANAGED_BY_SELECTOR, Names, statefulset};
+use crate::secrets::{self, Created, Generated};
+use crate::status::{self, Observed, Problem};
+
+/// Settings of the `run` subcommand that the reconciler needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespaces to reconcile; empty means all namespaces.
+    pub namespaces: Vec<String>,
+    pub concurrency: u16,
+    pub cluster_domain: String,
+    /// Periodic re-check of every site even without events (reads only at steady state).
+    pub resync: Duration,
+}
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    /// Consecutive failures per site, for per-object exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<ArticleSite>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures_of(&self, site: &ArticleSite, bump: bool) -> u32 {
+        let key = ObjectRef::from(site);
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if bump {
+            let n = map.entry(key).or_insert(0);
+            *n += 1;
+            *n
+        } else {
+            map.remove(&key);
+            0
+        }
+    }
+}
+
+/// Typed APIs of one namespace.
+struct Apis {
+    deployments: Api<Deployment>,
+    statefulsets: Api<StatefulSet>,
+    services: Api<Service>,
+    secrets: Api<Secret>,
+    pdbs: Api<PodDisruptionBudget>,
+    network_policies: Api<NetworkPolicy>,
+    ingresses: Api<Ingress>,
+    pvcs: Api<PersistentVolumeClaim>,
+    sites: Api<ArticleSite>,
+    storage_classes: Api<StorageClass>,
+}
+
+impl Apis {
+    fn new(client: &Client, ns: &str) -> Self {
+        Self {
+            deployments: Api::namespaced(client.clone(), ns),
+            statefulsets: Api::namespaced(client.clone(), ns),
+            services: Api::namespaced(client.clone(), ns),
+            secrets: Api::namespaced(client.clone(), ns),
+            pdbs: Api::namespaced(client.clone(), ns),
+            network_policies: Api::namespaced(client.clone(), ns),
+            ingresses: Api::namespaced(client.clone(), ns),
+            pvcs: Api::namespaced(client.clone(), ns),
+            sites: Api::namespaced(client.clone(), ns),
+            storage_classes: Api::all(client.clone()),
+        }
+    }
+}
+
+struct Reconciler<'a> {
+    site: &'a ArticleSite,
+    ctx: &'a Context,
+    apis: Apis,
+    name: String,
+    problems: Vec<Problem>,
+    /// Children the API server rejected during this reconcile (applies borrow `self` shared).
+    rejected: Mutex<Vec<Problem>>,
+}
+
+pub async fn reconcile(site: Arc<ArticleSite>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.start_reconcile();
+    let ns = site
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    if site.metadata.deletion_timestamp.is_some() {
+        // Owner references let the garbage collector delete every child.
+        return Ok(Action::await_change());
+    }
+    let span = info_span!("reconcile", site = %site.name_any(), namespace = %ns);
+    let r = Reconciler {
+        site: &site,
+        ctx: &ctx,
+        apis: Apis::new(&ctx.client, &ns),
+        name: site.name_any(),
+        problems: Vec::new(),
+        rejected: Mutex::default(),
+    };
+    let action = r.run().instrument(span).await?;
+    ctx.failures_of(&site, false);
+    Ok(action)
+}
+
+/// Transient errors retry with per-site exponential backoff; other sites are unaffected because
+/// the controller reconciles sites concurrently and schedules each retry per object.
+pub fn error_policy(site: Arc<ArticleSite>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.failures_of(&site, true);
+    let delay = backoff(failures.saturating_sub(1));
+    ctx.metrics.error(error.reason());
+    warn!(site = %site.name_any(), namespace = ?site.namespace(), %error, failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+impl Reconciler<'_> {
+    async fn run(mut self) -> Result<Action> {
+        let site = self.site;
+        let resync = self.ctx.settings.resync;
+        if site.spec.paused {
+            let deployment =
+                apply::get_opt(&self.apis.deployments, &Names::app(&self.name)).await?;
+            let sts = apply::get_opt(&self.apis.statefulsets, &Names::database(&self.name)).await?;
+            self.update_status(deployment.as_ref(), sts.as_ref(), true)
+                .await?;
+            return Ok(Action::requeue(resync));
+        }
+
+        let sts_live =
+            apply::get_opt(&self.apis.statefulsets, &Names::database(&self.name)).await?;
+        self.check_environment(sts_live.is_some()).await?;
+        self.ensure_secrets(sts_live.is_some()).await?;
+
+        let domain = self.ctx.settings.cluster_domain.clone();
+        let deployment = self
+            .apply_child(
+                &self.apis.deployments,
+                resources::deployment::build(site, &domain),
+            )
+            .await?;
+        self.apply_child(&self.apis.services, resources::service::app(site))
+            .await?;
+        self.apply_child(
+            &self.apis.services,
+            resources::service::database_headless(site),
+        )
+        .await?;
+        self.apply_child(
+            &self.apis.services,
+            resources::service::database_client(site),
+        )
+        .await?;
+        self.apply_child(&self.apis.pdbs, resources::pdb::app(site))
+            .await?;
+        self.apply_child(&self.apis.pdbs, resources::pdb::database(site))
+            .await?;
+        self.apply_child(
+            &self.apis.network_policies,
+            resources::network_policy::database(site),
+        )
+        .await?;
+        self.reconcile_ingress().await?;
+
+        let storage_blocked = self.problems.iter().any(|p| p.blocks_database);
+        let sts = if storage_blocked {
+            sts_live
+        } else {
+            let claim_size = sts_live
+                .as_ref()
+                .and_then(statefulset::claim_template_size)
+                .unwrap_or_else(|| site.spec.database.storage.size.clone());
+            let had_sts = sts_live.is_some();
+            let sts = self
+                .apply_child_with_live(
+                    &self.apis.statefulsets,
+                    statefulset::build(site, &claim_size),
+                    sts_live,
+                )
+                .await?;
+            if had_sts {
+                self.expand_storage(&claim_size).await?;
+            }
+            sts
+        };
+
+        self.update_status(deployment.as_ref(), sts.as_ref(), false)
+            .await?;
+        Ok(Action::requeue(resync))
+    }
+
+    /// Problems only the user can fix. StorageClasses are checked before the StatefulSet exists:
+    /// its claim template is immutable, so it is not created with a class that is missing.
+    async fn check_environment(&mut self, sts_exists: bool) -> Result<()> {
+        let site = self.site;
+        if !sts_exists {
+            match &site.spec.database.storage.storage_class {
+                Some(class) => {
+                    if apply::get_opt(&self.apis.storage_classes, class)
+                        .await?
+                        .is_none()
+                    {
+                        self.problems.push(Problem {
+                            reason: "StorageClassNotFound",
+                            message: format!(
+                                "spec.database.storage.storageClass: StorageClass {class:?} does not exist; create it or choose an existing class"
+                            ),
+                            blocks_database: true,
+                        });
+                    }
+                }
+                None => {
+                    let classes = self
+                        .apis
+                        .storage_classes
+                        .list_metadata(&ListParams::default())
+                        .await
+                        .map_err(Error::kube("list", "StorageClass"))?;
+                    let has_default = classes.items.iter().any(|c| {
+                        let a = c.annotations();
+                        a.get("storageclass.kubernetes.io/is-default-class")
+                            .map(String::as_str)
+                            == Some("true")
+                            || a.get("storageclass.beta.kubernetes.io/is-default-class")
+                                .map(String::as_str)
+                                == Some("true")
+                    });
+                    if !has_default {
+                        self.problems.push(Problem {
+                            reason: "NoDefaultStorageClass",
+                            message: "spec.database.storage.storageClass is unset and the cluster has no default StorageClass; set storageClass".into(),
+                            blocks_database: true,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(tls) = site.spec.ingress.as_ref().and_then(|i| i.tls.as_ref())
+            && let Some(secret) = &tls.secret_name
+            && tls.issuer.is_none()
+            && tls.cluster_issuer.is_none()
+        {
+            let found = self
+                .apis
+                .secrets
+                .get_metadata_opt(secret)
+                .await
+                .map_err(Error::kube("get", "Secret"))?;
+            if found.is_none() {
+                self.problems.push(Problem {
+                    reason: "TLSSecretNotFound",
+                    message: format!(
+                        "spec.ingress.tls.secretName: Secret {secret:?} does not exist in namespace {}",
+                        self.site.namespace().unwrap_or_default()
+                    ),
+                    blocks_database: false,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the generated Secrets that do not exist yet (metadata-only existence check).
+    async fn ensure_secrets(&self, database_exists: bool) -> Result<()> {
+        for which in [Generated::DatabaseCredentials, Generated::WriteToken] {
+            let name = which.name(&self.name);
+            let exists = self
+                .apis
+                .secrets
+                .get_metadata_opt(&name)
+                .await
+                .map_err(Error::kube("get", "Secret"))?
+                .is_some();
+            if exists {
+                continue;
+            }
+            let created = secrets::ensure(&self.apis.secrets, self.site, which).await?;
+            self.ctx.metrics.write("create", "Secret");
+            if created == Created::Now {
+                info!(secret = %name, "created generated Secret");
+                let (warning, reason, note) = if which == Generated::DatabaseCredentials
+                    && database_exists
+                {
+                    (
+                        true,
+                        "CredentialsRecreated",
+                        format!(
+                            "Secret {name} was missing and has been generated anew; the existing database keeps its old password until it is reset"
+                        ),
+                    )
+                } else {
+                    (
+                        false,
+                        "SecretCreated",
+                        format!("created Secret {name} with a generated value"),
+                    )
+                };
+                self.event(warning, reason, note).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_child<K>(&self, api: &Api<K>, desired: K) -> Result<Option<K>>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + Debug,
+        K::DynamicType: Default,
+    {
+        let name = desired.meta().name.clone().unwrap_or_default();
+        let live = apply::get_opt(api, &name).await?;
+        self.apply_child_with_live(api, desired, live).await
+    }
+
+    /// Applies one child if it differs. A rejection the user must fix (invalid, forbidden) is
+    /// recorded as a problem and the other children still get reconciled.
+    async fn apply_child_with_live<K>(
+        &self,
+        api: &Api<K>,
+        desired: K,
+        live: Option<K>,
+    ) -> Result<Option<K>>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + Debug,
+        K::DynamicType: Default,
+    {
+        let kind = apply::kind_of::<K>();
+        let name = desired.meta().name.clone().unwrap_or_default();
+        match apply::apply(api, &desired, live.clone()).await {
+            Ok((obj, outcome)) => {
+                self.ctx.metrics.child(kind, outcome_label(outcome));
+                if outcome != Outcome::Unchanged {
+                    self.ctx.metrics.write("apply", kind);
+                    info!(kind, name = %name, outcome = outcome_label(outcome), "applied child");
+                }
+                if outcome == Outcome::Restored {
+                    self.event(
+                        false,
+                        "DriftCorrected",
+                        format!("restored {kind} {name} after a change made outside the operator"),
+                    )
+                    .await;
+                }
+                Ok(Some(obj))
+            }
+            Err(e) if e.is_permanent() => {
+                warn!(kind, name = %name, error = %e, "child rejected by the API server");
+                self.push_problem(Problem {
+                    reason: "ChildRejected",
+                    message: format!("{kind} {name} was rejected: {}", api_message(&e)),
+                    blocks_database: false,
+                });
+                Ok(live)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn push_problem(&self, problem: Problem) {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(problem);
+    }
+
+    async fn reconcile_ingress(&self) -> Result<()> {
+        match resources::ingress::build(self.site) {
+            Some(desired) => {
+                self.apply_child(&self.apis.ingresses, desired).await?;
+            }
+            None => {
+                let live = apply::get_opt(&self.apis.ingresses, &Names::app(&self.name)).await?;
+                let uid = self.site.uid().unwrap_or_default();
+                if apply::delete_if_owned(&self.apis.ingresses, live, &uid).await? {
+                    self.ctx.metrics.write("delete", "Ingress");
+                    self.event(false, "IngressDeleted", "spec.ingress was removed".into())
+                        .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Claim templates are immutable, so a larger `storage.size` is applied to the PVC itself.
+    async fn expand_storage(&mut self, template_size: &str) -> Result<()> {
+        let wanted = &self.site.spec.database.storage.size;
+        let bigger = |a: &str, b: &str| match (apply::parse_quantity(a), apply::parse_quantity(b)) {
+            (Some(a), Some(b)) => a > b,
+            _ => false,
+        };
+        if !bigger(wanted, template_size) {
+            return Ok(());
+        }
+        let pvc_name = statefulset::pvc_name(&self.name, 0);
+        let Some(pvc) = apply::get_opt(&self.apis.pvcs, &pvc_name).await? else {
+            return Ok(());
+        };
+        let current = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone())
+            .unwrap_or_default();
+        if !bigger(wanted, &current) {
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": pvc_name},
+            "spec": {"resources": {"requests": {"storage": wanted}}},
+        });
+        self.ctx.metrics.write("apply", "PersistentVolumeClaim");
+        match self
+            .apis
+            .pvcs
+            .patch(
+                &pvc_name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.event(
+                    false,
+                    "StorageExpanding",
+                    format!("requested {wanted} for PVC {pvc_name} (was {current})"),
+                )
+                .await;
+                Ok(())
+            }
+            Err(e) => {
+                let e = Error::kube("expand", "PersistentVolumeClaim")(e);
+                if e.is_permanent() {
+                    self.problems.push(Problem {
+                        reason: "StorageExpansionFailed",
+                        message: format!("spec.database.storage.size: PVC {pvc_name} cannot grow to {wanted}: {}", api_message(&e)),
+                        blocks_database: false,
+                    });
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn update_status(
+        &mut self,
+        deployment: Option<&Deployment>,
+        sts: Option<&StatefulSet>,
+        paused: bool,
+    ) -> Result<()> {
+        let rejected = std::mem::take(self.rejected.get_mut().unwrap_or_else(|p| p.into_inner()));
+        self.problems.extend(rejected);
+        // The API server stores seconds; a whole-second time compares equal after a round trip.
+        let now = Time(
+            k8s_openapi::jiff::Timestamp::from_second(
+                k8s_openapi::jiff::Timestamp::now().as_second(),
+            )
+            .map_err(|_| Error::MissingField("clock"))?,
+        );
+        let observed = Observed {
+            deployment,
+            statefulset: sts,
+            problems: &self.problems,
+            paused,
+            cluster_domain: &self.ctx.settings.cluster_domain,
+        };
+        let new = status::compute(self.site, &observed, &now);
+        if self.site.status.as_ref() == Some(&new) {
+            return Ok(());
+        }
+        let body = serde_json::json!({
+            "apiVersion": ArticleSite::api_version(&()),
+            "kind": ArticleSite::kind(&()),
+            "status": new,
+        });
+        self.ctx.metrics.write("apply", "ArticleSite/status");
+        self.apis
+            .sites
+            .patch_status(
+                &self.name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(Error::kube("apply status", "ArticleSite"))?;
+        for (warning, reason, note) in status::transitions(self.site.status.as_ref(), &new) {
+            self.event(warning, &reason, note).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes an Event on the site. Never fails the reconcile; never carries secret values.
+    async fn event(&self, warning: bool, reason: &str, note: String) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        self.ctx.metrics.write("create", "Event");
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&ev, &self.site.object_ref(&()))
+            .await
+        {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+fn outcome_label(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Unchanged => "unchanged",
+        Outcome::Created => "created",
+        Outcome::Updated => "updated",
+        Outcome::Restored => "restored",
+    }
+}
+
+/// The API server's own message of a rejection (it names the field and the rule).
+fn api_message(e: &Error) -> String {
+    match e {
+        Error::Kube { source, .. } => match source.as_ref() {
+            kube::Error::Api(s) => s.message.clone(),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs one Controller per namespace (or one for all namespaces) until SIGTERM/SIGINT.
+pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        settings.clone(),
+    ));
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let config = controller::Config::default().concurrency(settings.concurrency);
+    let mut stores = Vec::new();
+    let mut runs = Vec::new();
+    for scope in &scopes {
+        let ns = scope.as_deref();
+        let controller = Controller::new(
+            scoped::<ArticleSite>(&client, ns),
+            watcher::Config::default(),
+        )
+        .with_config(config.clone())
+        .owns(scoped::<Deployment>(&client, ns), children.clone())
+        .owns(scoped::<StatefulSet>(&client, ns), children.clone())
+        .owns(scoped::<Service>(&client, ns), children.clone())
+        .owns(scoped::<Secret>(&client, ns), children.clone())
+        .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
+        .owns(scoped::<NetworkPolicy>(&client, ns), children.clone())
+        .owns(scoped::<Ingress>(&client, ns), children.clone())
+        .shutdown_on_signal();
+        stores.push(controller.store());
+        runs.push(
+            controller
+                .run(reconcile, error_policy, ctx.clone())
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "controller event");
+                    }
+                }),
+        );
+    }
+    info!(namespaces = ?settings.namespaces, "controllers started");
+    tokio::spawn(async move {
+        for store in stores {
+            // The store's ready signal wakes only its most recent waiter (the controller also
+            // waits on it), so poll it again every half second.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "cache never became ready");
+                        return;
+                    }
+                    Err(_) => continue,
+                }
+            }
+        }
+        metrics.set_ready();
+        info!("caches synced, ready");
+    });
+    futures::future::join_all(runs).await;
+    info!("controllers stopped");
+}

@@ -1,0 +1,515 @@
+//! The `ArticleSite` custom resource: Rust types, schema defaults and CEL validation rules.
+//!
+//! Defaults live in the schema (`#[serde(default = ..)]` becomes `default:` in the CRD), so the
+//! API server stores them and a re-applied manifest never drifts. Every rule that the API server
+//! can check is declared here, with a message that names the field.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+#[allow(unused_imports)] // used inside the KubeSchema attributes
+use kube::core::{ListMerge, Rule};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Group of the custom resource.
+pub const GROUP: &str = "articlesite.io";
+
+/// OCI image reference: optional registry host (with port), lowercase repository path,
+/// optional tag, optional sha256 digest. RE2 syntax without backslashes (CEL string escapes).
+const IMAGE_RULE: &str = "self.matches('^(([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)([.]([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?))*(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$')";
+
+/// Every request and limit is a valid quantity (the schema alone accepts any int or string).
+const QUANTITIES_RULE: &str = "(!has(self.requests) || self.requests.all(k, isQuantity(string(self.requests[k])))) && (!has(self.limits) || self.limits.all(k, isQuantity(string(self.limits[k]))))";
+
+/// A request never exceeds the limit of the same resource.
+const REQUESTS_WITHIN_LIMITS_RULE: &str = "!has(self.requests) || !has(self.limits) || self.limits.all(k, !(k in self.requests) || !isQuantity(string(self.requests[k])) || !isQuantity(string(self.limits[k])) || quantity(string(self.requests[k])).compareTo(quantity(string(self.limits[k]))) <= 0)";
+
+/// PostgreSQL identifiers that need no quoting.
+const PG_IDENTIFIER_RULE: &str = "self.matches('^[a-z_][a-z0-9_]{0,62}$')";
+
+/// An article site: the article server Deployment, its PostgreSQL database and everything around
+/// them (Services, PodDisruptionBudgets, NetworkPolicy, optional Ingress).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "articlesite.io",
+    version = "v1alpha1",
+    kind = "ArticleSite",
+    plural = "articlesites",
+    shortname = "asite",
+    category = "articlesite",
+    namespaced,
+    status = "ArticleSiteStatus",
+    derive = "PartialEq",
+    doc = "ArticleSite runs a highly available article site: the article server and its PostgreSQL database.",
+    scale(
+        spec_replicas_path = ".spec.app.replicas",
+        status_replicas_path = ".status.app.replicas",
+        label_selector_path = ".status.app.selector"
+    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Replicas", type_ = "string", description = "ready/desired app replicas", json_path = ".status.app.ready"),
+    printcolumn(name = "Database", type_ = "string", json_path = ".status.database.state"),
+    printcolumn(name = "URL", type_ = "string", priority = 1, json_path = ".status.url"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be at most 40 characters of lowercase letters, digits and '-', starting with a letter (it prefixes the names of Services and StatefulSet pods)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ArticleSiteSpec {
+    /// Stops reconciliation: owned objects are left exactly as they are until set back to false.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// Title shown by the site (ARTICLES_SITE_TITLE). Defaults to the resource name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    pub title: Option<String>,
+
+    /// The article server.
+    pub app: AppSpec,
+
+    /// The PostgreSQL database of the site.
+    #[serde(default)]
+    pub database: DatabaseSpec,
+
+    /// Exposes the site outside the cluster through an Ingress. No Ingress when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+}
+
+/// The article server Deployment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSpec {
+    /// Image of the article server, for example `ghcr.io/example/article-server:1.2.0`.
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(IMAGE_RULE).message("spec.app.image must be an image reference such as registry.example.com/team/article-server:1.2.0 (lowercase repository, optional :tag, optional @sha256:digest)"))]
+    pub image: String,
+
+    /// When the kubelet pulls the image.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+
+    /// Number of article server pods (scale subresource: `kubectl scale`, HorizontalPodAutoscaler).
+    #[serde(default = "default_app_replicas")]
+    #[schemars(range(min = 0, max = 50))]
+    pub replicas: i32,
+
+    /// HTTP port of the article server inside the pod (ARTICLES_LISTEN_ADDR). The Service serves port 80.
+    #[serde(default = "default_app_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+
+    /// CPU and memory requests and limits of the article server container.
+    #[serde(default = "default_app_resources")]
+    pub resources: ComputeResources,
+
+    /// Extra environment variables. Names starting with ARTICLES_ and RUST_LOG are managed by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(e, !e.name.startsWith('ARTICLES_') && e.name != 'RUST_LOG')").message("spec.app.env must not set ARTICLES_* or RUST_LOG: the operator sets them from the other spec.app fields"))]
+    pub env: Option<Vec<EnvVar>>,
+
+    /// Log filter of the article server (RUST_LOG), for example `info` or `info,article_server=debug`.
+    #[serde(default = "default_log_level")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_=:,./-]+$')").message("spec.app.logLevel must be a RUST_LOG filter such as info or info,article_server=debug"))]
+    pub log_level: String,
+
+    /// Size of the database connection pool of each pod (ARTICLES_DATABASE_POOL_SIZE).
+    #[serde(default = "default_pool_size")]
+    #[schemars(range(min = 1, max = 100))]
+    pub database_pool_size: i32,
+
+    /// Seconds a terminating pod keeps serving while endpoints drain (ARTICLES_DRAIN_DELAY_SECONDS).
+    #[serde(default = "default_drain_delay")]
+    #[schemars(range(min = 0, max = 120))]
+    pub drain_delay_seconds: i32,
+
+    /// Seconds in-flight requests get to finish after draining (ARTICLES_SHUTDOWN_TIMEOUT_SECONDS).
+    #[serde(default = "default_shutdown_timeout")]
+    #[schemars(range(min = 1, max = 300))]
+    pub shutdown_timeout_seconds: i32,
+
+    /// In-memory response cache of each pod.
+    #[serde(default)]
+    pub cache: CacheSpec,
+}
+
+/// Image pull policy of the containers.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Response cache settings (ARTICLES_CACHE_*).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_cache_ttl")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub ttl_seconds: i32,
+    #[serde(default = "default_cache_entries")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_entries: i32,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_seconds: default_cache_ttl(),
+            max_entries: default_cache_entries(),
+        }
+    }
+}
+
+/// Requests and limits, as in a container's `resources` (for example `cpu: 500m`, `memory: 256Mi`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(QUANTITIES_RULE).message("every request and limit must be a quantity such as 500m, 2 or 256Mi"),
+    validation = Rule::new(REQUESTS_WITHIN_LIMITS_RULE).message("a request must not exceed the limit of the same resource")
+)]
+pub struct ComputeResources {
+    /// Minimum resources reserved for the container, by resource name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "quantity_map")]
+    pub requests: Option<BTreeMap<String, Quantity>>,
+    /// Maximum resources of the container, by resource name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "quantity_map")]
+    pub limits: Option<BTreeMap<String, Quantity>>,
+}
+
+/// A resource list with bounded size, so that the CEL rules above stay within the API server's
+/// cost budget.
+fn quantity_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "maxProperties": 8,
+        "additionalProperties": {
+            "x-kubernetes-int-or-string": true,
+            "maxLength": 64,
+        },
+    })
+}
+
+/// The PostgreSQL StatefulSet (one instance) and its credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Image of PostgreSQL, following the official `postgres` image conventions.
+    #[serde(default = "default_postgres_image")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new(IMAGE_RULE).message("spec.database.image must be an image reference such as postgres:17 (lowercase repository, optional :tag, optional @sha256:digest)"))]
+    pub image: String,
+
+    /// When the kubelet pulls the image.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+
+    /// Name of the database the article server uses. Immutable.
+    #[serde(default = "default_db_name")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(
+        validation = Rule::new(PG_IDENTIFIER_RULE).message("spec.database.name must be a PostgreSQL identifier: lowercase letters, digits and '_', not starting with a digit"),
+        validation = Rule::new("self == oldSelf").message("spec.database.name is immutable: the database already exists")
+    )]
+    pub name: String,
+
+    /// Owner of the database, the user the article server logs in as. Immutable.
+    #[serde(default = "default_db_user")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(
+        validation = Rule::new(PG_IDENTIFIER_RULE).message("spec.database.user must be a PostgreSQL identifier: lowercase letters, digits and '_', not starting with a digit"),
+        validation = Rule::new("self == oldSelf").message("spec.database.user is immutable: the credentials already exist")
+    )]
+    pub user: String,
+
+    /// The persistent volume of the database.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// CPU and memory requests and limits of the PostgreSQL container.
+    #[serde(default = "default_db_resources")]
+    pub resources: ComputeResources,
+}
+
+impl Default for DatabaseSpec {
+    fn default() -> Self {
+        Self {
+            image: default_postgres_image(),
+            image_pull_policy: PullPolicy::default(),
+            name: default_db_name(),
+            user: default_db_user(),
+            storage: StorageSpec::default(),
+            resources: default_db_resources(),
+        }
+    }
+}
+
+/// The PersistentVolumeClaim of the database.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!isQuantity(self.size) || !isQuantity(oldSelf.size) || quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0")
+        .message("spec.database.storage.size may grow but never shrink"),
+    validation = Rule::new("has(self.storageClass) == has(oldSelf.storageClass) && (!has(self.storageClass) || self.storageClass == oldSelf.storageClass)")
+        .message("spec.database.storage.storageClass is immutable")
+)]
+pub struct StorageSpec {
+    /// Size of the volume, for example `10Gi`. May grow (when the StorageClass allows expansion), never shrink.
+    #[serde(default = "default_storage_size")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).compareTo(quantity('1Mi')) >= 0").message("spec.database.storage.size must be a quantity of at least 1Mi, such as 10Gi"))]
+    pub size: String,
+
+    /// StorageClass of the volume; the cluster's default StorageClass when unset. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class: None,
+        }
+    }
+}
+
+/// Ingress of the site.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name of the site, for example `news.example.com`.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^([*][.])?[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("spec.ingress.host must be a lowercase DNS name such as news.example.com"))]
+    pub host: String,
+
+    /// IngressClass to use; the cluster's default IngressClass when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+
+    /// Extra annotations of the Ingress (for example for the ingress controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub annotations: Option<BTreeMap<String, String>>,
+
+    /// TLS of the Ingress: an existing certificate Secret, or a cert-manager issuer that creates one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// TLS: `secretName` alone uses an existing Secret; `issuer` or `clusterIssuer` asks cert-manager
+/// to write the certificate into `secretName` (default `<site>-tls`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!(has(self.issuer) && has(self.clusterIssuer))").message("spec.ingress.tls: set at most one of issuer and clusterIssuer"),
+    validation = Rule::new("has(self.secretName) || has(self.issuer) || has(self.clusterIssuer)").message("spec.ingress.tls needs secretName (an existing TLS Secret) or a cert-manager issuer or clusterIssuer")
+)]
+pub struct TlsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// Name of a cert-manager Issuer in the site's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub issuer: Option<String>,
+    /// Name of a cert-manager ClusterIssuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster_issuer: Option<String>,
+}
+
+/// Observed state, written only by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ArticleSiteStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<AppStatus>,
+
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
+
+    /// In-cluster URL of the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Replica counts of the article server.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AppStatus {
+    /// Pods of the Deployment (scale subresource `status.replicas`).
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub desired_replicas: i32,
+    /// `ready/desired`, for `kubectl get`.
+    pub ready: String,
+    /// Label selector of the pods (scale subresource, for HorizontalPodAutoscalers).
+    pub selector: String,
+}
+
+/// State of the database.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    /// `Ready`, `Provisioning`, `NotReady`, `Failed` or `Unknown` (paused).
+    pub state: String,
+    pub ready_replicas: i32,
+    pub desired_replicas: i32,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_app_replicas() -> i32 {
+    2
+}
+fn default_app_port() -> i32 {
+    8080
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_pool_size() -> i32 {
+    10
+}
+fn default_drain_delay() -> i32 {
+    5
+}
+fn default_shutdown_timeout() -> i32 {
+    20
+}
+fn default_cache_ttl() -> i32 {
+    60
+}
+fn default_cache_entries() -> i32 {
+    10_000
+}
+fn default_postgres_image() -> String {
+    "postgres:17".into()
+}
+fn default_db_name() -> String {
+    "articles".into()
+}
+fn default_db_user() -> String {
+    "articles".into()
+}
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, Quantity>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect(),
+    )
+}
+
+fn default_app_resources() -> ComputeResources {
+    ComputeResources {
+        requests: quantities(&[("cpu", "100m"), ("memory", "128Mi")]),
+        limits: quantities(&[("memory", "256Mi")]),
+    }
+}
+
+fn default_db_resources() -> ComputeResources {
+    ComputeResources {
+        requests: quantities(&[("cpu", "100m"), ("memory", "256Mi")]),
+        limits: quantities(&[("memory", "512Mi")]),
+    }
+}
+
+/// The CRD as YAML, exactly as committed in `crds/articlesite.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&ArticleSite::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/articlesite.yaml` must be what the types generate; regenerate with
+    /// `cargo run -- crd > crds/articlesite.yaml`.
+    #[test]
+    fn committed_crd_is_current() {
+        let committed = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/articlesite.yaml"
+        ))
+        .expect("crds/articlesite.yaml exists");
+        let generated = crd_yaml().expect("CRD serializes");
+        assert!(
+            committed == generated,
+            "crds/articlesite.yaml is stale: run `cargo run -- crd > crds/articlesite.yaml`"
+        );
+    }
+
+    #[test]
+    fn crd_has_names_subresources_and_columns() {
+        let crd = ArticleSite::crd();
+        assert_eq!(crd.spec.group, GROUP);
+        assert_eq!(crd.spec.names.short_names, Some(vec!["asite".to_string()]));
+        let version = &crd.spec.versions[0];
+        let subresources = version.subresources.as_ref().expect("subresources");
+        assert!(subresources.status.is_some());
+        let scale = subresources.scale.as_ref().expect("scale subresource");
+        assert_eq!(scale.spec_replicas_path, ".spec.app.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.app.replicas");
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Ready", "Replicas", "Database", "URL", "Age"]);
+    }
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let spec: ArticleSiteSpec =
+            serde_json::from_value(serde_json::json!({"app": {"image": "article-server:1"}}))
+                .expect("minimal spec parses");
+        assert_eq!(spec.app.replicas, 2);
+        assert_eq!(spec.database, DatabaseSpec::default());
+        assert!(!spec.paused);
+    }
+}

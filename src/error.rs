@@ -1,0 +1,83 @@
+//! Errors of a reconcile, classified so that the controller knows whether to retry (transient)
+//! or to report a problem the user must fix (`Degraded`).
+
+use std::time::Duration;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action} {kind}: {source}")]
+    Kube {
+        action: &'static str,
+        kind: &'static str,
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    #[error("serialize {kind}: {source}")]
+    Serialize {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("no randomness from the operating system: {0}")]
+    Randomness(String),
+
+    #[error("object has no {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    pub fn kube(action: &'static str, kind: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube {
+            action,
+            kind,
+            source: Box::new(source),
+        }
+    }
+
+    /// Label value for the `errors` metric.
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Kube { source, .. } => match source.as_ref() {
+                kube::Error::Api(s) => format!("api_{}", s.code),
+                _ => "transport".into(),
+            },
+            Error::Serialize { .. } => "serialize".into(),
+            Error::Randomness(_) => "randomness".into(),
+            Error::MissingField(_) => "missing_field".into(),
+        }
+    }
+
+    /// An API answer that repeating the same request will not change: the user (or the admin,
+    /// for RBAC) has to act. Shown as `Degraded` instead of a silent retry loop.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Kube { source, .. } => {
+                matches!(source.as_ref(), kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Per-object exponential backoff: 1s, 2s, 4s … capped at 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 1u64 << failures.min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(32));
+        assert_eq!(backoff(30), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,209 @@
+//! Prometheus metrics and the HTTP endpoints `/healthz`, `/readyz` and `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub verb: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub kind: String,
+    pub outcome: String,
+}
+
+pub struct Metrics {
+    pub reconciles: Counter,
+    pub reconcile_duration: Histogram,
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Write requests the operator sent (apply, create, delete, status, events): the client-side
+    /// proof of the zero-write steady state.
+    pub writes: Family<WriteLabels, Counter>,
+    pub children: Family<OutcomeLabels, Counter>,
+    registry: Registry,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let reconciles = Counter::default();
+        let reconcile_duration = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let writes = Family::<WriteLabels, Counter>::default();
+        let children = Family::<OutcomeLabels, Counter>::default();
+        let mut registry = Registry::with_prefix("articlesite_operator");
+        registry.register("reconciles", "Reconciles started", reconciles.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconciles",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by reason",
+            errors.clone(),
+        );
+        registry.register(
+            "write_requests",
+            "Write requests sent to the API server",
+            writes.clone(),
+        );
+        registry.register(
+            "children",
+            "Child objects handled, by kind and outcome",
+            children.clone(),
+        );
+        Self {
+            reconciles,
+            reconcile_duration,
+            errors,
+            writes,
+            children,
+            registry,
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn write(&self, verb: &str, kind: &str) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                verb: verb.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    pub fn error(&self, reason: String) {
+        self.errors.get_or_create(&ErrorLabels { reason }).inc();
+    }
+
+    pub fn child(&self, kind: &str, outcome: &str) {
+        self.children
+            .get_or_create(&OutcomeLabels {
+                kind: kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Starts timing a reconcile; the duration is recorded when the guard drops.
+    pub fn start_reconcile(&self) -> ReconcileTimer<'_> {
+        self.reconciles.inc();
+        ReconcileTimer {
+            metrics: self,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .reconcile_duration
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    if m.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+    }
+}
+
+async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    match m.encode() {
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+pub fn router(state: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Binds the address (port 0 picks a free port) and returns the listener and its real address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_encode() {
+        let m = Metrics::default();
+        {
+            let _t = m.start_reconcile();
+        }
+        m.error("api_500".into());
+        m.write("apply", "Deployment");
+        let text = m.encode().unwrap();
+        assert!(text.contains("articlesite_operator_reconciles_total 1"));
+        assert!(text.contains("articlesite_operator_reconcile_duration_seconds_count 1"));
+        assert!(text.contains("articlesite_operator_reconcile_errors_total{reason=\"api_500\"} 1"));
+        assert!(text.contains(
+            "articlesite_operator_write_requests_total{verb=\"apply\",kind=\"Deployment\"} 1"
+        ));
+    }
+}
