@@ -4,7 +4,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/versions.sh"
 
 ROOT="$(cd "$here/../.." && pwd)"
-CLUSTER_DIR="$ROOT/.cluster"
+CLUSTER_DIR="${CLUSTER_DIR:-$ROOT/.cluster}"
 PKI="$CLUSTER_DIR/pki"
 LOGS="$CLUSTER_DIR/logs"
 PIDS="$CLUSTER_DIR/pids"
