@@ -1060,7 +1060,7 @@ async fn steady_state_sends_no_writes() {
         .unwrap();
     wait_site_ready(&sites, "quiet", Duration::from_secs(90)).await;
 
-    let audit = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cluster/logs/audit.log");
+    let audit = common::cluster_dir().join("logs/audit.log");
     assert!(
         audit.exists(),
         "audit log {} missing: the local cluster records writes there",

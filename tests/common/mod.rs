@@ -20,6 +20,15 @@ pub fn kubeconfig_path() -> PathBuf {
     }
 }
 
+/// The local cluster's state directory (`.cluster/`, or `$CLUSTER_DIR` of another cluster):
+/// the directory of its kubeconfig. Its `logs/audit.log` records every write request.
+pub fn cluster_dir() -> PathBuf {
+    kubeconfig_path()
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
 /// A client for the local cluster. Panics with a hint when the cluster is not up,
 /// so a missing cluster fails the test instead of skipping it.
 pub async fn client() -> Client {
