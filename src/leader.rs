@@ -37,7 +37,9 @@ pub enum ElectionError {
         holder: String,
     },
 
-    #[error("could not renew lease {namespace}/{lease} within the renew deadline {deadline:?}: {last}")]
+    #[error(
+        "could not renew lease {namespace}/{lease} within the renew deadline {deadline:?}: {last}"
+    )]
     RenewDeadline {
         namespace: String,
         lease: String,
@@ -202,7 +204,9 @@ impl Elector {
     pub async fn release(&self) {
         match self.lock.step_down().await {
             Ok(()) => info!(lease = %self.settings.lease_name, "released the lease"),
-            Err(e) => warn!(lease = %self.settings.lease_name, error = %e, "could not release the lease"),
+            Err(e) => {
+                warn!(lease = %self.settings.lease_name, error = %e, "could not release the lease")
+            }
         }
     }
 }
@@ -257,7 +261,10 @@ mod tests {
     fn timing_must_leave_a_margin() {
         assert!(settings(15, 10, 2).validate().is_ok());
         let e = settings(10, 10, 2).validate().unwrap_err().to_string();
-        assert!(e.contains("must be shorter than --lease-duration-seconds"), "{e}");
+        assert!(
+            e.contains("must be shorter than --lease-duration-seconds"),
+            "{e}"
+        );
         let e = settings(15, 10, 10).validate().unwrap_err().to_string();
         assert!(e.contains("--lease-retry-period-seconds"), "{e}");
         let e = settings(1, 0, 0).validate().unwrap_err().to_string();

@@ -93,9 +93,7 @@ impl RunArgs {
             .clone()
             .filter(|n| !n.is_empty())
             .or_else(leader::default_namespace)
-            .context(
-                "--leader-elect needs --lease-namespace (or $POD_NAMESPACE) outside a pod",
-            )?;
+            .context("--leader-elect needs --lease-namespace (or $POD_NAMESPACE) outside a pod")?;
         let settings = ElectionSettings {
             lease_name: self.lease_name.clone(),
             namespace,
