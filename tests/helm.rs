@@ -401,6 +401,13 @@ async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
         },
     )
     .await;
+    // The Argo CD health check calls the live, reconciled site Healthy.
+    let live = serde_json::to_value(sites.get("news").await.expect("site")).expect("json");
+    let health = common::gitops::argocd_health(&live);
+    assert_eq!(
+        health.0, "Healthy",
+        "Argo CD health of the live site: {health:?}"
+    );
     // Removing the ingress exercises the one delete the operator sends.
     sites
         .patch(
