@@ -301,21 +301,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
         "--timeout",
         "90s",
     ]);
-    let manifest = helm_ok(&[
-        "get",
-        "manifest",
-        &release.name,
-        "--namespace",
-        &rel_ns.name,
-    ]);
-    let manifest_file =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.yaml", release.name));
-    std::fs::write(&manifest_file, &manifest).expect("write manifest");
-    let listed = run_ok(
-        "kubectl",
-        &kubeconfig_path(),
-        &["get", "-f", manifest_file.to_str().unwrap(), "-o", "name"],
-    );
+    let listed = release_objects(&release);
     let kinds: BTreeSet<&str> = listed.lines().filter_map(|l| l.split('/').next()).collect();
     println!(
         "installed: {}",
@@ -479,6 +465,14 @@ async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
         "--timeout",
         "90s",
     ]);
+    let listed = release_objects(&release);
+    assert!(
+        listed.contains(&format!("role.rbac.authorization.k8s.io/{fullname}\n"))
+            && listed.contains(&format!(
+                "clusterrole.rbac.authorization.k8s.io/{fullname}-storageclasses"
+            )),
+        "namespaced RBAC after the upgrade: {listed}"
+    );
     let crd = Api::<CustomResourceDefinition>::all(client.clone())
         .get(CRD)
         .await
@@ -566,6 +560,31 @@ async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
         "helm install, 2 upgrades, RBAC checks, 2 operator runs and uninstall: {:.1}s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Every object of the release's current manifest, as the API server has it (`kubectl get -f`
+/// fails when one is missing).
+fn release_objects(release: &Release) -> String {
+    let manifest = helm_ok(&[
+        "get",
+        "manifest",
+        &release.name,
+        "--namespace",
+        &release.namespace,
+    ]);
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.yaml", release.name));
+    std::fs::write(&file, &manifest).expect("write manifest");
+    run_ok(
+        "kubectl",
+        &kubeconfig_path(),
+        &[
+            "get",
+            "-f",
+            file.to_str().expect("utf-8 path"),
+            "-o",
+            "name",
+        ],
+    )
 }
 
 fn copy_dir(from: &Path, to: &Path) {
