@@ -346,19 +346,11 @@ async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
         "cluster-wide mode, in the release namespace (the Lease)"
     );
 
-    // The operator, run locally with that token (leader election on, as in the chart), takes
-    // the Lease and reconciles a site to Ready without a single refusal.
-    let op_args = [
-        "--namespace",
-        &sites_ns.name,
-        "--leader-elect",
-        "--lease-namespace",
-        &rel_ns.name,
-        "--lease-identity",
-        "helm-test",
-        "--resync-seconds",
-        "5",
-    ];
+    // The operator, run locally with that token and the command line of the chart's Deployment
+    // (leader election on), takes the Lease and reconciles a site to Ready without a refusal.
+    let args = chart_args(&client, &rel_ns.name, &fullname, &sites_ns.name).await;
+    assert!(args.iter().any(|a| a == "--leader-elect"), "{args:?}");
+    let op_args: Vec<&str> = args.iter().map(String::as_str).collect();
     let op = OperatorProcess::start(&format!("{}-1", release.name), &sa_config, &op_args);
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &sites_ns.name);
     sites
@@ -498,6 +490,12 @@ async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
         "namespaced mode: nothing on sites outside the watched namespaces"
     );
     // Still enough: a spec change is reconciled under the namespaced Role.
+    let args = chart_args(&client, &rel_ns.name, &fullname, &sites_ns.name).await;
+    assert!(
+        args.contains(&format!("--namespace={}", sites_ns.name)),
+        "the chart limits the operator to watchNamespaces: {args:?}"
+    );
+    let op_args: Vec<&str> = args.iter().map(String::as_str).collect();
     let op = OperatorProcess::start(&format!("{}-2", release.name), &sa_config, &op_args);
     sites
         .patch(
@@ -560,6 +558,37 @@ async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
         "helm install, 2 upgrades, RBAC checks, 2 operator runs and uninstall: {:.1}s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// The arguments of the chart's operator container, for a local run: the metrics address is the
+/// test's own, the pod's environment (POD_NAME, POD_NAMESPACE) becomes flags, and a cluster-wide
+/// operator is kept to the test's namespace so that it leaves other tests' sites alone.
+async fn chart_args(client: &kube::Client, ns: &str, name: &str, sites_ns: &str) -> Vec<String> {
+    let d: Deployment = Api::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("operator Deployment");
+    let container = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers[0].clone())
+        .expect("operator container");
+    let mut args: Vec<String> = container
+        .args
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| !a.starts_with("--metrics-addr"))
+        .collect();
+    assert_eq!(args.first().map(String::as_str), Some("run"));
+    args.remove(0);
+    if !args.iter().any(|a| a.starts_with("--namespace")) {
+        args.push(format!("--namespace={sites_ns}"));
+    }
+    args.extend([
+        format!("--lease-namespace={ns}"),
+        "--lease-identity=helm-test".into(),
+    ]);
+    args
 }
 
 /// Every object of the release's current manifest, as the API server has it (`kubectl get -f`
