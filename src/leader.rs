@@ -129,8 +129,8 @@ impl Elector {
     ///
     /// The crate takes an expired Lease with a patch that carries no resourceVersion, so two
     /// standbys racing for it can both be told they won. A win therefore counts only when a
-    /// second look one retry period later still shows this replica as the holder (and renews):
-    /// the later of two racing patches is the one both see.
+    /// second look (half a second, at most one retry period, later) still shows this replica as
+    /// the holder (and renews): the later of two racing patches is the one both see.
     pub async fn acquire(&self) {
         let s = &self.settings;
         let mut last_holder = None::<String>;
@@ -155,7 +155,12 @@ impl Elector {
                     warn!(lease = %s.lease_name, error = %e, "leader election attempt failed");
                 }
             }
-            tokio::time::sleep(s.retry_period).await;
+            let pause = if won {
+                s.retry_period.min(Duration::from_millis(500))
+            } else {
+                s.retry_period
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 
