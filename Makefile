@@ -7,7 +7,7 @@ help:
 	@echo "make test          fmt, clippy and every test (starts and stops the local cluster)"
 	@echo "make cluster-up    start the local control plane (6 simulated nodes, 3 zones)"
 	@echo "make cluster-down  stop it and remove its state"
-	@echo "make crds          regenerate crds/ from the Rust types"
+	@echo "make crds          regenerate crds/ (and the chart's copy) from the Rust types"
 
 deps:
 	hack/deps.sh
@@ -29,3 +29,4 @@ demo: cluster-up
 
 crds:
 	cargo run --quiet --bin articlesite-operator -- crd > crds/articlesite.yaml
+	cp crds/articlesite.yaml charts/articlesite-operator/files/articlesite.crd.yaml

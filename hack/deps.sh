@@ -4,8 +4,10 @@
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/cluster/lib.sh"
 
+# lua5.1: tests run the Argo CD health check (docs/gitops/) with it, as Argo CD's gopher-lua
+# follows Lua 5.1.
 ensure_commands openssl:openssl ss:iproute2 ip:iproute2 curl:curl envsubst:gettext-base \
-  runuser:util-linux
+  runuser:util-linux lua5.1:lua5.1
 # PostgreSQL: the article server's tests start a real server from Debian's package.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt_install postgresql

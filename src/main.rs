@@ -10,6 +10,7 @@ use kube::{Client, Config};
 use tracing::info;
 
 use articlesite_operator::controller::{self, Settings};
+use articlesite_operator::leader::{self, ElectionSettings, Elector};
 use articlesite_operator::metrics::{self, Metrics};
 use articlesite_operator::telemetry::{self, LogFormat};
 use articlesite_operator::{MANAGER, crd};
@@ -58,6 +59,72 @@ struct RunArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
+    /// Reconcile only while holding a Lease, so that several replicas can run (the chart turns
+    /// this on). Off by default: a single local process needs no Lease.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "articlesite-operator")]
+    lease_name: String,
+    /// Namespace of the Lease [default: $POD_NAMESPACE, else the service account's namespace].
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease [default: $POD_NAME, else <hostname>_<random>].
+    #[arg(long)]
+    lease_identity: Option<String>,
+    /// Seconds after the last renewal before a standby may take the Lease.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// Seconds a leader keeps trying to renew before it stops reconciling and exits.
+    #[arg(long, default_value_t = 10)]
+    lease_renew_deadline_seconds: u64,
+    /// Seconds between renewals (leader) and attempts (standby).
+    #[arg(long, default_value_t = 2)]
+    lease_retry_period_seconds: u64,
+}
+
+impl RunArgs {
+    fn election(&self) -> anyhow::Result<Option<ElectionSettings>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let namespace = self
+            .lease_namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(leader::default_namespace)
+            .context("--leader-elect needs --lease-namespace (or $POD_NAMESPACE) outside a pod")?;
+        let settings = ElectionSettings {
+            lease_name: self.lease_name.clone(),
+            namespace,
+            identity: self
+                .lease_identity
+                .clone()
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(leader::default_identity),
+            lease_duration: Duration::from_secs(self.lease_duration_seconds),
+            renew_deadline: Duration::from_secs(self.lease_renew_deadline_seconds),
+            retry_period: Duration::from_secs(self.lease_retry_period_seconds),
+        };
+        settings.validate()?;
+        Ok(Some(settings))
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (used while standing by; the controller has its own handler).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 #[tokio::main]
@@ -73,16 +140,20 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
+    let election = args.election()?;
     let mut config = Config::infer()
         .await
         .context("load kubeconfig or in-cluster config")?;
-    // A distinct user agent lets audit logs attribute every request to the operator.
+    // A distinct user agent lets audit logs attribute every request to the operator, and with
+    // leader election to the replica.
+    let agent = concat!("articlesite-operator/", env!("CARGO_PKG_VERSION"));
+    let agent = match &election {
+        Some(e) => format!("{agent} ({})", e.identity),
+        None => agent.to_string(),
+    };
     config.headers.push((
         axum::http::header::USER_AGENT,
-        axum::http::HeaderValue::from_static(concat!(
-            "articlesite-operator/",
-            env!("CARGO_PKG_VERSION")
-        )),
+        axum::http::HeaderValue::from_str(&agent).context("--lease-identity in a user agent")?,
     ));
     let client = Client::try_from(config).context("build Kubernetes client")?;
 
@@ -110,8 +181,37 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
     };
-    // Returns after SIGTERM/SIGINT once the running reconciles have finished.
-    controller::run(client, settings, metrics).await;
+    match election {
+        // Returns after SIGTERM/SIGINT once the running reconciles have finished.
+        None => {
+            metrics.set_standby(false);
+            controller::run(client, settings, metrics).await;
+        }
+        Some(election) => {
+            let elector = Elector::new(client.clone(), election);
+            metrics.set_standby(true);
+            let signalled = tokio::select! {
+                _ = elector.acquire() => false,
+                _ = shutdown_signal() => true,
+            };
+            if !signalled {
+                metrics.set_standby(false);
+                tokio::select! {
+                    _ = controller::run(client, settings, metrics.clone()) => {
+                        elector.release().await;
+                    }
+                    lost = elector.hold() => {
+                        // Dropping the controller stops every reconcile before another replica
+                        // can take the Lease (renew deadline < lease duration). A restart makes
+                        // this replica a standby again.
+                        metrics.set_standby(true);
+                        tracing::error!(error = %lost, "lost leadership, exiting");
+                        return Err(lost.into());
+                    }
+                }
+            }
+        }
+    }
     let _ = stop_tx.send(());
     server
         .await

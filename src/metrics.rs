@@ -13,6 +13,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -41,8 +42,12 @@ pub struct Metrics {
     /// proof of the zero-write steady state.
     pub writes: Family<WriteLabels, Counter>,
     pub children: Family<OutcomeLabels, Counter>,
+    /// 1 while this replica holds the leader election Lease (or runs without election).
+    pub leader: Gauge,
     registry: Registry,
     ready: AtomicBool,
+    /// A replica waiting for the Lease: healthy and ready to take over, reconciling nothing.
+    standby: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -76,14 +81,22 @@ impl Default for Metrics {
             "Child objects handled, by kind and outcome",
             children.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 when this replica is the leader and reconciles",
+            leader.clone(),
+        );
         Self {
             reconciles,
             reconcile_duration,
             errors,
             writes,
             children,
+            leader,
             registry,
             ready: AtomicBool::new(false),
+            standby: AtomicBool::new(false),
         }
     }
 }
@@ -124,6 +137,12 @@ impl Metrics {
         self.ready.store(true, Ordering::Relaxed);
     }
 
+    /// Standby (waiting for the Lease) or leading; a leader is ready once its caches synced.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
+        self.leader.set(i64::from(!standby));
+    }
+
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
@@ -151,6 +170,9 @@ async fn healthz() -> &'static str {
 async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     if m.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok")
+    } else if m.standby.load(Ordering::Relaxed) {
+        // Ready so that rollouts of the operator proceed: a standby takes over when needed.
+        (StatusCode::OK, "ok: standby, not the leader")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
     }

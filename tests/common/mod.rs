@@ -12,6 +12,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use tokio::time::Instant;
 
+pub mod gitops;
+pub mod process;
+
 /// The admin kubeconfig of the local cluster: `$KUBECONFIG` when set, else `.cluster/kubeconfig`.
 pub fn kubeconfig_path() -> PathBuf {
     match std::env::var_os("KUBECONFIG") {

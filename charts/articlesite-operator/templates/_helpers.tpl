@@ -1,0 +1,67 @@
+{{- define "aso.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "aso.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "aso.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "aso.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "aso.labels" -}}
+{{ include "aso.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/*
+Permissions on namespaced objects, exactly what the operator calls (docs/install.md, RBAC).
+Server-side apply of a missing object needs create as well as patch.
+*/}}
+{{- define "aso.namespacedRules" -}}
+- apiGroups: [articlesite.io]
+  resources: [articlesites]
+  verbs: [list, watch]
+- apiGroups: [articlesite.io]
+  resources: [articlesites/status]
+  verbs: [patch]
+# Owner references with blockOwnerDeletion on the children.
+- apiGroups: [articlesite.io]
+  resources: [articlesites/finalizers]
+  verbs: [update]
+- apiGroups: [apps]
+  resources: [deployments, statefulsets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch]
+# Generated credentials are created once and never updated.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create]
+# Storage expansion of the database volume.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, patch]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch]
+# Deleted when spec.ingress goes away.
+- apiGroups: [networking.k8s.io]
+  resources: [ingresses]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
