@@ -795,3 +795,181 @@ async fn network_policies_isolate_two_sites() {
     check("beta-app", "alpha-app", 8080, false);
     drop(op);
 }
+
+/// A cluster-scoped test object, deleted when dropped (also on panic).
+struct ClusterScoped<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    name: String,
+    _kind: std::marker::PhantomData<K>,
+}
+
+impl<K> Drop for ClusterScoped<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    fn drop(&mut self) {
+        // As in TestNamespace: the test's runtime is blocked here, so use a thread of our own.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let _ = Api::<K>::all(client().await)
+                    .delete(&name, &Default::default())
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+async fn create_cluster_scoped<K>(client: &Client, value: Value) -> ClusterScoped<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    let obj: K = serde_json::from_value(value).expect("valid object");
+    let created = Api::<K>::all(client.clone())
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create cluster-scoped test object");
+    ClusterScoped {
+        name: created.name_any(),
+        _kind: std::marker::PhantomData,
+    }
+}
+
+/// A database pod refused by admission shows in the site's `Degraded` condition, although the
+/// StatefulSet reports it only in a `FailedCreate` Event. The refusal comes from a
+/// ValidatingAdmissionPolicy bound to this test's namespace only (the database pod has no
+/// override that Pod Security could refuse). Removing the policy lets the pod in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_database_pod_is_reported() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "sec-dbrefused").await;
+    let name = format!("articlesite-test-{}", ns.name);
+    let _policy = create_cluster_scoped::<ValidatingAdmissionPolicy>(
+        &client,
+        json!({
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE"], "resources": ["pods"],
+                }]},
+                "validations": [{
+                    "expression": "!has(object.metadata.labels) || !('app.kubernetes.io/component' in object.metadata.labels) || object.metadata.labels['app.kubernetes.io/component'] != 'database'",
+                    "message": "database pods are frozen by the test policy",
+                }],
+            },
+        }),
+    )
+    .await;
+    let binding = create_cluster_scoped::<ValidatingAdmissionPolicyBinding>(
+        &client,
+        json!({
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": ns.name,
+                }}},
+            },
+        }),
+    )
+    .await;
+    // The API server loads policies asynchronously: wait until it refuses a database pod.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "probe", "labels": {"app.kubernetes.io/component": "database"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    wait_for("policy in force", Duration::from_secs(30), || async {
+        match pods.create(&dry, &probe).await {
+            Err(e) if e.to_string().contains("frozen by the test policy") => Ok(()),
+            other => Err(format!("{:?}", other.map(|p| p.name_any()))),
+        }
+    })
+    .await;
+
+    let op = Operator::start(&ns.name, &[]);
+    op.wait_ready().await;
+    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    sites
+        .create(
+            &PostParams::default(),
+            &site("frozen", json!({"app": {"image": IMAGE, "replicas": 1}})),
+        )
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let message = wait_for(
+        "Degraded=True PodCreationFailed",
+        Duration::from_secs(60),
+        || async {
+            let s = sites.get("frozen").await.map_err(|e| e.to_string())?;
+            match condition(&s, "Degraded") {
+                Some((st, reason, msg)) if st == "True" && reason == "PodCreationFailed" => Ok(msg),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "refused database pod reported after {:.1} s: {message}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        message.contains("StatefulSet frozen-postgresql")
+            && message.contains("frozen by the test policy"),
+        "{message}"
+    );
+    let s = sites.get("frozen").await.unwrap();
+    assert_eq!(condition(&s, "Ready").unwrap().0, "False");
+
+    drop(binding);
+    let t1 = Instant::now();
+    wait_site_ready(&sites, "frozen", Duration::from_secs(120)).await;
+    let s = sites.get("frozen").await.unwrap();
+    assert_eq!(condition(&s, "Degraded").unwrap().0, "False");
+    eprintln!(
+        "policy removed: site Ready and not Degraded after {:.1} s",
+        t1.elapsed().as_secs_f64()
+    );
+    drop(op);
+}
