@@ -58,10 +58,20 @@ pub enum Created {
 /// existing Secret is never overwritten: the database was initialised with its password.
 pub async fn ensure(api: &Api<Secret>, site: &ArticleSite, which: Generated) -> Result<Created> {
     let value = generate()?;
-    let secret = match which {
+    let mut secret = match which {
         Generated::DatabaseCredentials => resources::secret::database_credentials(site, value),
         Generated::WriteToken => resources::secret::write_token(site, value),
     };
+    // A fresh token already answers a pending rotation request: no second token, no extra roll.
+    if which == Generated::WriteToken
+        && let Some(wanted) = requested_rotation(site)
+    {
+        secret
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(HANDLED_ANNOTATION.into(), wanted.into());
+    }
     let pp = PostParams {
         field_manager: Some(crate::MANAGER.into()),
         ..Default::default()

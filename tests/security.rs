@@ -710,20 +710,39 @@ async fn network_policies_isolate_two_sites() {
     op.wait_ready().await;
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
     for (name, port) in [("alpha", 8080), ("beta", 9090)] {
-        sites
-            .create(
-                &PostParams::default(),
-                &site(
-                    name,
-                    json!({"app": {"image": IMAGE, "replicas": 1, "port": port}}),
-                ),
-            )
-            .await
-            .unwrap();
+        let mut s = site(
+            name,
+            json!({"app": {"image": IMAGE, "replicas": 1, "port": port}}),
+        );
+        if name == "beta" {
+            // A rotation requested at creation is answered by the first token.
+            s.metadata.annotations = Some(BTreeMap::from([(
+                "articlesite.io/rotate-credentials".to_string(),
+                "initial".to_string(),
+            )]));
+        }
+        sites.create(&PostParams::default(), &s).await.unwrap();
     }
     for name in ["alpha", "beta"] {
         wait_site_ready(&sites, name, Duration::from_secs(120)).await;
     }
+    let beta = sites.get("beta").await.unwrap();
+    let handled = beta
+        .status
+        .and_then(|s| s.credentials)
+        .and_then(|c| c.write_token_rotation);
+    assert_eq!(handled.as_deref(), Some("initial"));
+    let events = Api::<Event>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        !events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("CredentialsRotated")),
+        "no rotation on top of the first token"
+    );
 
     let nps: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
     let mut specs = Vec::new();
