@@ -34,11 +34,18 @@ pub fn missing_pods(sts: &StatefulSet) -> bool {
     have < want
 }
 
-/// The newest fresh `FailedCreate` message among `events`, as of `now` (Unix seconds).
+/// The newest fresh refusal among `events`, as of `now` (Unix seconds). Only admission answers
+/// ("… is forbidden: …") count: a transient conflict while a pod is replaced ("already exists")
+/// is no problem of the user's.
 pub fn latest_failure(events: &[Event], now: i64) -> Option<String> {
     events
         .iter()
         .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
+        .filter(|e| {
+            e.message
+                .as_deref()
+                .is_some_and(|m| m.contains("is forbidden"))
+        })
         .filter_map(|e| {
             let at = e
                 .last_timestamp
@@ -106,11 +113,19 @@ mod tests {
     #[test]
     fn newest_fresh_failure_wins() {
         let events = [
-            event("FailedCreate", 1000, "old"),
-            event("FailedCreate", 2000, "new"),
+            event("FailedCreate", 1000, "pods \"a\" is forbidden: old"),
+            event("FailedCreate", 2000, "pods \"a\" is forbidden: new"),
+            event(
+                "FailedCreate",
+                2050,
+                "object is being deleted: pods \"a\" already exists",
+            ),
             event("SuccessfulCreate", 3000, "created"),
         ];
-        assert_eq!(latest_failure(&events, 2100).as_deref(), Some("new"));
+        assert_eq!(
+            latest_failure(&events, 2100).as_deref(),
+            Some("pods \"a\" is forbidden: new")
+        );
         assert_eq!(latest_failure(&events, 2000 + FRESH_SECONDS + 1), None);
     }
 
