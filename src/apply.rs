@@ -216,6 +216,7 @@ where
         "NetworkPolicy" => "NetworkPolicy",
         "Ingress" => "Ingress",
         "PersistentVolumeClaim" => "PersistentVolumeClaim",
+        "ServiceAccount" => "ServiceAccount",
         "ArticleSite" => "ArticleSite",
         _ => "object",
     }

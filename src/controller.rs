@@ -13,7 +13,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    Event as CoreEvent, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -29,12 +31,13 @@ use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::MANAGER;
+use crate::admission;
 use crate::apply::{self, Outcome};
-use crate::crd::ArticleSite;
+use crate::crd::{ArticleSite, CredentialsStatus};
 use crate::error::{Error, Result, backoff};
 use crate::metrics::Metrics;
 use crate::resources::{self, MANAGED_BY_SELECTOR, Names, statefulset};
-use crate::secrets::{self, Created, Generated};
+use crate::secrets::{self, Created, Generated, WriteToken};
 use crate::status::{self, Observed, Problem};
 
 /// Settings of the `run` subcommand that the reconciler needs.
@@ -97,6 +100,8 @@ struct Apis {
     network_policies: Api<NetworkPolicy>,
     ingresses: Api<Ingress>,
     pvcs: Api<PersistentVolumeClaim>,
+    service_accounts: Api<ServiceAccount>,
+    events: Api<CoreEvent>,
     sites: Api<ArticleSite>,
     storage_classes: Api<StorageClass>,
 }
@@ -112,6 +117,8 @@ impl Apis {
             network_policies: Api::namespaced(client.clone(), ns),
             ingresses: Api::namespaced(client.clone(), ns),
             pvcs: Api::namespaced(client.clone(), ns),
+            service_accounts: Api::namespaced(client.clone(), ns),
+            events: Api::namespaced(client.clone(), ns),
             sites: Api::namespaced(client.clone(), ns),
             storage_classes: Api::all(client.clone()),
         }
@@ -126,6 +133,8 @@ struct Reconciler<'a> {
     problems: Vec<Problem>,
     /// Children the API server rejected during this reconcile (applies borrow `self` shared).
     rejected: Mutex<Vec<Problem>>,
+    /// The write token's rotation state, when the Secret was read this reconcile.
+    credentials: Option<CredentialsStatus>,
 }
 
 pub async fn reconcile(site: Arc<ArticleSite>, ctx: Arc<Context>) -> Result<Action> {
@@ -145,6 +154,7 @@ pub async fn reconcile(site: Arc<ArticleSite>, ctx: Arc<Context>) -> Result<Acti
         name: site.name_any(),
         problems: Vec::new(),
         rejected: Mutex::default(),
+        credentials: None,
     };
     let action = r.run().instrument(span).await?;
     ctx.failures_of(&site, false);
@@ -178,13 +188,21 @@ impl Reconciler<'_> {
             apply::get_opt(&self.apis.statefulsets, &Names::database(&self.name)).await?;
         self.check_environment(sts_live.is_some()).await?;
         self.ensure_secrets(sts_live.is_some()).await?;
+        let write_token = self.rotate_write_token().await?;
 
+        // Pods name the ServiceAccount: it must exist before they are created.
+        self.apply_child(
+            &self.apis.service_accounts,
+            resources::security::service_account(site),
+        )
+        .await?;
         let domain = self.ctx.settings.cluster_domain.clone();
+        let mut desired_deployment = resources::deployment::build(site, &domain);
+        if let (Some(token), Some(spec)) = (&write_token, desired_deployment.spec.as_mut()) {
+            resources::security::set_credentials_version(&mut spec.template, &token.version);
+        }
         let deployment = self
-            .apply_child(
-                &self.apis.deployments,
-                resources::deployment::build(site, &domain),
-            )
+            .apply_child(&self.apis.deployments, desired_deployment)
             .await?;
         self.apply_child(&self.apis.services, resources::service::app(site))
             .await?;
@@ -205,6 +223,11 @@ impl Reconciler<'_> {
         self.apply_child(
             &self.apis.network_policies,
             resources::network_policy::database(site),
+        )
+        .await?;
+        self.apply_child(
+            &self.apis.network_policies,
+            resources::network_policy::app(site),
         )
         .await?;
         self.reconcile_ingress().await?;
@@ -231,9 +254,47 @@ impl Reconciler<'_> {
             sts
         };
 
+        // A refused database pod shows only in an Event, which triggers no reconcile: look
+        // again soon while the pod is missing.
+        let mut next = resync;
+        if let Some(sts) = &sts
+            && admission::missing_pods(sts)
+        {
+            next = next.min(Duration::from_secs(5));
+            if let Some(problem) = admission::statefulset_refusal(&self.apis.events, sts).await? {
+                self.problems.push(problem);
+            }
+        }
+
         self.update_status(deployment.as_ref(), sts.as_ref(), false)
             .await?;
-        Ok(Action::requeue(resync))
+        Ok(Action::requeue(next))
+    }
+
+    /// Rotates the write token when a new `articlesite.io/rotate-credentials` value asks for it.
+    async fn rotate_write_token(&mut self) -> Result<Option<WriteToken>> {
+        let token = secrets::reconcile_write_token(&self.apis.secrets, self.site).await?;
+        if let Some(t) = &token {
+            self.credentials = t.rotation.as_ref().map(|r| CredentialsStatus {
+                write_token_rotation: Some(r.clone()),
+            });
+            if t.rotated_now {
+                self.ctx.metrics.write("update", "Secret");
+                let name = Names::write_token(&self.name);
+                info!(secret = %name, "rotated the write token");
+                self.event(
+                    false,
+                    "CredentialsRotated",
+                    format!(
+                        "generated a new write token in Secret {name} for {} {:?}; the app pods roll to it",
+                        secrets::ROTATE_ANNOTATION,
+                        t.rotation.as_deref().unwrap_or_default()
+                    ),
+                )
+                .await;
+            }
+        }
+        Ok(token)
     }
 
     /// Problems only the user can fix. StorageClasses are checked before the StatefulSet exists:
@@ -516,7 +577,10 @@ impl Reconciler<'_> {
             paused,
             cluster_domain: &self.ctx.settings.cluster_domain,
         };
-        let new = status::compute(self.site, &observed, &now);
+        let mut new = status::compute(self.site, &observed, &now);
+        if self.credentials.is_some() {
+            new.credentials = self.credentials.clone();
+        }
         if self.site.status.as_ref() == Some(&new) {
             return Ok(());
         }
@@ -624,6 +688,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
         .owns(scoped::<StatefulSet>(&client, ns), children.clone())
         .owns(scoped::<Service>(&client, ns), children.clone())
         .owns(scoped::<Secret>(&client, ns), children.clone())
+        .owns(scoped::<ServiceAccount>(&client, ns), children.clone())
         .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
         .owns(scoped::<NetworkPolicy>(&client, ns), children.clone())
         .owns(scoped::<Ingress>(&client, ns), children.clone())

@@ -137,6 +137,34 @@ pub struct AppSpec {
     /// In-memory response cache of each pod.
     #[serde(default)]
     pub cache: CacheSpec,
+
+    /// User and group ids of the article server pods, for platforms that assign them. Only ids:
+    /// the rest of the hardening is fixed, and the namespace's Pod Security admission judges the
+    /// result (see docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_security_context: Option<PodSecurityOverride>,
+}
+
+/// Ids of the article server pods; unset fields keep the image's ids (10001).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityOverride {
+    /// uid of the process (`runAsUser`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub run_as_user: Option<i64>,
+    /// Primary gid of the process (`runAsGroup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub run_as_group: Option<i64>,
+    /// gid that owns the pod's volumes (`fsGroup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
+    pub fs_group: Option<i64>,
+    /// Additional gids of the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub supplemental_groups: Option<Vec<i64>>,
 }
 
 /// Image pull policy of the containers.
@@ -369,6 +397,20 @@ pub struct ArticleSiteStatus {
     /// In-cluster URL of the site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+
+    /// Generated credentials: which rotation request was handled (never a secret value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsStatus>,
+}
+
+/// Rotation state of the generated credentials.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsStatus {
+    /// The value of the `articlesite.io/rotate-credentials` annotation that the current write
+    /// token was generated for; unset until the first rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_token_rotation: Option<String>,
 }
 
 /// Replica counts of the article server.

@@ -5,6 +5,7 @@
 //! child with pure functions (`resources`), apply only what differs from the live object
 //! (`apply`), create the generated Secrets once (`secrets`), then compute status (`status`).
 
+pub mod admission;
 pub mod apply;
 pub mod controller;
 pub mod crd;

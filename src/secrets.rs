@@ -2,6 +2,7 @@
 //! with a create (never an update) and never read back, logged or put into events or status.
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 
 use crate::crd::ArticleSite;
@@ -57,10 +58,20 @@ pub enum Created {
 /// existing Secret is never overwritten: the database was initialised with its password.
 pub async fn ensure(api: &Api<Secret>, site: &ArticleSite, which: Generated) -> Result<Created> {
     let value = generate()?;
-    let secret = match which {
+    let mut secret = match which {
         Generated::DatabaseCredentials => resources::secret::database_credentials(site, value),
         Generated::WriteToken => resources::secret::write_token(site, value),
     };
+    // A fresh token already answers a pending rotation request: no second token, no extra roll.
+    if which == Generated::WriteToken
+        && let Some(wanted) = requested_rotation(site)
+    {
+        secret
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(HANDLED_ANNOTATION.into(), wanted.into());
+    }
     let pp = PostParams {
         field_manager: Some(crate::MANAGER.into()),
         ..Default::default()
@@ -70,6 +81,83 @@ pub async fn ensure(api: &Api<Secret>, site: &ArticleSite, which: Generated) -> 
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Created::AlreadyExisted),
         // The error of a create never echoes the body, so it carries no secret value.
         Err(e) => Err(Error::kube("create", "Secret")(e)),
+    }
+}
+
+/// Annotation on the ArticleSite: each new value asks for one rotation of the write token.
+pub const ROTATE_ANNOTATION: &str = "articlesite.io/rotate-credentials";
+/// Annotation on the write token Secret: the rotation request its value was generated for. The
+/// Secret itself records it, so a crash between the rotation and the status write never rotates
+/// twice for one request.
+pub const HANDLED_ANNOTATION: &str = "articlesite.io/rotation";
+
+/// The rotation the user asks for: the annotation's value, when set and not blank.
+pub fn requested_rotation(site: &ArticleSite) -> Option<&str> {
+    site.annotations()
+        .get(ROTATE_ANNOTATION)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// The write token as the pods should see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteToken {
+    /// Changes with the Secret's uid and rotation, never derived from the value.
+    pub version: String,
+    /// The rotation request the current value was generated for.
+    pub rotation: Option<String>,
+    /// Whether this reconcile replaced the value.
+    pub rotated_now: bool,
+}
+
+/// Replaces the write token once per distinct `articlesite.io/rotate-credentials` value (an
+/// update with the live resourceVersion, so a concurrent change is a 409 and a retry), and
+/// reports its version. `None` when the Secret does not exist (created on the next reconcile).
+pub async fn reconcile_write_token(
+    api: &Api<Secret>,
+    site: &ArticleSite,
+) -> Result<Option<WriteToken>> {
+    let name = Generated::WriteToken.name(&site.name_any());
+    let Some(meta) = api
+        .get_metadata_opt(&name)
+        .await
+        .map_err(Error::kube("get", "Secret"))?
+    else {
+        return Ok(None);
+    };
+    let uid = meta.uid().unwrap_or_default();
+    let handled = meta.annotations().get(HANDLED_ANNOTATION).cloned();
+    match requested_rotation(site) {
+        Some(wanted) if handled.as_deref() != Some(wanted) => {
+            let mut secret = resources::secret::write_token(site, generate()?);
+            secret.metadata.resource_version = meta.resource_version();
+            secret
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(HANDLED_ANNOTATION.into(), wanted.into());
+            let pp = PostParams {
+                field_manager: Some(crate::MANAGER.into()),
+                ..Default::default()
+            };
+            // The answer holds the new value: drop it unread.
+            api.replace(&name, &pp, &secret)
+                .await
+                .map_err(Error::kube("rotate", "Secret"))?;
+            Ok(Some(WriteToken {
+                version: resources::security::credentials_version(&uid, wanted),
+                rotation: Some(wanted.to_string()),
+                rotated_now: true,
+            }))
+        }
+        _ => Ok(Some(WriteToken {
+            version: resources::security::credentials_version(
+                &uid,
+                handled.as_deref().unwrap_or_default(),
+            ),
+            rotation: handled,
+            rotated_now: false,
+        })),
     }
 }
 
@@ -84,6 +172,17 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn blank_rotation_requests_are_ignored() {
+        let mut site = crate::resources::testing::site("news");
+        assert_eq!(requested_rotation(&site), None);
+        site.metadata.annotations = Some([(ROTATE_ANNOTATION.to_string(), " ".to_string())].into());
+        assert_eq!(requested_rotation(&site), None);
+        site.metadata.annotations =
+            Some([(ROTATE_ANNOTATION.to_string(), "2026-11".to_string())].into());
+        assert_eq!(requested_rotation(&site), Some("2026-11"));
     }
 
     #[test]

@@ -197,7 +197,8 @@ pub fn compute(site: &ArticleSite, observed: &Observed<'_>, now: &Time) -> Artic
         .map(|p| (p.reason.to_string(), p.message.clone()))
         .collect();
     if let Some(stuck) = &app.stuck {
-        problems.push(("RolloutStuck".into(), stuck.clone()));
+        let reason = crate::admission::refusal_reason(stuck).unwrap_or("RolloutStuck");
+        problems.push((reason.into(), stuck.clone()));
     }
     let degraded = !problems.is_empty();
     let (degraded_reason, degraded_message) = match problems.first() {
@@ -278,6 +279,8 @@ pub fn compute(site: &ArticleSite, observed: &Observed<'_>, now: &Time) -> Artic
         app: Some(app.status),
         database: Some(database),
         url: Some(resources::in_cluster_url(site, observed.cluster_domain)),
+        // Set by the controller from the write token Secret; kept when it was not read.
+        credentials: previous.and_then(|p| p.credentials.clone()),
     }
 }
 

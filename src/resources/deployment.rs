@@ -4,9 +4,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
+    PodTemplateSpec, Probe, SecretKeySelector, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -15,13 +14,11 @@ use kube::ResourceExt;
 
 use super::{
     Component, DB_PASSWORD_KEY, DB_USERNAME_KEY, Names, POSTGRES_PORT, WRITE_TOKEN_KEY,
-    label_selector, object_meta, public_url, resource_requirements,
+    label_selector, object_meta, public_url, resource_requirements, security,
 };
 use crate::crd::ArticleSite;
 
 pub const CONTAINER_NAME: &str = "article-server";
-/// UID/GID of the article server process: non-root, no home, no shell needed.
-const APP_UID: i64 = 65532;
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -142,18 +139,7 @@ pub fn topology_spread(site: &ArticleSite, component: Component) -> Vec<Topology
         .collect()
 }
 
-pub fn restricted_container_security() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
+pub use super::security::restricted_container_security;
 
 pub fn empty_dir(name: &str, limit: &str) -> Volume {
     Volume {
@@ -203,16 +189,8 @@ pub fn build(site: &ArticleSite, cluster_domain: &str) -> Deployment {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(termination_grace_period(site)),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(APP_UID),
-                        run_as_group: Some(APP_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    service_account_name: Some(Names::service_account(&name)),
+                    security_context: Some(security::app_pod_security(site)),
                     topology_spread_constraints: Some(topology_spread(site, Component::App)),
                     containers: vec![Container {
                         name: CONTAINER_NAME.into(),

@@ -14,6 +14,7 @@ pub mod ingress;
 pub mod network_policy;
 pub mod pdb;
 pub mod secret;
+pub mod security;
 pub mod service;
 pub mod statefulset;
 
@@ -70,6 +71,10 @@ impl Names {
     }
     pub fn write_token(site: &str) -> String {
         format!("{site}-write-token")
+    }
+    /// The site's own ServiceAccount (no RBAC), used by its app and database pods.
+    pub fn service_account(site: &str) -> String {
+        site.to_string()
     }
     pub fn default_tls_secret(site: &str) -> String {
         format!("{site}-tls")

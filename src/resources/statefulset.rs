@@ -8,14 +8,15 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, VolumeResourceRequirements,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::deployment::{empty_dir, mount, restricted_container_security, topology_spread};
+use super::deployment::{empty_dir, mount, topology_spread};
+use super::security::{self, restricted_container_security};
 use super::{
     Component, DB_PASSWORD_KEY, DB_USERNAME_KEY, MANAGED_BY, Names, POSTGRES_PORT, label_selector,
     object_meta, resource_requirements, selector_labels,
@@ -24,8 +25,6 @@ use crate::crd::ArticleSite;
 
 pub const CONTAINER_NAME: &str = "postgresql";
 pub const DATA_VOLUME: &str = "data";
-/// uid/gid of the `postgres` user in the official image.
-const POSTGRES_UID: i64 = 999;
 /// The volume is mounted at the parent of PGDATA so the data directory is a fresh subdirectory
 /// (no lost+found), which works for the image layouts of PostgreSQL ≤17 and 18+.
 const DATA_MOUNT: &str = "/var/lib/postgresql";
@@ -123,17 +122,8 @@ pub fn build(site: &ArticleSite, claim_size: &str) -> StatefulSet {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(60),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(POSTGRES_UID),
-                        run_as_group: Some(POSTGRES_UID),
-                        fs_group: Some(POSTGRES_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    service_account_name: Some(Names::service_account(&name)),
+                    security_context: Some(security::database_pod_security()),
                     topology_spread_constraints: Some(topology_spread(site, Component::Database)),
                     containers: vec![Container {
                         name: CONTAINER_NAME.into(),

@@ -2,6 +2,8 @@
 //! control plane that `make cluster-up` starts; a test never skips when it is missing.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod site_operator;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -40,13 +40,18 @@ Server-side apply of a missing object needs create as well as patch.
 - apiGroups: [apps]
   resources: [deployments, statefulsets]
   verbs: [get, list, watch, create, patch]
+# Each site runs under its own ServiceAccount (with no RBAC of its own).
 - apiGroups: [""]
-  resources: [services]
+  resources: [services, serviceaccounts]
   verbs: [get, list, watch, create, patch]
-# Generated credentials are created once and never updated.
+# Generated credentials are created once; update only for a requested write-token rotation.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch, create]
+  verbs: [get, list, watch, create, update]
+# A pod refused by admission shows only as a FailedCreate Event of its StatefulSet.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [list]
 # Storage expansion of the database volume.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]

@@ -1,0 +1,174 @@
+//! Pod security of everything the operator runs: the `restricted` Pod Security Standard, with the
+//! user and group ids that the images use (contract in `docs/security.md`), and the per-site
+//! ServiceAccount that carries no RBAC.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, PodSecurityContext, PodTemplateSpec, SeccompProfile, SecurityContext,
+    ServiceAccount,
+};
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+
+use super::{Component, Names, object_meta};
+use crate::crd::ArticleSite;
+
+/// uid and gid of the article server image (`USER 10001:10001`, no home, no shell).
+pub const APP_UID: i64 = 10001;
+pub const APP_GID: i64 = 10001;
+/// uid and gid of `postgres` in the database image: the official image creates the user with
+/// these ids before installing Debian's postgresql package, which then reuses it.
+pub const POSTGRES_UID: i64 = 999;
+pub const POSTGRES_GID: i64 = 999;
+
+/// Pod template annotation that changes when the app's credentials change (a version, never a
+/// value), so that a rotation rolls the pods.
+pub const CREDENTIALS_VERSION_ANNOTATION: &str = "articlesite.io/credentials-version";
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}
+
+/// The container half of `restricted`: no privilege escalation, no capabilities, non-root,
+/// nothing writable but the mounted volumes.
+pub fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The app pod's security context: the image's ids, or the ids from
+/// `spec.app.podSecurityContext`. Only ids can be overridden; `runAsNonRoot` and the seccomp
+/// profile are always set, so the namespace's Pod Security admission (and the kubelet, for
+/// `runAsNonRoot`) judge whatever ids a user chooses.
+pub fn app_pod_security(site: &ArticleSite) -> PodSecurityContext {
+    let o = site
+        .spec
+        .app
+        .pod_security_context
+        .clone()
+        .unwrap_or_default();
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(o.run_as_user.unwrap_or(APP_UID)),
+        run_as_group: Some(o.run_as_group.unwrap_or(APP_GID)),
+        fs_group: o.fs_group,
+        supplemental_groups: o.supplemental_groups,
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
+}
+
+/// The database pod's security context; `fsGroup` makes the data volume writable by postgres.
+pub fn database_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(POSTGRES_UID),
+        run_as_group: Some(POSTGRES_GID),
+        fs_group: Some(POSTGRES_GID),
+        // Only chown the volume when its root is not already ours (fast restarts on big volumes).
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
+}
+
+/// The site's own ServiceAccount: no RoleBinding refers to it and it mounts no token, so a
+/// compromised pod holds no Kubernetes credentials at all.
+pub fn service_account(site: &ArticleSite) -> ServiceAccount {
+    ServiceAccount {
+        metadata: object_meta(
+            site,
+            Names::service_account(&site.name_any()),
+            Component::App,
+        ),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+/// Version of a generated credential from what identifies it, never from its value: the
+/// Secret's uid (a recreated Secret is a new credential) and the rotation it was made for.
+pub fn credentials_version(secret_uid: &str, rotation: &str) -> String {
+    let digest = Sha256::digest(format!("{secret_uid}/{rotation}").as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stamps the credentials version on a pod template (a change rolls the pods).
+pub fn set_credentials_version(template: &mut PodTemplateSpec, version: &str) {
+    let meta = template.metadata.get_or_insert_with(Default::default);
+    meta.annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(CREDENTIALS_VERSION_ANNOTATION.into(), version.into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::PodSecurityOverride;
+    use crate::resources::testing::site;
+
+    #[test]
+    fn app_pods_use_the_image_ids_and_restricted_settings() {
+        let s = site("news");
+        let pod = app_pod_security(&s);
+        assert_eq!(pod.run_as_user, Some(10001));
+        assert_eq!(pod.run_as_group, Some(10001));
+        assert_eq!(pod.run_as_non_root, Some(true));
+        assert_eq!(pod.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let c = restricted_container_security();
+        assert_eq!(c.allow_privilege_escalation, Some(false));
+        assert_eq!(c.read_only_root_filesystem, Some(true));
+        assert_eq!(c.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    }
+
+    #[test]
+    fn overrides_change_ids_only() {
+        let mut s = site("news");
+        s.spec.app.pod_security_context = Some(PodSecurityOverride {
+            run_as_user: Some(0),
+            fs_group: Some(2000),
+            ..Default::default()
+        });
+        let pod = app_pod_security(&s);
+        assert_eq!(pod.run_as_user, Some(0));
+        assert_eq!(pod.run_as_group, Some(APP_GID));
+        assert_eq!(pod.fs_group, Some(2000));
+        // runAsNonRoot stays: a root uid is refused by admission or the kubelet, never run.
+        assert_eq!(pod.run_as_non_root, Some(true));
+    }
+
+    #[test]
+    fn database_owns_its_volume() {
+        let pod = database_pod_security();
+        assert_eq!(pod.run_as_user, Some(999));
+        assert_eq!(pod.fs_group, Some(999));
+    }
+
+    #[test]
+    fn service_account_mounts_no_token() {
+        let sa = service_account(&site("news"));
+        assert_eq!(sa.metadata.name.as_deref(), Some("news"));
+        assert_eq!(sa.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn credentials_versions_change_with_uid_and_rotation() {
+        let a = credentials_version("uid-1", "");
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, credentials_version("uid-1", ""));
+        assert_ne!(a, credentials_version("uid-2", ""));
+        assert_ne!(a, credentials_version("uid-1", "2026-01"));
+    }
+}
