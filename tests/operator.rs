@@ -1066,13 +1066,14 @@ async fn steady_state_sends_no_writes() {
         "audit log {} missing: the local cluster records writes there",
         audit.display()
     );
-    // Settle: wait until 3 s pass with no operator write in the namespace.
-    let mut offset = file_len(&audit);
+    // Settle: wait until a 3 s window passes with no operator write in the namespace. Each
+    // attempt opens a fresh window, so a write just before the first one (the SiteReady
+    // Event, say) cannot fail every later attempt.
     wait_for("operator to settle", Duration::from_secs(60), || {
         let audit = audit.clone();
         let ns = ns.name.clone();
-        let start = offset;
         async move {
+            let start = file_len(&audit);
             tokio::time::sleep(Duration::from_secs(3)).await;
             let writes = operator_writes(&audit, start, &ns);
             if writes.is_empty() {
@@ -1087,7 +1088,7 @@ async fn steady_state_sends_no_writes() {
         }
     })
     .await;
-    offset = file_len(&audit);
+    let offset = file_len(&audit);
     let reconciles_before = op.metric("articlesite_operator_reconciles_total").await;
     let writes_before = op.metric("articlesite_operator_write_requests_total").await;
 
