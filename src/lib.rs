@@ -9,6 +9,7 @@ pub mod apply;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod ha;
 pub mod metrics;
 pub mod resources;
 pub mod secrets;

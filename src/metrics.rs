@@ -41,6 +41,10 @@ pub struct Metrics {
     /// proof of the zero-write steady state.
     pub writes: Family<WriteLabels, Counter>,
     pub children: Family<OutcomeLabels, Counter>,
+    /// High availability actions: pod restarts by reason, rollbacks, orphaned pods deleted.
+    pub pod_restarts: Family<ErrorLabels, Counter>,
+    pub rollbacks: Counter,
+    pub orphaned_pods_deleted: Counter,
     registry: Registry,
     ready: AtomicBool,
 }
@@ -76,12 +80,33 @@ impl Default for Metrics {
             "Child objects handled, by kind and outcome",
             children.clone(),
         );
+        let pod_restarts = Family::<ErrorLabels, Counter>::default();
+        let rollbacks = Counter::default();
+        let orphaned_pods_deleted = Counter::default();
+        registry.register(
+            "pod_restarts",
+            "App pods restarted through the Eviction API, by reason",
+            pod_restarts.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Failed rollouts rolled back to the last ready pod template",
+            rollbacks.clone(),
+        );
+        registry.register(
+            "orphaned_pods_deleted",
+            "Pods force-deleted because their node no longer exists",
+            orphaned_pods_deleted.clone(),
+        );
         Self {
             reconciles,
             reconcile_duration,
             errors,
             writes,
             children,
+            pod_restarts,
+            rollbacks,
+            orphaned_pods_deleted,
             registry,
             ready: AtomicBool::new(false),
         }

@@ -278,6 +278,8 @@ pub fn compute(site: &ArticleSite, observed: &Observed<'_>, now: &Time) -> Artic
         app: Some(app.status),
         database: Some(database),
         url: Some(resources::in_cluster_url(site, observed.cluster_domain)),
+        // Filled in by the controller from the pods it observed (`ha`).
+        availability: None,
     }
 }
 

@@ -15,7 +15,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::deployment::{empty_dir, mount, restricted_container_security, topology_spread};
+use super::deployment::{
+    affinity, empty_dir, mount, restricted_container_security, tolerations, topology_spread,
+};
 use super::{
     Component, DB_PASSWORD_KEY, DB_USERNAME_KEY, MANAGED_BY, Names, POSTGRES_PORT, label_selector,
     object_meta, resource_requirements, selector_labels,
@@ -135,6 +137,8 @@ pub fn build(site: &ArticleSite, claim_size: &str) -> StatefulSet {
                         ..Default::default()
                     }),
                     topology_spread_constraints: Some(topology_spread(site, Component::Database)),
+                    affinity: affinity(site, Component::Database),
+                    tolerations: Some(tolerations(site)),
                     containers: vec![Container {
                         name: CONTAINER_NAME.into(),
                         image: Some(db.image.clone()),
