@@ -892,7 +892,10 @@ impl Reconciler<'_> {
         let app_pods: Vec<Pod> = pods
             .into_iter()
             .filter(|p| {
-                p.labels().get("app.kubernetes.io/component").map(String::as_str) == Some("app")
+                p.labels()
+                    .get("app.kubernetes.io/component")
+                    .map(String::as_str)
+                    == Some("app")
             })
             .collect();
         let database_ready = sts

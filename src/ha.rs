@@ -39,7 +39,10 @@ pub fn inputs_checksum(secrets: &[(&str, Option<&Secret>)]) -> String {
         }
         h.update([1]);
     }
-    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Hash of a pod template (canonical JSON, as for the applied-hash annotation).
@@ -145,7 +148,13 @@ pub fn plan_rollout(
     let good = replica_sets
         .iter()
         .filter(|rs| revision(rs) != current_revision)
-        .filter(|rs| rs.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) > 0)
+        .filter(|rs| {
+            rs.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                > 0
+        })
         .max_by_key(|rs| revision(rs));
     let Some(good) = good else {
         return RolloutPlan::Spec;
@@ -406,9 +415,7 @@ pub fn condition(
         (
             false,
             "SingleZone",
-            format!(
-                "all {ready} ready app pods run in one zone of a cluster with {cluster_zones}"
-            ),
+            format!("all {ready} ready app pods run in one zone of a cluster with {cluster_zones}"),
         )
     } else {
         (
@@ -448,9 +455,15 @@ pub fn scale_down_victims(
     left.sort_by_key(|p| p.metadata.name.clone());
     let mut victims = Vec::new();
     while left.len() > keep {
-        let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node_of = |p: &Pod| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default()
+        };
         let zone_of = |p: &Pod| nodes.get(&node_of(p)).cloned().unwrap_or_default();
-        let count = |f: &dyn Fn(&Pod) -> String, key: &str| left.iter().filter(|q| f(q) == key).count();
+        let count =
+            |f: &dyn Fn(&Pod) -> String, key: &str| left.iter().filter(|q| f(q) == key).count();
         let Some((i, _)) = left.iter().enumerate().max_by_key(|(_, p)| {
             (
                 !is_ready(p),
@@ -569,7 +582,10 @@ mod tests {
         );
         assert!(matches!(
             plan_restart(&s, &pods, Some(&d), true, &[], ts(1121)),
-            RestartPlan::Now(Restart { reason: "Unready", .. })
+            RestartPlan::Now(Restart {
+                reason: "Unready",
+                ..
+            })
         ));
         // All unready: a shared cause (not this pod), so no restart.
         let all = [
@@ -657,7 +673,10 @@ mod tests {
         let (z, n) = placement(&same_zone, &nodes);
         assert_eq!((z, n), (1, 2));
         let c = condition(&s, 2, z, n, 2, &now);
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "SingleZone"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "SingleZone")
+        );
         let one_node = [
             pod("a", "n1", true, serde_json::Value::Null),
             pod("b", "n1", true, serde_json::Value::Null),
@@ -706,8 +725,10 @@ mod tests {
 
     #[test]
     fn checksum_follows_secret_data() {
-        let mut a = Secret::default();
-        a.data = Some(BTreeMap::from([("k".into(), ByteString(b"1".to_vec()))]));
+        let mut a = Secret {
+            data: Some(BTreeMap::from([("k".into(), ByteString(b"1".to_vec()))])),
+            ..Default::default()
+        };
         let before = inputs_checksum(&[("a", Some(&a)), ("b", None)]);
         assert_eq!(before, inputs_checksum(&[("a", Some(&a)), ("b", None)]));
         a.data = Some(BTreeMap::from([("k".into(), ByteString(b"2".to_vec()))]));

@@ -31,12 +31,9 @@ use common::{TestNamespace, client, kubeconfig_path, wait_for};
 const IMAGE: &str = "articlesite/article-server:0.1.0";
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The tests that cordon, add or delete nodes, or count pods per node, run one at a time.
-static NODES: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn nodes_lock() -> std::sync::MutexGuard<'static, ()> {
-    NODES.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// The tests that cordon, add or delete nodes, or count pods per node, run one at a time
+/// (a tokio Mutex works across the tests' separate runtimes).
+static NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn install_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -265,7 +262,7 @@ fn condition(site: &ArticleSite, t: &str) -> Option<(String, String, String)> {
 /// keeps the spread; status counts zones and nodes and reports HighlyAvailable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_spread_evenly_and_scale_down_keeps_the_spread() {
-    let _nodes = nodes_lock();
+    let _nodes = NODES.lock().await;
     let f = fixture("ha-spread").await;
     f.create_site(
         "spread",
@@ -277,7 +274,10 @@ async fn replicas_spread_evenly_and_scale_down_keeps_the_spread() {
         let pods = f.wait_ready("spread", n, TIMEOUT).await;
         let per_zone = zones_of(&f.client, &pods).await;
         let nodes: std::collections::BTreeSet<_> = pods.iter().map(node_of).collect();
-        eprintln!("{n} replicas: pods per zone {per_zone:?}, {} nodes", nodes.len());
+        eprintln!(
+            "{n} replicas: pods per zone {per_zone:?}, {} nodes",
+            nodes.len()
+        );
         assert_eq!(per_zone.len(), 3, "{n} replicas in all three zones");
         assert!(
             per_zone.values().all(|c| *c == n / 3),
@@ -318,7 +318,12 @@ async fn replicas_spread_evenly_and_scale_down_keeps_the_spread() {
         }
     })
     .await;
-    assert!(condition(&site, "HighlyAvailable").unwrap().2.contains("replicas is 1"));
+    assert!(
+        condition(&site, "HighlyAvailable")
+            .unwrap()
+            .2
+            .contains("replicas is 1")
+    );
 }
 
 /// Draining a node with evictions keeps at least desired − 1 app pods ready at every moment,
@@ -326,7 +331,7 @@ async fn replicas_spread_evenly_and_scale_down_keeps_the_spread() {
 /// does, retrying on 429), and the node is uncordoned at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_never_drops_below_desired_minus_one() {
-    let _nodes = nodes_lock();
+    let _nodes = NODES.lock().await;
     let f = fixture("ha-drain").await;
     let desired = 3usize;
     f.create_site(
@@ -345,11 +350,12 @@ async fn drain_never_drops_below_desired_minus_one() {
         let (pods_api, min_ready, stop) = (f.pods.clone(), min_ready.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(list) = pods_api
-                    .list(&ListParams::default().labels(
-                        "app.kubernetes.io/instance=drain,app.kubernetes.io/component=app",
-                    ))
-                    .await
+                if let Ok(list) =
+                    pods_api
+                        .list(&ListParams::default().labels(
+                            "app.kubernetes.io/instance=drain,app.kubernetes.io/component=app",
+                        ))
+                        .await
                 {
                     let ready = list
                         .items
@@ -395,7 +401,10 @@ async fn drain_never_drops_below_desired_minus_one() {
             if on_node.is_empty() {
                 break;
             }
-            for p in on_node.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+            for p in on_node
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+            {
                 match f.pods.evict(&p.name_any(), &EvictParams::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 429 => refusals += 1,
@@ -409,7 +418,10 @@ async fn drain_never_drops_below_desired_minus_one() {
     .await;
     let drain_time = started.elapsed();
     cordon(false).await;
-    assert!(drained.is_ok(), "the drain of {node} did not finish in {TIMEOUT:?}");
+    assert!(
+        drained.is_ok(),
+        "the drain of {node} did not finish in {TIMEOUT:?}"
+    );
     // The replacement becomes ready elsewhere.
     let pods = f.wait_ready("drain", desired, TIMEOUT).await;
     stop.store(true, Ordering::Relaxed);
@@ -430,7 +442,7 @@ async fn drain_never_drops_below_desired_minus_one() {
 /// an extra kwok node of this test (zone-a); the site requires spreading, so it gets a pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_node_pods_run_elsewhere() {
-    let _nodes = nodes_lock();
+    let _nodes = NODES.lock().await;
     let f = fixture("ha-nodeloss").await;
     let node_name = format!("ha-{}", &f.ns.name[f.ns.name.len() - 8..]);
     let node: Node = serde_json::from_value(json!({
@@ -548,7 +560,9 @@ async fn crash_looping_pod_is_restarted() {
         .patch(
             &victim,
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"articlesite.io/simulate": "crashloop"}}})),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"articlesite.io/simulate": "crashloop"}}}),
+            ),
         )
         .await
         .expect("mark the pod");
@@ -569,7 +583,9 @@ async fn crash_looping_pod_is_restarted() {
                     == Some("CrashLoopBackOff".into())
             });
         let gone = p.metadata.deletion_timestamp.is_some();
-        (crash || gone).then_some(()).ok_or_else(|| "not yet".to_string())
+        (crash || gone)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
     })
     .await;
     let crashing_after = started.elapsed();
@@ -607,7 +623,13 @@ async fn crash_looping_pod_is_restarted() {
     assert_eq!(a.recent_restarts.len(), 1);
     let events = f.events("PodRestarted").await;
     assert_eq!(events.len(), 1, "one PodRestarted event");
-    assert!(events[0].note.as_deref().unwrap_or_default().contains(&victim));
+    assert!(
+        events[0]
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&victim)
+    );
     assert_eq!(
         f._operator
             .metric("articlesite_operator_pod_restarts_total")
@@ -648,17 +670,26 @@ async fn failed_rollout_is_rolled_back() {
             .get("roll")
             .await
             .map_err(|e| e.to_string())?;
-        let image = d.spec.as_ref().and_then(|s| s.template.spec.as_ref())
+        let image = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
             .and_then(|p| p.containers[0].image.clone());
         let pods = f.app_pods("roll").await?;
         let old = pods
             .iter()
-            .filter(|p| is_ready(p) && p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(IMAGE))
+            .filter(|p| {
+                is_ready(p)
+                    && p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(IMAGE)
+            })
             .count();
         if image.as_deref() == Some(IMAGE) && old == 2 && pods.len() == 2 {
             Ok(())
         } else {
-            Err(format!("template image {image:?}, {} pods, {old} ready on the old image", pods.len()))
+            Err(format!(
+                "template image {image:?}, {} pods, {old} ready on the old image",
+                pods.len()
+            ))
         }
     })
     .await;
@@ -667,21 +698,37 @@ async fn failed_rollout_is_rolled_back() {
         "failed rollout: rolled back {:.1}s after the bad image was set (deadline 10s), old pods never dropped",
         detected.as_secs_f64()
     );
-    eprintln!("failed rollout: 2/2 on the old image {:.1}s after", recovered.as_secs_f64());
+    eprintln!(
+        "failed rollout: 2/2 on the old image {:.1}s after",
+        recovered.as_secs_f64()
+    );
     let s = f.site("roll").await;
     let a = s.status.as_ref().unwrap().availability.clone().unwrap();
     assert_eq!(a.rollbacks, 1);
-    assert_eq!(a.failed_rollout.as_ref().map(|r| r.image.as_str()), Some(bad));
+    assert_eq!(
+        a.failed_rollout.as_ref().map(|r| r.image.as_str()),
+        Some(bad)
+    );
     assert_eq!(f.events("RolledBack").await.len(), 1);
     assert_eq!(
-        f._operator.metric("articlesite_operator_rollbacks_total").await,
+        f._operator
+            .metric("articlesite_operator_rollbacks_total")
+            .await,
         1.0
     );
     // The rollback holds: two reconciles later the bad image is still not rolled out again.
-    let before = f._operator.metric("articlesite_operator_reconciles_total").await;
+    let before = f
+        ._operator
+        .metric("articlesite_operator_reconciles_total")
+        .await;
     wait_for("two more reconciles", TIMEOUT, || async {
-        let now = f._operator.metric("articlesite_operator_reconciles_total").await;
-        (now >= before + 2.0).then_some(()).ok_or_else(|| format!("{now}"))
+        let now = f
+            ._operator
+            .metric("articlesite_operator_reconciles_total")
+            .await;
+        (now >= before + 2.0)
+            .then_some(())
+            .ok_or_else(|| format!("{now}"))
     })
     .await;
     let d: Deployment = Api::namespaced(f.client.clone(), &f.ns.name)
@@ -689,7 +736,9 @@ async fn failed_rollout_is_rolled_back() {
         .await
         .expect("deployment");
     assert_eq!(
-        d.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(),
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
         Some(IMAGE)
     );
 
@@ -706,5 +755,12 @@ async fn failed_rollout_is_rolled_back() {
         }
     })
     .await;
-    assert!(s.status.unwrap().availability.unwrap().failed_rollout.is_none());
+    assert!(
+        s.status
+            .unwrap()
+            .availability
+            .unwrap()
+            .failed_rollout
+            .is_none()
+    );
 }

@@ -4,10 +4,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, Lifecycle, LifecycleHandler, PodAffinityTerm,
-    PodAntiAffinity, SleepAction, Toleration, WeightedPodAffinityTerm, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, Lifecycle, LifecycleHandler, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecurityContext, SleepAction, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -180,16 +181,19 @@ pub fn affinity(site: &ArticleSite, component: Component) -> Option<Affinity> {
 /// default 300 s.
 pub fn tolerations(site: &ArticleSite) -> Vec<Toleration> {
     let seconds = site.spec.high_availability.node_loss_toleration_seconds;
-    ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"]
-        .into_iter()
-        .map(|key| Toleration {
-            key: Some(key.into()),
-            operator: Some("Exists".into()),
-            effect: Some("NoExecute".into()),
-            toleration_seconds: Some(seconds),
-            ..Default::default()
-        })
-        .collect()
+    [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ]
+    .into_iter()
+    .map(|key| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoExecute".into()),
+        toleration_seconds: Some(seconds),
+        ..Default::default()
+    })
+    .collect()
 }
 
 pub fn restricted_container_security() -> SecurityContext {
@@ -403,7 +407,12 @@ mod tests {
                 .and_then(|r| r.max_unavailable.clone()),
             Some(IntOrString::Int(0))
         );
-        let pre_stop = pod.containers[0].lifecycle.as_ref().unwrap().pre_stop.as_ref();
+        let pre_stop = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref();
         assert_eq!(pre_stop.unwrap().sleep.as_ref().unwrap().seconds, 2);
         let tolerations = pod.tolerations.as_ref().unwrap();
         assert!(tolerations.iter().all(|t| t.toleration_seconds == Some(30)));

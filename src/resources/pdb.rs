@@ -58,7 +58,12 @@ pub fn database(site: &ArticleSite) -> PodDisruptionBudget {
             ..Default::default()
         }
     };
-    pdb(site, Names::database(&site.name_any()), Component::Database, spec)
+    pdb(
+        site,
+        Names::database(&site.name_any()),
+        Component::Database,
+        spec,
+    )
 }
 
 #[cfg(test)]
