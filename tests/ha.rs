@@ -218,6 +218,60 @@ impl Fixture {
     }
 }
 
+/// Deletes the test's node even when the test fails.
+struct NodeGuard(Api<Node>, String);
+
+impl Drop for NodeGuard {
+    fn drop(&mut self) {
+        let (api, name) = (self.0.clone(), self.1.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// An extra kwok node of this test in zone-a, Ready; deleted when the guard drops.
+async fn test_node(f: &Fixture) -> (String, NodeGuard) {
+    let node_name = format!("ha-{}", &f.ns.name[f.ns.name.len() - 8..]);
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": node_name,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {"type": "kwok", "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
+                "kubernetes.io/hostname": node_name, "topology.kubernetes.io/region": "local",
+                "topology.kubernetes.io/zone": "zone-a", "articlesite.io/test-node": "true"}},
+        "status": {"allocatable": {"cpu": "7800m", "memory": "30Gi", "pods": "110"},
+                   "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"}},
+    }))
+    .expect("node");
+    let nodes: Api<Node> = Api::all(f.client.clone());
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    let guard = NodeGuard(nodes.clone(), node_name.clone());
+    wait_for("the test node Ready", TIMEOUT, || async {
+        let n = nodes.get(&node_name).await.map_err(|e| e.to_string())?;
+        let ready = n
+            .status
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(()).ok_or_else(|| "not ready".to_string())
+    })
+    .await;
+    (node_name, guard)
+}
+
 fn is_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
@@ -444,53 +498,8 @@ async fn drain_never_drops_below_desired_minus_one() {
 async fn deleted_node_pods_run_elsewhere() {
     let _nodes = NODES.lock().await;
     let f = fixture("ha-nodeloss").await;
-    let node_name = format!("ha-{}", &f.ns.name[f.ns.name.len() - 8..]);
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": node_name,
-            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"type": "kwok", "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
-                "kubernetes.io/hostname": node_name, "topology.kubernetes.io/region": "local",
-                "topology.kubernetes.io/zone": "zone-a", "articlesite.io/test-node": "true"}},
-        "status": {"allocatable": {"cpu": "7800m", "memory": "30Gi", "pods": "110"},
-                   "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"}},
-    }))
-    .expect("node");
+    let (node_name, _guard) = test_node(&f).await;
     let nodes: Api<Node> = Api::all(f.client.clone());
-    nodes
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("create node");
-    /// Deletes the test's node even when the test fails.
-    struct NodeGuard(Api<Node>, String);
-    impl Drop for NodeGuard {
-        fn drop(&mut self) {
-            let (api, name) = (self.0.clone(), self.1.clone());
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async move {
-                    let _ = api.delete(&name, &DeleteParams::default()).await;
-                });
-            })
-            .join();
-        }
-    }
-    let _guard = NodeGuard(nodes.clone(), node_name.clone());
-    wait_for("the test node Ready", TIMEOUT, || async {
-        let n = nodes.get(&node_name).await.map_err(|e| e.to_string())?;
-        let ready = n
-            .status
-            .and_then(|s| s.conditions)
-            .into_iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        ready.then_some(()).ok_or_else(|| "not ready".to_string())
-    })
-    .await;
     let all_nodes = nodes
         .list(&ListParams::default())
         .await
@@ -762,5 +771,88 @@ async fn failed_rollout_is_rolled_back() {
             .unwrap()
             .failed_rollout
             .is_none()
+    );
+}
+
+/// The database pod on a deleted node is force-deleted by the operator and recreated by the
+/// StatefulSet on a healthy node with the same claim. The pod is moved onto the test's node
+/// first (the scheduler prefers the empty node; the test deletes the pod until it lands there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_on_a_deleted_node_is_recovered() {
+    let _nodes = NODES.lock().await;
+    let f = fixture("ha-dbloss").await;
+    let (node_name, _guard) = test_node(&f).await;
+    f.create_site("db", json!({"app": {"image": IMAGE, "replicas": 2}}))
+        .await;
+    f.wait_ready("db", 2, TIMEOUT).await;
+    let db = "db-postgresql-0";
+    let mut moves = 0;
+    wait_for("the database pod on the test node", TIMEOUT, || {
+        moves += 1;
+        let pods = f.pods.clone();
+        let node_name = node_name.clone();
+        async move {
+            let p = pods.get(db).await.map_err(|e| e.to_string())?;
+            let node = node_of(&p);
+            if node == node_name && is_ready(&p) && p.metadata.deletion_timestamp.is_none() {
+                return Ok(());
+            }
+            if is_ready(&p) && p.metadata.deletion_timestamp.is_none() {
+                let _ = pods.delete(db, &DeleteParams::default()).await;
+            }
+            Err(format!("on {node}"))
+        }
+    })
+    .await;
+    let claim_before = f
+        .pods
+        .get(db)
+        .await
+        .expect("db pod")
+        .spec
+        .and_then(|s| s.volumes)
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.persistent_volume_claim.map(|c| c.claim_name));
+
+    let started = Instant::now();
+    Api::<Node>::all(f.client.clone())
+        .delete(&node_name, &DeleteParams::default())
+        .await
+        .expect("delete node");
+    let p = wait_for("database pod ready on another node", TIMEOUT, || async {
+        let p = f.pods.get(db).await.map_err(|e| e.to_string())?;
+        let node = node_of(&p);
+        if node != node_name && !node.is_empty() && is_ready(&p) {
+            Ok(p)
+        } else {
+            Err(format!("on {node:?}, ready {}", is_ready(&p)))
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    f.wait_ready("db", 2, TIMEOUT).await;
+    let site_ready = started.elapsed();
+    eprintln!(
+        "database on deleted node {node_name}: ready on {} after {:.1}s, site Ready after {:.1}s",
+        node_of(&p),
+        took.as_secs_f64(),
+        site_ready.as_secs_f64()
+    );
+    let claim_after = p
+        .spec
+        .and_then(|s| s.volumes)
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.persistent_volume_claim.map(|c| c.claim_name));
+    assert_eq!(claim_before, claim_after, "same claim, same data");
+    assert!(claim_after.is_some());
+    assert!(
+        f.events("OrphanedPodDeleted").await.iter().any(|e| e
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains(db)),
+        "the operator force-deleted the database pod of the deleted node"
     );
 }
