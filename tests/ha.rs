@@ -272,6 +272,79 @@ async fn test_node(f: &Fixture) -> (String, NodeGuard) {
     (node_name, guard)
 }
 
+/// Cordons every other schedulable node, deletes the (StatefulSet) pod, waits until its
+/// successor is bound to `node`, and uncordons exactly the nodes it cordoned.
+async fn move_pod_to_node(f: &Fixture, pod: &str, node: &str) {
+    let nodes: Api<Node> = Api::all(f.client.clone());
+    let others: Vec<String> = nodes
+        .list(&ListParams::default())
+        .await
+        .expect("nodes")
+        .items
+        .into_iter()
+        .filter(|n| n.name_any() != node)
+        .filter(|n| {
+            !n.spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false)
+        })
+        .map(|n| n.name_any())
+        .collect();
+    /// Uncordons the nodes even when the test fails.
+    struct Uncordon(Api<Node>, Vec<String>);
+    impl Drop for Uncordon {
+        fn drop(&mut self) {
+            let (api, names) = (self.0.clone(), std::mem::take(&mut self.1));
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    for n in names {
+                        let _ = api
+                            .patch(
+                                &n,
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"spec": {"unschedulable": false}})),
+                            )
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+    let _uncordon = Uncordon(nodes.clone(), others.clone());
+    for n in &others {
+        nodes
+            .patch(
+                n,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+            )
+            .await
+            .expect("cordon");
+    }
+    let old_uid = f.pods.get(pod).await.expect("pod").uid();
+    f.pods
+        .delete(pod, &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    wait_for(&format!("{pod} bound to {node}"), TIMEOUT, || async {
+        let p = f.pods.get(pod).await.map_err(|e| e.to_string())?;
+        if p.uid() != old_uid && node_of(&p) == node {
+            Ok(())
+        } else {
+            Err(format!("on {:?}", node_of(&p)))
+        }
+    })
+    .await;
+}
+
 fn is_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
@@ -775,8 +848,8 @@ async fn failed_rollout_is_rolled_back() {
 }
 
 /// The database pod on a deleted node is force-deleted by the operator and recreated by the
-/// StatefulSet on a healthy node with the same claim. The pod is moved onto the test's node
-/// first (the scheduler prefers the empty node; the test deletes the pod until it lands there).
+/// StatefulSet on a healthy node with the same claim. The pod is first moved onto the test's
+/// node: the other nodes are cordoned for the moment it takes to reschedule it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_on_a_deleted_node_is_recovered() {
     let _nodes = NODES.lock().await;
@@ -786,24 +859,8 @@ async fn database_on_a_deleted_node_is_recovered() {
         .await;
     f.wait_ready("db", 2, TIMEOUT).await;
     let db = "db-postgresql-0";
-    let mut moves = 0;
-    wait_for("the database pod on the test node", TIMEOUT, || {
-        moves += 1;
-        let pods = f.pods.clone();
-        let node_name = node_name.clone();
-        async move {
-            let p = pods.get(db).await.map_err(|e| e.to_string())?;
-            let node = node_of(&p);
-            if node == node_name && is_ready(&p) && p.metadata.deletion_timestamp.is_none() {
-                return Ok(());
-            }
-            if is_ready(&p) && p.metadata.deletion_timestamp.is_none() {
-                let _ = pods.delete(db, &DeleteParams::default()).await;
-            }
-            Err(format!("on {node}"))
-        }
-    })
-    .await;
+    move_pod_to_node(&f, db, &node_name).await;
+    f.wait_ready("db", 2, TIMEOUT).await;
     let claim_before = f
         .pods
         .get(db)
