@@ -272,6 +272,34 @@ async fn test_node(f: &Fixture) -> (String, NodeGuard) {
     (node_name, guard)
 }
 
+/// Uncordons the nodes even when the test fails.
+struct Uncordon(Api<Node>, Vec<String>);
+impl Drop for Uncordon {
+    fn drop(&mut self) {
+        let (api, names) = (self.0.clone(), std::mem::take(&mut self.1));
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                for n in names {
+                    let _ = api
+                        .patch(
+                            &n,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"spec": {"unschedulable": false}})),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// Cordons every other schedulable node, deletes the (StatefulSet) pod, waits until its
 /// successor is bound to `node`, and uncordons exactly the nodes it cordoned.
 async fn move_pod_to_node(f: &Fixture, pod: &str, node: &str) {
@@ -291,33 +319,6 @@ async fn move_pod_to_node(f: &Fixture, pod: &str, node: &str) {
         })
         .map(|n| n.name_any())
         .collect();
-    /// Uncordons the nodes even when the test fails.
-    struct Uncordon(Api<Node>, Vec<String>);
-    impl Drop for Uncordon {
-        fn drop(&mut self) {
-            let (api, names) = (self.0.clone(), std::mem::take(&mut self.1));
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                rt.block_on(async move {
-                    for n in names {
-                        let _ = api
-                            .patch(
-                                &n,
-                                &PatchParams::default(),
-                                &Patch::Merge(json!({"spec": {"unschedulable": false}})),
-                            )
-                            .await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
     let _uncordon = Uncordon(nodes.clone(), others.clone());
     for n in &others {
         nodes
@@ -512,6 +513,7 @@ async fn drain_never_drops_below_desired_minus_one() {
         }
     };
     cordon(true).await;
+    let uncordon = Uncordon(nodes.clone(), vec![node.clone()]);
     let started = Instant::now();
     let mut refusals = 0;
     let drained = tokio::time::timeout(TIMEOUT, async {
@@ -544,7 +546,7 @@ async fn drain_never_drops_below_desired_minus_one() {
     })
     .await;
     let drain_time = started.elapsed();
-    cordon(false).await;
+    drop(uncordon);
     assert!(
         drained.is_ok(),
         "the drain of {node} did not finish in {TIMEOUT:?}"
