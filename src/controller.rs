@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Event as CoreEvent, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+    Event as CoreEvent, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -33,8 +33,9 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::MANAGER;
 use crate::admission;
 use crate::apply::{self, Outcome};
-use crate::crd::{ArticleSite, CredentialsStatus};
+use crate::crd::{ArticleSite, AvailabilityStatus, CredentialsStatus, FailedRollout};
 use crate::error::{Error, Result, backoff};
+use crate::ha::{self, RestartPlan, RolloutPlan};
 use crate::metrics::Metrics;
 use crate::resources::{self, MANAGED_BY_SELECTOR, Names, statefulset};
 use crate::secrets::{self, Created, Generated, WriteToken};
@@ -135,6 +136,23 @@ struct Reconciler<'a> {
     rejected: Mutex<Vec<Problem>>,
     /// The write token's rotation state, when the Secret was read this reconcile.
     credentials: Option<CredentialsStatus>,
+    /// What the high-availability checks saw and did during this reconcile.
+    ha: HaState,
+}
+
+/// Observations and actions of the high-availability part of one reconcile.
+#[derive(Default)]
+struct HaState {
+    /// Pods and nodes were read (not when paused).
+    observed: bool,
+    app_pods: Vec<Pod>,
+    /// node → zone
+    nodes: std::collections::BTreeMap<String, String>,
+    restarted: bool,
+    rolled_back: bool,
+    failed: Option<FailedRollout>,
+    /// Look again this soon (an unready pod nearing its threshold, a backoff ending).
+    recheck: Option<Duration>,
 }
 
 pub async fn reconcile(site: Arc<ArticleSite>, ctx: Arc<Context>) -> Result<Action> {
@@ -155,6 +173,7 @@ pub async fn reconcile(site: Arc<ArticleSite>, ctx: Arc<Context>) -> Result<Acti
         problems: Vec::new(),
         rejected: Mutex::default(),
         credentials: None,
+        ha: HaState::default(),
     };
     let action = r.run().instrument(span).await?;
     ctx.failures_of(&site, false);
@@ -201,9 +220,8 @@ impl Reconciler<'_> {
         if let (Some(token), Some(spec)) = (&write_token, desired_deployment.spec.as_mut()) {
             resources::security::set_credentials_version(&mut spec.template, &token.version);
         }
-        let deployment = self
-            .apply_child(&self.apis.deployments, desired_deployment)
-            .await?;
+        let desired = self.ha_deployment(desired_deployment).await?;
+        let deployment = self.apply_child(&self.apis.deployments, desired).await?;
         self.apply_child(&self.apis.services, resources::service::app(site))
             .await?;
         self.apply_child(
@@ -266,9 +284,12 @@ impl Reconciler<'_> {
             }
         }
 
+        self.ha_heal(deployment.as_ref(), sts.as_ref()).await?;
         self.update_status(deployment.as_ref(), sts.as_ref(), false)
             .await?;
-        Ok(Action::requeue(next))
+        Ok(Action::requeue(
+            self.ha.recheck.map_or(next, |r| r.min(next)),
+        ))
     }
 
     /// Rotates the write token when a new `articlesite.io/rotate-credentials` value asks for it.
@@ -581,6 +602,7 @@ impl Reconciler<'_> {
         if self.credentials.is_some() {
             new.credentials = self.credentials.clone();
         }
+        self.ha_status(&mut new, &now);
         if self.site.status.as_ref() == Some(&new) {
             return Ok(());
         }
@@ -602,6 +624,7 @@ impl Reconciler<'_> {
         for (warning, reason, note) in status::transitions(self.site.status.as_ref(), &new) {
             self.event(warning, &reason, note).await;
         }
+        self.ha_events(&new).await;
         Ok(())
     }
 
@@ -692,6 +715,12 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
         .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
         .owns(scoped::<NetworkPolicy>(&client, ns), children.clone())
         .owns(scoped::<Ingress>(&client, ns), children.clone())
+        // Pods belong to ReplicaSets, not to the site: map them by their instance label, so a
+        // crash-loop or a lost readiness is seen at once.
+        .watches(scoped::<Pod>(&client, ns), children.clone(), |pod: Pod| {
+            let site = pod.labels().get("app.kubernetes.io/instance")?.clone();
+            Some(ObjectRef::new(&site).within(&pod.namespace()?))
+        })
         .shutdown_on_signal();
         stores.push(controller.store());
         runs.push(
@@ -727,4 +756,340 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
     });
     futures::future::join_all(runs).await;
     info!("controllers stopped");
+}
+
+/// High availability: pod template decisions (checksum, rollback), restarts, orphaned pods and
+/// the availability status. Decisions are in `ha`; this layer reads and acts.
+impl Reconciler<'_> {
+    fn pods_api(&self) -> Api<Pod> {
+        Api::namespaced(
+            self.ctx.client.clone(),
+            &self.site.namespace().unwrap_or_default(),
+        )
+    }
+
+    /// Stamps the inputs checksum on the pod template and swaps in the last ready template
+    /// when a rollout of this spec failed.
+    async fn ha_deployment(&mut self, mut desired: Deployment) -> Result<Deployment> {
+        let site = self.site;
+        let ns = site.namespace().unwrap_or_default();
+        let creds_name = Names::database_credentials(&self.name);
+        let token_name = Names::write_token(&self.name);
+        let creds = apply::get_opt(&self.apis.secrets, &creds_name).await?;
+        let token = apply::get_opt(&self.apis.secrets, &token_name).await?;
+        let checksum = ha::inputs_checksum(&[
+            (creds_name.as_str(), creds.as_ref()),
+            (token_name.as_str(), token.as_ref()),
+        ]);
+        let Some(spec) = desired.spec.as_mut() else {
+            return Ok(desired);
+        };
+        spec.template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ha::INPUTS_CHECKSUM_ANNOTATION.into(), checksum);
+        let spec_hash = ha::template_hash(&spec.template);
+
+        let live = apply::get_opt(&self.apis.deployments, &Names::app(&self.name)).await?;
+        let replica_sets: Vec<ReplicaSet> = match live.as_ref().and_then(|d| d.uid()) {
+            Some(uid) => {
+                let selector = resources::selector_string(&resources::selector_labels(
+                    site,
+                    resources::Component::App,
+                ));
+                Api::<ReplicaSet>::namespaced(self.ctx.client.clone(), &ns)
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .map_err(Error::kube("list", "ReplicaSet"))?
+                    .items
+                    .into_iter()
+                    .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        self.ha_scale_down(live.as_ref(), site.spec.app.replicas)
+            .await?;
+        match ha::plan_rollout(site, &spec_hash, live.as_ref(), &replica_sets) {
+            RolloutPlan::Spec => {}
+            RolloutPlan::Restored(template, failed) => {
+                spec.template = *template;
+                self.ha.failed = Some(failed);
+            }
+            RolloutPlan::RollBack(template, failed) => {
+                spec.template = *template;
+                warn!(image = %failed.image, restored = %failed.restored_revision, "rollout failed, rolling back");
+                self.ctx.metrics.rollbacks.inc();
+                self.event(
+                    true,
+                    "RolledBack",
+                    format!(
+                        "the rollout of image {} made no progress within {}s; rolled back to the last ready pod template (ReplicaSet {}-{})",
+                        failed.image,
+                        site.spec.high_availability.rollout_deadline_seconds,
+                        self.name,
+                        failed.restored_revision
+                    ),
+                )
+                .await;
+                self.ha.rolled_back = true;
+                self.ha.failed = Some(failed);
+            }
+        }
+        if let Some(failed) = &self.ha.failed {
+            self.problems.push(Problem {
+                reason: "RolloutFailed",
+                message: format!(
+                    "the rollout of image {} never became ready and was rolled back; change spec.app to roll out again",
+                    failed.image
+                ),
+                blocks_database: false,
+            });
+        }
+        desired
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ha::TEMPLATE_HASH_ANNOTATION.into(), spec_hash);
+        Ok(desired)
+    }
+
+    /// Before a scale-down, marks the pods to remove with a low deletion cost, so that the
+    /// ReplicaSet controller keeps the remaining pods spread over zones and nodes.
+    async fn ha_scale_down(&self, live: Option<&Deployment>, desired: i32) -> Result<()> {
+        let current = live
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .unwrap_or(0);
+        if desired >= current || desired < 1 {
+            return Ok(());
+        }
+        let pods_api = self.pods_api();
+        let selector = resources::selector_string(&resources::selector_labels(
+            self.site,
+            resources::Component::App,
+        ));
+        let pods = pods_api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(Error::kube("list", "Pod"))?
+            .items;
+        let nodes: std::collections::BTreeMap<String, String> =
+            Api::<Node>::all(self.ctx.client.clone())
+                .list_metadata(&ListParams::default())
+                .await
+                .map_err(Error::kube("list", "Node"))?
+                .items
+                .into_iter()
+                .map(|n| (n.name_any(), ha::zone_of(n.metadata.labels.as_ref())))
+                .collect();
+        let keep = usize::try_from(desired).unwrap_or(0);
+        for name in ha::scale_down_victims(&pods, &nodes, keep) {
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                "controller.kubernetes.io/pod-deletion-cost": "-1000"}}});
+            self.ctx.metrics.write("patch", "Pod");
+            match pods_api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube("patch", "Pod")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Force-deletes pods whose node is gone, and restarts at most one unhealthy app pod.
+    async fn ha_heal(
+        &mut self,
+        deployment: Option<&Deployment>,
+        sts: Option<&StatefulSet>,
+    ) -> Result<()> {
+        let pods_api = self.pods_api();
+        let pods = pods_api
+            .list(&ListParams::default().labels(&format!(
+                "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={}",
+                self.name,
+                resources::MANAGED_BY
+            )))
+            .await
+            .map_err(Error::kube("list", "Pod"))?
+            .items;
+        let nodes: std::collections::BTreeMap<String, String> =
+            Api::<Node>::all(self.ctx.client.clone())
+                .list_metadata(&ListParams::default())
+                .await
+                .map_err(Error::kube("list", "Node"))?
+                .items
+                .into_iter()
+                .map(|n| (n.name_any(), ha::zone_of(n.metadata.labels.as_ref())))
+                .collect();
+
+        for pod in ha::orphaned(&pods, &nodes) {
+            let name = pod.name_any();
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            self.ctx.metrics.write("delete", "Pod");
+            match pods_api
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await
+            {
+                Ok(_) => {
+                    self.ctx.metrics.orphaned_pods_deleted.inc();
+                    info!(pod = %name, node = %node, "force-deleted pod of a deleted node");
+                    self.event(
+                        true,
+                        "OrphanedPodDeleted",
+                        format!("pod {name} was bound to node {node}, which no longer exists; deleted it so that it is replaced"),
+                    )
+                    .await;
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube("delete", "Pod")(e)),
+            }
+        }
+
+        let app_pods: Vec<Pod> = pods
+            .into_iter()
+            .filter(|p| {
+                p.labels()
+                    .get("app.kubernetes.io/component")
+                    .map(String::as_str)
+                    == Some("app")
+            })
+            .collect();
+        let database_ready = sts
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+            >= 1;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let restarts = self
+            .site
+            .status
+            .as_ref()
+            .and_then(|s| s.availability.as_ref())
+            .map(|a| a.recent_restarts.clone())
+            .unwrap_or_default();
+        match ha::plan_restart(
+            self.site,
+            &app_pods,
+            deployment,
+            database_ready,
+            &restarts,
+            now,
+        ) {
+            RestartPlan::Later(recheck) => self.ha.recheck = recheck,
+            RestartPlan::Now(restart) => {
+                self.ctx.metrics.write("create", "Pod/eviction");
+                match pods_api.evict(&restart.pod, &EvictParams::default()).await {
+                    Ok(_) => {
+                        self.ctx
+                            .metrics
+                            .pod_restarts
+                            .get_or_create(&crate::metrics::ErrorLabels {
+                                reason: restart.reason.into(),
+                            })
+                            .inc();
+                        info!(pod = %restart.pod, reason = restart.reason, "restarted pod");
+                        self.event(
+                            true,
+                            "PodRestarted",
+                            format!(
+                                "evicted pod {} ({}): {}",
+                                restart.pod, restart.reason, restart.message
+                            ),
+                        )
+                        .await;
+                        self.ha.restarted = true;
+                    }
+                    // A budget refusal (429) or a pod already gone: look again shortly.
+                    Err(kube::Error::Api(s)) if matches!(s.code, 404 | 429) => {
+                        self.ha.recheck = Some(Duration::from_secs(5));
+                    }
+                    Err(e) => return Err(Error::kube("evict", "Pod")(e)),
+                }
+            }
+        }
+        self.ha.observed = true;
+        self.ha.app_pods = app_pods;
+        self.ha.nodes = nodes;
+        Ok(())
+    }
+
+    /// Availability counts, restart and rollback records and the `HighlyAvailable` condition.
+    fn ha_status(&self, new: &mut crate::crd::ArticleSiteStatus, now: &Time) {
+        let previous = self.site.status.as_ref();
+        let prev_availability = previous.and_then(|s| s.availability.clone());
+        let prev_condition = previous.and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == ha::HIGHLY_AVAILABLE)
+                .cloned()
+        });
+        if !self.ha.observed {
+            new.availability = prev_availability;
+            new.conditions.extend(prev_condition);
+            return;
+        }
+        let prev = prev_availability.unwrap_or_default();
+        let (zones, nodes) = ha::placement(&self.ha.app_pods, &self.ha.nodes);
+        let mut recent = ha::recent(&prev.recent_restarts, now.0);
+        if self.ha.restarted {
+            recent.push(now.clone());
+        }
+        new.availability = Some(AvailabilityStatus {
+            zones,
+            nodes,
+            pod_restarts: prev.pod_restarts + i32::from(self.ha.restarted),
+            recent_restarts: recent,
+            rollbacks: prev.rollbacks + i32::from(self.ha.rolled_back),
+            failed_rollout: self.ha.failed.clone(),
+        });
+        let cluster_zones = self
+            .ha
+            .nodes
+            .values()
+            .filter(|z| !z.is_empty())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        new.conditions.push(ha::condition(
+            self.site,
+            ha::ready_count(&self.ha.app_pods),
+            zones,
+            nodes,
+            cluster_zones,
+            now,
+        ));
+    }
+
+    /// Events for transitions of `HighlyAvailable`.
+    async fn ha_events(&self, new: &crate::crd::ArticleSiteStatus) {
+        let find = |s: Option<&crate::crd::ArticleSiteStatus>| {
+            s.and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == ha::HIGHLY_AVAILABLE)
+                    .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            })
+        };
+        let before = find(self.site.status.as_ref());
+        let Some((status, reason, message)) = find(Some(new)) else {
+            return;
+        };
+        if before.as_ref().map(|(s, r, _)| (s, r)) == Some((&status, &reason)) {
+            return;
+        }
+        if status == "True" {
+            self.event(false, "HighlyAvailable", message).await;
+        } else if before.is_some_and(|(s, _, _)| s == "True") {
+            self.event(true, &reason, message).await;
+        }
+    }
 }

@@ -78,6 +78,114 @@ pub struct ArticleSiteSpec {
     /// Exposes the site outside the cluster through an Ingress. No Ingress when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+
+    /// Placement, disruption budgets, restarts and rollbacks (docs/high-availability.md).
+    #[serde(default)]
+    pub high_availability: HighAvailabilitySpec,
+}
+
+/// How the pods of a site spread over zones and nodes.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum SpreadPolicy {
+    /// Spread over zones and nodes when the scheduler can (`ScheduleAnyway`); never blocks.
+    #[default]
+    Preferred,
+    /// Never place a pod where it would unbalance zones or nodes by more than one
+    /// (`DoNotSchedule`); nodes without a zone label are not used.
+    Required,
+    /// No spreading rules.
+    None,
+}
+
+/// High-availability settings of a site. Every field has a safe default.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HighAvailabilitySpec {
+    /// Spreading of app and database pods over zones and nodes.
+    #[serde(default)]
+    pub spread: SpreadPolicy,
+    /// App pods a drain may take down at once (PodDisruptionBudget `maxUnavailable`).
+    #[serde(default = "default_max_unavailable")]
+    #[schemars(range(min = 1, max = 50))]
+    pub max_unavailable: i32,
+    /// Keep the database pod through voluntary disruptions (PodDisruptionBudget `minAvailable: 1`):
+    /// draining its node then waits for someone to delete the pod. By default a drain may move
+    /// it (a short database outage) and never blocks.
+    #[serde(default)]
+    pub block_database_drain: bool,
+    /// Seconds a pod stays bound to a NotReady or unreachable node before it is evicted
+    /// (Kubernetes' default is 300).
+    #[serde(default = "default_node_loss_toleration")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub node_loss_toleration_seconds: i64,
+    /// Seconds a new app pod must be ready before it counts as available (Deployment `minReadySeconds`).
+    #[serde(default = "default_min_ready")]
+    #[schemars(range(min = 0, max = 600))]
+    pub min_ready_seconds: i32,
+    /// Seconds the preStop hook waits before SIGTERM, so endpoints drop the pod first. 0 disables it.
+    #[serde(default = "default_pre_stop_delay")]
+    #[schemars(range(min = 0, max = 60))]
+    pub pre_stop_delay_seconds: i32,
+    /// Seconds a rollout may go without progress before it counts as failed.
+    #[serde(default = "default_rollout_deadline")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub rollout_deadline_seconds: i32,
+    /// Roll a failed rollout back to the last pod template that was ready.
+    #[serde(default = "default_true")]
+    pub auto_rollback: bool,
+    /// Restart (evict) app pods that crash-loop or stay unready while their siblings are fine.
+    #[serde(default = "default_true")]
+    pub restart_unhealthy_pods: bool,
+    /// Seconds an app pod may stay unready (while its siblings are ready) before it is restarted.
+    #[serde(default = "default_unready_restart")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub unready_restart_seconds: i64,
+    /// At most this many restarts of a site's pods per hour.
+    #[serde(default = "default_restart_budget")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_restarts_per_hour: i32,
+}
+
+impl Default for HighAvailabilitySpec {
+    fn default() -> Self {
+        Self {
+            spread: SpreadPolicy::default(),
+            max_unavailable: default_max_unavailable(),
+            block_database_drain: false,
+            node_loss_toleration_seconds: default_node_loss_toleration(),
+            min_ready_seconds: default_min_ready(),
+            pre_stop_delay_seconds: default_pre_stop_delay(),
+            rollout_deadline_seconds: default_rollout_deadline(),
+            auto_rollback: true,
+            restart_unhealthy_pods: true,
+            unready_restart_seconds: default_unready_restart(),
+            max_restarts_per_hour: default_restart_budget(),
+        }
+    }
+}
+
+fn default_max_unavailable() -> i32 {
+    1
+}
+fn default_node_loss_toleration() -> i64 {
+    30
+}
+fn default_min_ready() -> i32 {
+    5
+}
+fn default_pre_stop_delay() -> i32 {
+    2
+}
+fn default_rollout_deadline() -> i32 {
+    300
+}
+fn default_unready_restart() -> i64 {
+    120
+}
+fn default_restart_budget() -> i32 {
+    5
 }
 
 /// The article server Deployment.
@@ -401,6 +509,43 @@ pub struct ArticleSiteStatus {
     /// Generated credentials: which rotation request was handled (never a secret value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsStatus>,
+    /// Placement of the ready app pods, restarts and rollbacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability: Option<AvailabilityStatus>,
+}
+
+/// What the operator observed and did for high availability.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AvailabilityStatus {
+    /// Distinct zones of the nodes that run ready app pods.
+    pub zones: i32,
+    /// Distinct nodes that run ready app pods.
+    pub nodes: i32,
+    /// App pods the operator restarted (evicted), in total.
+    #[serde(default)]
+    pub pod_restarts: i32,
+    /// Times of the restarts within the last hour (the restart budget and backoff).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_restarts: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Automatic rollbacks, in total.
+    #[serde(default)]
+    pub rollbacks: i32,
+    /// The rollout that failed and was rolled back; cleared when the pod template in the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_rollout: Option<FailedRollout>,
+}
+
+/// A rollout that never became ready, and what it was rolled back to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedRollout {
+    /// Image of the failed pod template.
+    pub image: String,
+    /// Hash of the pod template built from the spec that failed.
+    pub template_hash: String,
+    /// `pod-template-hash` of the ReplicaSet that was restored.
+    pub restored_revision: String,
 }
 
 /// Rotation state of the generated credentials.

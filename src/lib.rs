@@ -10,6 +10,7 @@ pub mod apply;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod ha;
 pub mod leader;
 pub mod metrics;
 pub mod resources;

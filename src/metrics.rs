@@ -44,6 +44,10 @@ pub struct Metrics {
     pub children: Family<OutcomeLabels, Counter>,
     /// 1 while this replica holds the leader election Lease (or runs without election).
     pub leader: Gauge,
+    /// High availability actions: pod restarts by reason, rollbacks, orphaned pods deleted.
+    pub pod_restarts: Family<ErrorLabels, Counter>,
+    pub rollbacks: Counter,
+    pub orphaned_pods_deleted: Counter,
     registry: Registry,
     ready: AtomicBool,
     /// A replica waiting for the Lease: healthy and ready to take over, reconciling nothing.
@@ -87,6 +91,24 @@ impl Default for Metrics {
             "1 when this replica is the leader and reconciles",
             leader.clone(),
         );
+        let pod_restarts = Family::<ErrorLabels, Counter>::default();
+        let rollbacks = Counter::default();
+        let orphaned_pods_deleted = Counter::default();
+        registry.register(
+            "pod_restarts",
+            "App pods restarted through the Eviction API, by reason",
+            pod_restarts.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Failed rollouts rolled back to the last ready pod template",
+            rollbacks.clone(),
+        );
+        registry.register(
+            "orphaned_pods_deleted",
+            "Pods force-deleted because their node no longer exists",
+            orphaned_pods_deleted.clone(),
+        );
         Self {
             reconciles,
             reconcile_duration,
@@ -94,6 +116,9 @@ impl Default for Metrics {
             writes,
             children,
             leader,
+            pod_restarts,
+            rollbacks,
+            orphaned_pods_deleted,
             registry,
             ready: AtomicBool::new(false),
             standby: AtomicBool::new(false),

@@ -281,6 +281,8 @@ pub fn compute(site: &ArticleSite, observed: &Observed<'_>, now: &Time) -> Artic
         url: Some(resources::in_cluster_url(site, observed.cluster_domain)),
         // Set by the controller from the write token Secret; kept when it was not read.
         credentials: previous.and_then(|p| p.credentials.clone()),
+        // Filled in by the controller from the pods it observed (`ha`).
+        availability: None,
     }
 }
 

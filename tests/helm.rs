@@ -229,9 +229,15 @@ const SITE_RULES: &[&str] = &[
     "networkpolicies.networking.k8s.io [] [get list watch create patch]",
     "ingresses.networking.k8s.io [] [get list watch create patch delete]",
     "events.events.k8s.io [] [create patch]",
+    "pods [] [get list watch patch delete]",
+    "pods/eviction [] [create]",
+    "replicasets.apps [] [list]",
 ];
 
-const CLUSTER_RULES: &[&str] = &["storageclasses.storage.k8s.io [] [get list]"];
+const CLUSTER_RULES: &[&str] = &[
+    "storageclasses.storage.k8s.io [] [get list]",
+    "nodes [] [list]",
+];
 
 const LEASE_RULES: &[&str] = &[
     "leases.coordination.k8s.io [] [create]",

@@ -73,6 +73,7 @@ cmd_kwok() {
   echo "$KWOK_BIN/kwok" \
     --kubeconfig="$CLUSTER_DIR/kwok.kubeconfig" \
     --config="$KWOK_BIN/stages.yaml" \
+    --config="$here/kwok-stages/simulate.yaml" \
     --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr="$POD_CIDR" \

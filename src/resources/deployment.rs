@@ -4,8 +4,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
-    PodTemplateSpec, Probe, SecretKeySelector, TopologySpreadConstraint, Volume, VolumeMount,
+    Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    Lifecycle, LifecycleHandler, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, SleepAction, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -16,7 +18,7 @@ use super::{
     Component, DB_PASSWORD_KEY, DB_USERNAME_KEY, Names, POSTGRES_PORT, WRITE_TOKEN_KEY,
     label_selector, object_meta, public_url, resource_requirements, security,
 };
-use crate::crd::ArticleSite;
+use crate::crd::{ArticleSite, SpreadPolicy};
 
 pub const CONTAINER_NAME: &str = "article-server";
 
@@ -101,9 +103,10 @@ pub fn app_env(site: &ArticleSite, cluster_domain: &str) -> Vec<EnvVar> {
     env
 }
 
-/// Drain, then finish in-flight requests, then a margin before the kubelet sends SIGKILL.
+/// preStop delay, drain, then finish in-flight requests, then a margin before SIGKILL.
 pub fn termination_grace_period(site: &ArticleSite) -> i64 {
-    i64::from(site.spec.app.drain_delay_seconds)
+    i64::from(site.spec.high_availability.pre_stop_delay_seconds)
+        + i64::from(site.spec.app.drain_delay_seconds)
         + i64::from(site.spec.app.shutdown_timeout_seconds)
         + 5
 }
@@ -124,22 +127,73 @@ fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
     }
 }
 
-/// Spread pods over zones and then nodes. `ScheduleAnyway` keeps single-zone clusters working;
-/// the scheduler still prefers the least loaded domain.
+/// Spread pods over zones and then nodes, max skew 1. `Preferred` (`ScheduleAnyway`) keeps
+/// single-zone clusters working; `Required` (`DoNotSchedule`) never unbalances. Cordoned and
+/// tainted nodes do not count as domains (`nodeTaintsPolicy: Honor`), so a drain never leaves
+/// an evicted pod unschedulable.
 pub fn topology_spread(site: &ArticleSite, component: Component) -> Vec<TopologySpreadConstraint> {
+    let when = match site.spec.high_availability.spread {
+        SpreadPolicy::None => return Vec::new(),
+        SpreadPolicy::Preferred => "ScheduleAnyway",
+        SpreadPolicy::Required => "DoNotSchedule",
+    };
     ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
         .into_iter()
         .map(|key| TopologySpreadConstraint {
             max_skew: 1,
             topology_key: key.into(),
-            when_unsatisfiable: "ScheduleAnyway".into(),
+            when_unsatisfiable: when.into(),
             label_selector: Some(label_selector(site, component)),
+            node_taints_policy: Some("Honor".into()),
             ..Default::default()
         })
         .collect()
 }
 
 pub use super::security::restricted_container_security;
+
+/// Node anti-affinity between pods of the same component. Always preferred: a required rule
+/// would block surge rollouts and drains once there are as many pods as nodes.
+pub fn affinity(site: &ArticleSite, component: Component) -> Option<Affinity> {
+    if site.spec.high_availability.spread == SpreadPolicy::None {
+        return None;
+    }
+    Some(Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".into(),
+                        label_selector: Some(label_selector(site, component)),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Leave a NotReady or unreachable node after `nodeLossTolerationSeconds` instead of the
+/// default 300 s.
+pub fn tolerations(site: &ArticleSite) -> Vec<Toleration> {
+    let seconds = site.spec.high_availability.node_loss_toleration_seconds;
+    [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ]
+    .into_iter()
+    .map(|key| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoExecute".into()),
+        toleration_seconds: Some(seconds),
+        ..Default::default()
+    })
+    .collect()
+}
 
 pub fn empty_dir(name: &str, limit: &str) -> Volume {
     Volume {
@@ -160,6 +214,21 @@ pub fn mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
+/// A preStop sleep, so endpoints drop the pod before it gets SIGTERM (sleep action: the
+/// image needs no shell).
+fn pre_stop(site: &ArticleSite) -> Option<Lifecycle> {
+    let seconds = site.spec.high_availability.pre_stop_delay_seconds;
+    (seconds > 0).then(|| Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: i64::from(seconds),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 pub fn build(site: &ArticleSite, cluster_domain: &str) -> Deployment {
     let name = site.name_any();
     let app = &site.spec.app;
@@ -170,7 +239,8 @@ pub fn build(site: &ArticleSite, cluster_domain: &str) -> Deployment {
         spec: Some(DeploymentSpec {
             replicas: Some(app.replicas),
             revision_history_limit: Some(5),
-            progress_deadline_seconds: Some(600),
+            progress_deadline_seconds: Some(site.spec.high_availability.rollout_deadline_seconds),
+            min_ready_seconds: Some(site.spec.high_availability.min_ready_seconds),
             selector: label_selector(site, Component::App),
             // Surge first, never below the desired count: a rollout keeps full capacity.
             strategy: Some(DeploymentStrategy {
@@ -192,6 +262,8 @@ pub fn build(site: &ArticleSite, cluster_domain: &str) -> Deployment {
                     service_account_name: Some(Names::service_account(&name)),
                     security_context: Some(security::app_pod_security(site)),
                     topology_spread_constraints: Some(topology_spread(site, Component::App)),
+                    affinity: affinity(site, Component::App),
+                    tolerations: Some(tolerations(site)),
                     containers: vec![Container {
                         name: CONTAINER_NAME.into(),
                         image: Some(app.image.clone()),
@@ -207,6 +279,7 @@ pub fn build(site: &ArticleSite, cluster_domain: &str) -> Deployment {
                         startup_probe: Some(http_probe("/livez", 2, 30)),
                         liveness_probe: Some(http_probe("/livez", 10, 3)),
                         readiness_probe: Some(http_probe("/readyz", 5, 2)),
+                        lifecycle: pre_stop(site),
                         security_context: Some(restricted_container_security()),
                         volume_mounts: Some(vec![mount("tmp", "/tmp")]),
                         ..Default::default()
@@ -303,7 +376,25 @@ mod tests {
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(3));
         let pod = spec.template.spec.as_ref().unwrap();
-        assert_eq!(pod.termination_grace_period_seconds, Some(5 + 20 + 5));
+        assert_eq!(pod.termination_grace_period_seconds, Some(2 + 5 + 20 + 5));
+        assert_eq!(spec.min_ready_seconds, Some(5));
+        assert_eq!(
+            spec.strategy
+                .as_ref()
+                .and_then(|s| s.rolling_update.as_ref())
+                .and_then(|r| r.max_unavailable.clone()),
+            Some(IntOrString::Int(0))
+        );
+        let pre_stop = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref();
+        assert_eq!(pre_stop.unwrap().sleep.as_ref().unwrap().seconds, 2);
+        let tolerations = pod.tolerations.as_ref().unwrap();
+        assert!(tolerations.iter().all(|t| t.toleration_seconds == Some(30)));
+        assert!(pod.affinity.as_ref().unwrap().pod_anti_affinity.is_some());
         let sc = pod.containers[0].security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
@@ -327,6 +418,28 @@ mod tests {
             "selector holds only the immutable labels"
         );
         assert_eq!(d.metadata.owner_references.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn spread_policy_requires_or_relaxes() {
+        let mut site = site("news");
+        let when = |site: &ArticleSite| -> Vec<String> {
+            topology_spread(site, Component::App)
+                .into_iter()
+                .map(|t| t.when_unsatisfiable)
+                .collect()
+        };
+        assert_eq!(when(&site), ["ScheduleAnyway", "ScheduleAnyway"]);
+        site.spec.high_availability.spread = SpreadPolicy::Required;
+        assert_eq!(when(&site), ["DoNotSchedule", "DoNotSchedule"]);
+        assert!(
+            topology_spread(&site, Component::App)
+                .iter()
+                .all(|t| t.max_skew == 1 && t.node_taints_policy.as_deref() == Some("Honor"))
+        );
+        site.spec.high_availability.spread = SpreadPolicy::None;
+        assert!(when(&site).is_empty());
+        assert!(affinity(&site, Component::App).is_none());
     }
 
     #[test]

@@ -26,31 +26,43 @@ fn pdb(
     }
 }
 
-/// At most one app pod evicted at a time; with `maxUnavailable` a single-replica site can still
-/// be drained (it briefly goes down) instead of blocking the node forever.
+/// At most `maxUnavailable` (default one) app pods evicted at a time; with `maxUnavailable` a
+/// single-replica site can still be drained (it briefly goes down) instead of blocking the
+/// node forever.
 pub fn app(site: &ArticleSite) -> PodDisruptionBudget {
     pdb(
         site,
         Names::app(&site.name_any()),
         Component::App,
         PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(
+                site.spec.high_availability.max_unavailable,
+            )),
             ..Default::default()
         },
     )
 }
 
-/// The one database pod stays up during voluntary disruptions; draining its node needs an
-/// explicit decision (delete the pod), as with a single-instance CloudNativePG cluster.
+/// The single database pod: by default a drain may move it (`maxUnavailable: 1`, never
+/// blocks); with `blockDatabaseDrain` it stays up during voluntary disruptions and draining its
+/// node needs an explicit decision, as with a single-instance CloudNativePG cluster.
 pub fn database(site: &ArticleSite) -> PodDisruptionBudget {
+    let spec = if site.spec.high_availability.block_database_drain {
+        PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            ..Default::default()
+        }
+    } else {
+        PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            ..Default::default()
+        }
+    };
     pdb(
         site,
         Names::database(&site.name_any()),
         Component::Database,
-        PodDisruptionBudgetSpec {
-            min_available: Some(IntOrString::Int(1)),
-            ..Default::default()
-        },
+        spec,
     )
 }
 
@@ -72,7 +84,13 @@ mod tests {
         let d = database(&s);
         assert_eq!(d.metadata.name.as_deref(), Some("news-postgresql"));
         assert_eq!(
-            d.spec.as_ref().unwrap().min_available,
+            d.spec.as_ref().unwrap().max_unavailable,
+            Some(IntOrString::Int(1))
+        );
+        let mut s = s;
+        s.spec.high_availability.block_database_drain = true;
+        assert_eq!(
+            database(&s).spec.as_ref().unwrap().min_available,
             Some(IntOrString::Int(1))
         );
     }

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::deployment::{empty_dir, mount, topology_spread};
+use super::deployment::{affinity, empty_dir, mount, tolerations, topology_spread};
 use super::security::{self, restricted_container_security};
 use super::{
     Component, DB_PASSWORD_KEY, DB_USERNAME_KEY, MANAGED_BY, Names, POSTGRES_PORT, label_selector,
@@ -125,6 +125,8 @@ pub fn build(site: &ArticleSite, claim_size: &str) -> StatefulSet {
                     service_account_name: Some(Names::service_account(&name)),
                     security_context: Some(security::database_pod_security()),
                     topology_spread_constraints: Some(topology_spread(site, Component::Database)),
+                    affinity: affinity(site, Component::Database),
+                    tolerations: Some(tolerations(site)),
                     containers: vec![Container {
                         name: CONTAINER_NAME.into(),
                         image: Some(db.image.clone()),

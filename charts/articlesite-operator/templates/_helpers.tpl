@@ -69,4 +69,16 @@ Server-side apply of a missing object needs create as well as patch.
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+# High availability: watch app pods, restart a broken one through the Eviction API (so budgets
+# hold), steer scale-down with pod-deletion-cost, force-delete pods of a node that is gone.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [""]
+  resources: [pods/eviction]
+  verbs: [create]
+# Rollback finds the last ReplicaSet whose pods were ready.
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [list]
 {{- end -}}
