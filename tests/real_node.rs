@@ -1,0 +1,602 @@
+//! End-to-end on the real node (`make e2e`, feature `e2e`): the article server and PostgreSQL
+//! images run in real containers, with the pod specs the operator builds, and serve articles
+//! through the site's Service from this machine. Needs `make cluster-up REAL_NODE=1` and
+//! `make images`; `hack/e2e.sh` does both and passes the network settings in the environment.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+use articlesite_operator::crd::ArticleSite;
+use articlesite_operator::resources::{Names, deployment, secret, service, statefulset};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    EmptyDirVolumeSource, HostAlias, Pod, PodSpec, Service, Toleration, Volume,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use common::{TestNamespace, client, wait_for};
+
+const MANAGER: &str = "articlesite-e2e";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The network of the real node, as `hack/cluster/realnode.sh` set it up.
+struct Net {
+    bridge: String,
+    pod_cidr: String,
+    kwok_pod_cidr: String,
+    service_cidr: String,
+}
+
+impl Net {
+    fn from_env() -> Self {
+        Self {
+            bridge: env_or("REAL_NODE_BRIDGE", "asnode0"),
+            pod_cidr: env_or("REAL_NODE_POD_CIDR", "10.88.0.0/24"),
+            kwok_pod_cidr: env_or("POD_CIDR", "10.244.0.0/16"),
+            service_cidr: env_or("SERVICE_CIDR", "10.96.0.0/16"),
+        }
+    }
+}
+
+fn in_cidr(ip: &str, cidr: &str) -> bool {
+    let (Some((net, len)), Ok(ip)) = (cidr.split_once('/'), ip.parse::<Ipv4Addr>()) else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// `ip route get ADDR`: how this machine would send a packet to ADDR (stderr on failure).
+fn route_get(addr: &str) -> String {
+    let out = Command::new("ip")
+        .args(["route", "get", addr])
+        .output()
+        .expect("run ip route get");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The pod and Service ranges stay on this machine: the real pods and the ClusterIP go to the
+/// bridge, the simulated pod range to the blackhole, and nothing to the default route.
+fn assert_routed_locally(net: &Net, pod_ips: &[String], cluster_ip: &str) {
+    let default_dev = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["route", "show", "default"])
+            .output()
+            .expect("ip route show default")
+            .stdout,
+    )
+    .split_whitespace()
+    .skip_while(|w| *w != "dev")
+    .nth(1)
+    .map(str::to_string);
+    for addr in pod_ips.iter().map(String::as_str).chain([cluster_ip]) {
+        let route = route_get(addr);
+        println!(
+            "ip route get {addr}: {}",
+            route.lines().next().unwrap_or("")
+        );
+        assert!(
+            route.contains(&format!("dev {} ", net.bridge)),
+            "{addr} must be routed to the bridge {}: {route}",
+            net.bridge
+        );
+        assert!(
+            !route.contains(" via "),
+            "{addr} must not go via a gateway: {route}"
+        );
+        if let Some(dev) = &default_dev {
+            assert!(
+                !route.contains(&format!("dev {dev} ")),
+                "{addr} would leave through the default route's {dev}: {route}"
+            );
+        }
+    }
+    let blackholes = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["route", "show", "type", "blackhole"])
+            .output()
+            .expect("ip route show type blackhole")
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        blackholes
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(net.kwok_pod_cidr.as_str())),
+        "the simulated pod range {} must be blackholed: {blackholes}",
+        net.kwok_pod_cidr
+    );
+    // An address of a simulated pod cannot be reached at all.
+    let base = net.kwok_pod_cidr.split('/').next().unwrap_or_default();
+    let route = route_get(base);
+    assert!(
+        !route.contains(" dev "),
+        "simulated pod range {} must have no route: {route}",
+        net.kwok_pod_cidr
+    );
+    assert!(
+        in_cidr(cluster_ip, &net.service_cidr),
+        "{cluster_ip} outside {}",
+        net.service_cidr
+    );
+}
+
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = ArticleSite::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD");
+    wait_for("CRD established", Duration::from_secs(30), || {
+        let crds = crds.clone();
+        let name = name.clone();
+        async move {
+            let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
+            let ok = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if ok {
+                Ok(())
+            } else {
+                Err("not established".into())
+            }
+        }
+    })
+    .await;
+}
+
+/// Pins a pod template to the real node: its label and a toleration of its taint.
+fn pin_to_real_node(pod: &mut PodSpec) {
+    pod.node_selector = Some(BTreeMap::from([("type".to_string(), "real".to_string())]));
+    pod.tolerations = Some(vec![Toleration {
+        key: Some("articlesite.dev/real-node".into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }]);
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns status, headers (lower-cased names)
+/// and body.
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<(u16, BTreeMap<String, String>, String), String> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("connect {addr}: timed out"))?
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .map_err(|_| "read timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {text:?}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<BTreeMap<_, _>>();
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, headers, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+async fn pod_summary(pods: &Api<Pod>) -> String {
+    match pods.list(&ListParams::default()).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .map(|p| {
+                let st = p.status.clone().unwrap_or_default();
+                let waiting: Vec<String> = st
+                    .container_statuses
+                    .iter()
+                    .flatten()
+                    .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+                    .map(|w| format!("{:?}: {:?}", w.reason, w.message))
+                    .collect();
+                format!(
+                    "{} on {:?}: {:?} {:?} {waiting:?}",
+                    p.name_any(),
+                    p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    st.phase,
+                    st.pod_ip
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn article_server_and_postgresql_serve_from_the_real_node() {
+    let started = Instant::now();
+    let net = Net::from_env();
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "e2e-real").await;
+    let pp = PostParams::default();
+
+    // The site object itself, so that the children's owner references resolve (and the
+    // garbage collector leaves them alone). No operator runs here: the test applies what
+    // the operator's builders produce, pinned to the real node.
+    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    let spec = serde_json::from_value(json!({
+        "title": "Real node news",
+        "app": {
+            "image": env_or("ARTICLE_SERVER_IMAGE", "localhost/articlesite/article-server:dev"),
+            "imagePullPolicy": "Never",
+            "replicas": 2,
+        },
+        "database": {
+            "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
+            "imagePullPolicy": "Never",
+        },
+    }))
+    .expect("site spec");
+    let site = sites
+        .create(&pp, &ArticleSite::new("news", spec))
+        .await
+        .expect("create site");
+    let name = site.name_any();
+
+    let token = format!("e2e-{:032x}", rand_u128());
+    let password = format!("{:032x}", rand_u128());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .create(&pp, &secret::database_credentials(&site, password))
+        .await
+        .expect("create credentials");
+    secrets
+        .create(&pp, &secret::write_token(&site, token.clone()))
+        .await
+        .expect("create write token");
+
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    for svc in [
+        service::app(&site),
+        service::database_client(&site),
+        service::database_headless(&site),
+    ] {
+        services.create(&pp, &svc).await.expect("create service");
+    }
+    let db_ip = services
+        .get(&Names::database(&name))
+        .await
+        .expect("database service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("database ClusterIP");
+
+    // PostgreSQL as the operator builds it, on the real node. Its claim template becomes an
+    // emptyDir: the simulated StorageClass provisions no real volume.
+    let mut sts = statefulset::build(&site, "1Gi");
+    if let Some(spec) = sts.spec.as_mut() {
+        spec.volume_claim_templates = None;
+        if let Some(pod) = spec.template.spec.as_mut() {
+            pin_to_real_node(pod);
+            pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+                name: statefulset::DATA_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            });
+        }
+    }
+    Api::<StatefulSet>::namespaced(client.clone(), &ns.name)
+        .create(&pp, &sts)
+        .await
+        .expect("create statefulset");
+
+    // The article server as the operator builds it. The local cluster has no DNS: the
+    // database's Service name resolves through the pod's /etc/hosts instead.
+    let mut deploy = deployment::build(&site, "cluster.local");
+    let db_host = format!("{}.{}.svc.cluster.local", Names::database(&name), ns.name);
+    if let Some(pod) = deploy.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pin_to_real_node(pod);
+        pod.host_aliases = Some(vec![HostAlias {
+            ip: db_ip.clone(),
+            hostnames: Some(vec![db_host]),
+        }]);
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    deployments
+        .create(&pp, &deploy)
+        .await
+        .expect("create deployment");
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let t_ready = Instant::now();
+    wait_for(
+        "2 ready article server pods and a ready database on the real node",
+        Duration::from_secs(240),
+        || {
+            let deployments = deployments.clone();
+            let pods = pods.clone();
+            let name = name.clone();
+            async move {
+                let d = deployments.get(&name).await.map_err(|e| e.to_string())?;
+                let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+                if ready == 2 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{ready}/2 ready; pods: {}",
+                        pod_summary(&pods).await
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    let ready_after = t_ready.elapsed();
+
+    // Every pod runs on the real node with an address of its bridge's subnet.
+    let list = pods.list(&ListParams::default()).await.expect("list pods");
+    assert_eq!(list.items.len(), 3, "2 app pods + 1 database pod");
+    let mut pod_ips = Vec::new();
+    for p in &list.items {
+        let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+        assert_eq!(
+            node.as_deref(),
+            Some("real-node"),
+            "{} placement",
+            p.name_any()
+        );
+        let ip = p
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .expect("pod IP");
+        assert!(
+            in_cidr(&ip, &net.pod_cidr),
+            "pod {} has {ip}, outside the real node's {}",
+            p.name_any(),
+            net.pod_cidr
+        );
+        pod_ips.push(ip);
+    }
+
+    // The Service is dialled only once its endpoints are all real pods.
+    let app_ip = services
+        .get(&name)
+        .await
+        .expect("app service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("app ClusterIP");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(
+        "the app Service's endpoints: 2 ready real pods",
+        Duration::from_secs(30),
+        || {
+            let slices = slices.clone();
+            let name = name.clone();
+            let pod_cidr = net.pod_cidr.clone();
+            async move {
+                let lp =
+                    ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
+                let list = slices.list(&lp).await.map_err(|e| e.to_string())?;
+                let addrs: Vec<(String, bool)> = list
+                    .items
+                    .iter()
+                    .flat_map(|s| s.endpoints.iter().flatten())
+                    .flat_map(|e| {
+                        let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false);
+                        e.addresses.iter().map(move |a| (a.clone(), ready))
+                    })
+                    .collect();
+                if let Some((a, _)) = addrs.iter().find(|(a, _)| !in_cidr(a, &pod_cidr)) {
+                    panic!("endpoint {a} is not a real pod ({pod_cidr}): never dial it");
+                }
+                if addrs.len() == 2 && addrs.iter().all(|(_, r)| *r) {
+                    Ok(())
+                } else {
+                    Err(format!("{addrs:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    assert_routed_locally(&net, &pod_ips, &app_ip);
+
+    // Through kube-proxy's ClusterIP: create, publish, read back as JSON and as HTML.
+    let addr = format!("{app_ip}:80");
+    let slug = "hello-real-node";
+    let title = "Hello from a real node";
+    let t = Instant::now();
+    let (status, _, body) = wait_for(
+        "the first write through the Service",
+        Duration::from_secs(30),
+        || {
+            let addr = addr.clone();
+            let token = token.clone();
+            async move {
+                let article = json!({"slug": slug, "title": title, "summary": "e2e",
+                    "body": "Served by **real containers**.", "tags": ["e2e"]});
+                let r = http(
+                    &addr,
+                    "POST",
+                    "/api/v1/articles",
+                    Some(&token),
+                    Some(&article),
+                )
+                .await?;
+                if r.0 >= 500 {
+                    Err(format!("{} {}", r.0, r.2))
+                } else {
+                    Ok(r)
+                }
+            }
+        },
+    )
+    .await;
+    let create_latency = t.elapsed();
+    assert_eq!(status, 201, "create: {body}");
+
+    let t = Instant::now();
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        &format!("/api/v1/articles/{slug}/publish"),
+        Some(&token),
+        None,
+    )
+    .await
+    .expect("publish");
+    let publish_latency = t.elapsed();
+    assert_eq!(status, 200, "publish: {body}");
+
+    let t = Instant::now();
+    let (status, headers, body) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/articles/{slug}"),
+        None,
+        None,
+    )
+    .await
+    .expect("get JSON");
+    let json_latency = t.elapsed();
+    assert_eq!(status, 200, "get: {body}");
+    assert!(
+        headers
+            .get("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{headers:?}"
+    );
+    let article: Value = serde_json::from_str(&body).expect("article JSON");
+    assert_eq!(article["slug"], slug);
+    assert_eq!(article["title"], title);
+    assert_eq!(article["status"], "published", "{article}");
+
+    let t = Instant::now();
+    let (status, headers, page) = http(&addr, "GET", &format!("/articles/{slug}"), None, None)
+        .await
+        .expect("get HTML");
+    let html_latency = t.elapsed();
+    assert_eq!(status, 200, "page: {page}");
+    assert!(
+        headers
+            .get("content-type")
+            .is_some_and(|c| c.starts_with("text/html")),
+        "{headers:?}"
+    );
+    assert!(page.contains(title), "the page shows the title: {page}");
+    assert!(
+        page.contains("<strong>real containers</strong>"),
+        "the page renders the Markdown body: {page}"
+    );
+    let (status, _, index) = http(&addr, "GET", "/", None, None).await.expect("index");
+    assert_eq!(status, 200);
+    assert!(index.contains(title), "the index lists the article");
+
+    // Without the token, writes are refused: the Secret reached the pods through the env.
+    let (status, _, _) = http(
+        &addr,
+        "POST",
+        "/api/v1/articles",
+        None,
+        Some(&json!({"slug": "x", "title": "x", "body": "x"})),
+    )
+    .await
+    .expect("unauthenticated write");
+    assert_eq!(status, 401);
+
+    println!(
+        "real node e2e: pods ready {:.1}s after creation; create {:?}, publish {:?}, get JSON {:?}, get HTML {:?}; total {:.1}s",
+        ready_after.as_secs_f64(),
+        create_latency,
+        publish_latency,
+        json_latency,
+        html_latency,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn rand_u128() -> u128 {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("random bytes");
+    u128::from_le_bytes(b)
+}
