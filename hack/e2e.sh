@@ -33,6 +33,7 @@ started=0
 before=""
 cleanup() {
   local rc=$?
+  trap - EXIT INT TERM
   if [ "$started" = 1 ]; then
     "$here/down.sh" || rc=1
     local after

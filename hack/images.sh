@@ -16,6 +16,7 @@ set -euo pipefail
 
 IMAGE_TAG="${IMAGE_TAG:-dev}"
 IMAGE_PROFILE="${IMAGE_PROFILE:-dev}"
+# The fixed uids of images/rootfs.sh (and of the operator's pod specs).
 APP_UID=65532
 POSTGRES_UID=999
 IMG_CACHE="$CACHE_DIR/images"
@@ -24,87 +25,24 @@ BUILDAH=(buildah --root "$IMG_CACHE/storage" --runroot "$IMG_CACHE/run" --storag
 REAL_NODE=1 "$ROOT/hack/deps.sh"
 mkdir -p "$IMG_CACHE"
 
-# copy_libs ROOTFS FILE...: the shared libraries the files load, at their paths.
-copy_libs() {
-  local root=$1 f lib; shift
-  for f in "$@"; do
-    { ldd "$f" 2>/dev/null || true; } | { grep -o '/[^ ]*' || true; } | while read -r lib; do
-      [ -e "$root$lib" ] && continue
-      mkdir -p "$root$(dirname "$lib")"
-      cp -L "$lib" "$root$lib"
-    done
-  done
-}
-
-# copy_with_libs ROOTFS FILE...: the files, at their paths, and their libraries.
-copy_with_libs() {
-  local root=$1 f; shift
-  for f in "$@"; do
-    mkdir -p "$root$(dirname "$f")"
-    cp -aL "$f" "$root$f"
-  done
-  copy_libs "$root" "$@"
-}
-
-base_files() { # ROOTFS USER UID
-  local root=$1 user=$2 uid=$3
-  mkdir -p "$root/etc" "$root/tmp" "$root/usr/local/bin" "$root/usr/lib"
-  chmod 1777 "$root/tmp"
-  printf 'root:x:0:0:root:/root:/sbin/nologin\n%s:x:%s:%s:%s:/nonexistent:/sbin/nologin\n' \
-    "$user" "$uid" "$uid" "$user" >"$root/etc/passwd"
-  printf 'root:x:0:\n%s:x:%s:\n' "$user" "$uid" >"$root/etc/group"
-  # The lib64 symlink layout of Debian, so that the interpreter path in ELF headers resolves.
-  ln -sfn usr/lib "$root/lib" 2>/dev/null || true
-}
-
 rootfs_rust() { # ROOTFS BINARY
-  local root=$1 bin=$2
-  base_files "$root" nonroot "$APP_UID"
   local target_dir="$ROOT/target/debug"
   [ "$IMAGE_PROFILE" = release ] && target_dir="$ROOT/target/release"
-  cp "$target_dir/$bin" "$root/usr/local/bin/$bin"
-  copy_libs "$root" "$target_dir/$bin"
-  # Debug information is for the developer's machine, not the image.
-  strip --strip-debug "$root/usr/local/bin/$bin"
+  "$ROOT/images/rootfs.sh" app "$1" "$target_dir/$2"
 }
-
 rootfs_article_server() { rootfs_rust "$1" article-server; }
 rootfs_articlesite_operator() { rootfs_rust "$1" articlesite-operator; }
-
-rootfs_postgresql() {
-  local root=$1 ver f
-  ver=$(pg_version)
-  base_files "$root" postgres "$POSTGRES_UID"
-  local files=()
-  while IFS= read -r f; do files+=("$f"); done < <(
-    find "/usr/lib/postgresql/$ver/bin" "/usr/lib/postgresql/$ver/lib" -maxdepth 1 -type f \
-      ! -name 'llvmjit*' | sort)
-  copy_with_libs "$root" "${files[@]}" /bin/sh
-  mkdir -p "$root/usr/share/postgresql" "$root/usr/share/zoneinfo/Etc" \
-    "$root/var/lib/postgresql" "$root/var/run/postgresql"
-  cp -a "/usr/share/postgresql/$ver" "$root/usr/share/postgresql/"
-  cp -L /usr/share/zoneinfo/UTC "$root/usr/share/zoneinfo/UTC"
-  cp -L /usr/share/zoneinfo/UTC "$root/usr/share/zoneinfo/Etc/UTC"
-  chown "$POSTGRES_UID:$POSTGRES_UID" "$root/var/lib/postgresql" "$root/var/run/postgresql"
-  install -m 0755 "$ROOT/images/postgresql-entrypoint.sh" "$root/usr/local/bin/postgresql-entrypoint"
-}
-
-pg_version() {
-  local ver
-  ver=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -n | tail -n1)
-  [ -n "$ver" ] || die "PostgreSQL is not installed (hack/deps.sh installs it)"
-  echo "$ver"
-}
+rootfs_postgresql() { "$ROOT/images/rootfs.sh" postgresql "$1"; }
 
 rootfs_pause() {
-  local root=$1 src="$ROOT/images/pause/pause.go" out="$IMG_CACHE/pause-bin"
-  mkdir -p "$out" "$root/usr/local/bin"
-  local h; h=$(sha256sum "$src" | cut -c1-16)
+  local root=$1 src="$ROOT/images/pause/pause.go" out="$IMG_CACHE/pause-bin" h
+  mkdir -p "$out"
+  h=$(sha256sum "$src" | cut -c1-16)
   if [ ! -x "$out/pause-$h" ]; then
     (cd "$(dirname "$src")" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
       go build -trimpath -ldflags '-s -w' -o "$out/pause-$h" pause.go)
   fi
-  cp "$out/pause-$h" "$root/usr/local/bin/pause"
+  "$ROOT/images/rootfs.sh" pause "$root" "$out/pause-$h"
 }
 
 # build NAME REF ENTRYPOINT-JSON USER [ENV...]: builds when the inputs changed; prints the digest.
@@ -170,7 +108,7 @@ for n in "${names[@]}"; do
     pause) build pause "$PAUSE_IMAGE" '["/usr/local/bin/pause"]' "65535:65535" ;;
     postgresql)
       build postgresql "$IMAGE_PREFIX/postgresql:$IMAGE_TAG" '["/usr/local/bin/postgresql-entrypoint"]' \
-        "$POSTGRES_UID:$POSTGRES_UID" "PATH=/usr/lib/postgresql/$(pg_version)/bin:/usr/local/bin:/usr/bin:/bin" \
+        "$POSTGRES_UID:$POSTGRES_UID" "PATH=/usr/lib/postgresql/current/bin:/usr/local/bin:/usr/bin:/bin" \
         "PGDATA=/var/lib/postgresql/data" "TZ=UTC" "LANG=C.UTF-8"
       ;;
     article-server)
