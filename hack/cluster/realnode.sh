@@ -225,7 +225,7 @@ real_node_up() {
   REAL_NODE=1 "$ROOT/hack/deps.sh"
   "$here/build.sh" kubelet kube-proxy >/dev/null
   if ip link show "$REAL_NODE_BRIDGE" >/dev/null 2>&1 && [ ! -f "$RN_DIR/sysctls.saved" ]; then
-    die "the bridge $REAL_NODE_BRIDGE exists but belongs to no real node of $CLUSTER_DIR: another cluster's real node? Only one real node per machine (set REAL_NODE_BRIDGE and REAL_NODE_POD_CIDR to run a second)."
+    die "the bridge $REAL_NODE_BRIDGE exists but belongs to no real node of $CLUSTER_DIR: another cluster's real node? Only one real node per machine; stop that cluster first (make cluster-down with its CLUSTER_DIR)."
   fi
   mkdir -p "$RN_DIR"
   rn_save_sysctls
