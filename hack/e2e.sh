@@ -63,6 +63,7 @@ t2=$(date +%s)
 
 cd "$ROOT"
 export KUBECONFIG="$KUBECONFIG_FILE" REAL_NODE_BRIDGE REAL_NODE_POD_CIDR POD_CIDR SERVICE_CIDR
+export REAL_NODE_DIR="$RN_DIR"
 export ARTICLE_SERVER_IMAGE="$IMAGE_PREFIX/article-server:${IMAGE_TAG:-dev}"
 export POSTGRESQL_IMAGE="$IMAGE_PREFIX/postgresql:${IMAGE_TAG:-dev}"
 cargo test --locked --features e2e --test real_node -- --nocapture

@@ -52,7 +52,7 @@ build() {
   rm -rf "$root"
   mkdir -p "$root"
   "rootfs_${name//-/_}" "$root"
-  local config="ref=$ref entry=$entry user=$user env=$* buildah=$(buildah --version)"
+  local config="ref=$ref entry=$entry user=$user stop=${STOP_SIGNAL:-SIGTERM} env=$* buildah=$(buildah --version)"
   local hash
   hash=$( (cd "$root" && find . -printf '%p %m %U %l\n' | sort && \
     find . -type f -print0 | sort -z | xargs -0 sha256sum; echo "$config") | sha256sum | cut -c1-32)
@@ -65,6 +65,7 @@ build() {
     c=$("${BUILDAH[@]}" from --name "asimg-$name" scratch)
     "${BUILDAH[@]}" copy "$c" "$root/" / >/dev/null
     "${BUILDAH[@]}" config --entrypoint "$entry" --cmd '' --user "$user" --workingdir / \
+      --stop-signal "${STOP_SIGNAL:-SIGTERM}" \
       "${envargs[@]}" --label "org.opencontainers.image.source=articlesite-operator" "$c"
     rm -f "$IMG_CACHE/$name"-*.oci.tar
     "${BUILDAH[@]}" commit --quiet --rm --format oci --timestamp 0 "$c" \
@@ -107,7 +108,9 @@ for n in "${names[@]}"; do
   case $n in
     pause) build pause "$PAUSE_IMAGE" '["/usr/local/bin/pause"]' "65535:65535" ;;
     postgresql)
-      build postgresql "$IMAGE_PREFIX/postgresql:$IMAGE_TAG" '["/usr/local/bin/postgresql-entrypoint"]' \
+      # SIGINT: PostgreSQL's fast shutdown, as in the official image (SIGTERM, smart shutdown,
+      # would wait for the app's pooled connections to close until the grace period ends).
+      STOP_SIGNAL=SIGINT build postgresql "$IMAGE_PREFIX/postgresql:$IMAGE_TAG" '["/usr/local/bin/postgresql-entrypoint"]' \
         "$POSTGRES_UID:$POSTGRES_UID" "PATH=/usr/lib/postgresql/current/bin:/usr/local/bin:/usr/bin:/bin" \
         "PGDATA=/var/lib/postgresql/data" "TZ=UTC" "LANG=C.UTF-8"
       ;;

@@ -9,6 +9,12 @@ set -eu
 : "${POSTGRES_DB:=$POSTGRES_USER}"
 export PGDATA
 
+# The kubelet's fsGroup handling makes the volume's directories group-writable (2770), which
+# PostgreSQL refuses for its data directory; the official image tightens it at every start too.
+if [ -d "$PGDATA" ]; then
+  chmod 0700 "$PGDATA"
+fi
+
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   if [ -z "${POSTGRES_PASSWORD:-}" ]; then
     echo "error: PGDATA ($PGDATA) is empty and POSTGRES_PASSWORD is not set" >&2

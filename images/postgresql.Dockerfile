@@ -14,4 +14,5 @@ COPY --from=build /rootfs/ /
 ENV PATH=/usr/lib/postgresql/current/bin:/usr/local/bin:/usr/bin:/bin \
     PGDATA=/var/lib/postgresql/data TZ=UTC LANG=C.UTF-8
 USER 999:999
+STOPSIGNAL SIGINT
 ENTRYPOINT ["/usr/local/bin/postgresql-entrypoint"]

@@ -74,8 +74,8 @@ case $kind in
     while IFS= read -r f; do files+=("$f"); done < <(
       find "/usr/lib/postgresql/$ver/bin" "/usr/lib/postgresql/$ver/lib" -maxdepth 1 -type f \
         ! -name 'llvmjit*' | sort)
-    # /bin/sh for the entry point and the exec probes (pg_isready).
-    copy_with_libs "$root" "${files[@]}" /bin/sh
+    # /bin/sh for the entry point and the exec probes (pg_isready); chmod for the data directory.
+    copy_with_libs "$root" "${files[@]}" /bin/sh /bin/chmod
     mkdir -p "$root/usr/share/postgresql" "$root/usr/share/zoneinfo/Etc" \
       "$root/var/lib/postgresql" "$root/var/run/postgresql"
     cp -a "/usr/share/postgresql/$ver" "$root/usr/share/postgresql/"

@@ -13,9 +13,7 @@ use std::time::Duration;
 use articlesite_operator::crd::ArticleSite;
 use articlesite_operator::resources::{Names, deployment, secret, service, statefulset};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{
-    EmptyDirVolumeSource, HostAlias, Pod, PodSpec, Service, Toleration, Volume,
-};
+use k8s_openapi::api::core::v1::{HostAlias, PersistentVolume, Pod, PodSpec, Service, Toleration};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -41,6 +39,8 @@ struct Net {
     pod_cidr: String,
     kwok_pod_cidr: String,
     service_cidr: String,
+    /// `.cluster/real-node/`: the test's local volume goes below it, so cluster-down removes it.
+    node_dir: String,
 }
 
 impl Net {
@@ -50,6 +50,12 @@ impl Net {
             pod_cidr: env_or("REAL_NODE_POD_CIDR", "10.88.0.0/24"),
             kwok_pod_cidr: env_or("POD_CIDR", "10.244.0.0/16"),
             service_cidr: env_or("SERVICE_CIDR", "10.96.0.0/16"),
+            node_dir: std::env::var("REAL_NODE_DIR").unwrap_or_else(|_| {
+                common::cluster_dir()
+                    .join("real-node")
+                    .to_string_lossy()
+                    .into_owned()
+            }),
         }
     }
 }
@@ -298,6 +304,33 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
     let ns = TestNamespace::create(&client, "e2e-real").await;
     let pp = PostParams::default();
 
+    // A local volume on the real node for PostgreSQL, bound through a StorageClass name of
+    // this test's own (no provisioner: the claim binds to this PersistentVolume).
+    let class = format!("real-node-{}", ns.name);
+    let volume_dir = std::path::Path::new(&net.node_dir)
+        .join("volumes")
+        .join(&ns.name);
+    std::fs::create_dir_all(&volume_dir).expect("create the volume directory");
+    std::os::unix::fs::chown(&volume_dir, Some(POSTGRES_UID), Some(POSTGRES_UID))
+        .expect("chown the volume directory");
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": class, "labels": {"articlesite.io/test": "true"}},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": class,
+            "local": {"path": volume_dir.to_string_lossy()},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["real-node"]}
+            ]}]}},
+        },
+    }))
+    .expect("PersistentVolume");
+    pvs.create(&pp, &pv).await.expect("create PersistentVolume");
+    let _pv_guard = PvGuard(class.clone());
+
     // The site object itself, so that the children's owner references resolve (and the
     // garbage collector leaves them alone). No operator runs here: the test applies what
     // the operator's builders produce, pinned to the real node.
@@ -312,6 +345,7 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
         "database": {
             "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
             "imagePullPolicy": "Never",
+            "storage": {"size": "1Gi", "storageClass": class},
         },
     }))
     .expect("site spec");
@@ -350,19 +384,10 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
         .and_then(|s| s.cluster_ip)
         .expect("database ClusterIP");
 
-    // PostgreSQL as the operator builds it, on the real node. Its claim template becomes an
-    // emptyDir: the simulated StorageClass provisions no real volume.
+    // PostgreSQL as the operator builds it (claim template included), on the real node.
     let mut sts = statefulset::build(&site, "1Gi");
-    if let Some(spec) = sts.spec.as_mut() {
-        spec.volume_claim_templates = None;
-        if let Some(pod) = spec.template.spec.as_mut() {
-            pin_to_real_node(pod);
-            pod.volumes.get_or_insert_with(Vec::new).push(Volume {
-                name: statefulset::DATA_VOLUME.into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Default::default()
-            });
-        }
+    if let Some(pod) = sts.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+        pin_to_real_node(pod);
     }
     Api::<StatefulSet>::namespaced(client.clone(), &ns.name)
         .create(&pp, &sts)
@@ -584,6 +609,85 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
     .expect("unauthenticated write");
     assert_eq!(status, 401);
 
+    // More articles, then the database pod goes: it must come back with all of them.
+    let mut slugs = vec![slug.to_string()];
+    for i in 1..=5 {
+        let s = format!("before-restart-{i}");
+        let (status, _, body) = http(
+            &addr,
+            "POST",
+            "/api/v1/articles",
+            Some(&token),
+            Some(&json!({"slug": s, "title": format!("Article {i}"), "body": "kept"})),
+        )
+        .await
+        .expect("write before the database restart");
+        assert_eq!(status, 201, "{body}");
+        slugs.push(s);
+    }
+    let db_pod = format!("{}-0", Names::database(&name));
+    let old_uid = pods.get(&db_pod).await.expect("database pod").uid();
+    pods.delete(&db_pod, &Default::default())
+        .await
+        .expect("delete the database pod");
+    let deleted_at = Instant::now();
+    let (mut failures, mut first_failure, mut recovered) = (0u32, None, None);
+    let mut n = 0;
+    while deleted_at.elapsed() < Duration::from_secs(180) {
+        n += 1;
+        let t = Instant::now();
+        let article = json!({"slug": format!("during-restart-{n}"), "title": "probe", "body": "x"});
+        match http(
+            &addr,
+            "POST",
+            "/api/v1/articles",
+            Some(&token),
+            Some(&article),
+        )
+        .await
+        {
+            Ok((201, _, _)) => {
+                slugs.push(format!("during-restart-{n}"));
+                if first_failure.is_some() {
+                    recovered = Some(t);
+                    break;
+                }
+            }
+            _ => {
+                failures += 1;
+                first_failure.get_or_insert(t);
+            }
+        }
+        // Bounded load: at most five writes a second.
+        tokio::time::sleep(Duration::from_millis(200).saturating_sub(t.elapsed())).await;
+    }
+    let first_failure = first_failure.expect("writes must fail while the only database is gone");
+    let recovered = recovered
+        .unwrap_or_else(|| panic!("writes did not come back within 180 s of deleting {db_pod}"));
+    let new_uid = pods.get(&db_pod).await.expect("new database pod").uid();
+    assert_ne!(old_uid, new_uid, "{db_pod} was recreated");
+    for s in &slugs {
+        let (status, _, body) = http(
+            &addr,
+            "GET",
+            &format!("/api/v1/articles/{s}"),
+            Some(&token),
+            None,
+        )
+        .await
+        .expect("read after the database restart");
+        assert_eq!(
+            status, 200,
+            "{s} must survive the database pod's deletion: {body}"
+        );
+    }
+    println!(
+        "database pod deleted: writes unavailable for {:.1}s ({failures} failed writes, first failure {:.1}s after the deletion); all {} articles still there",
+        (recovered - first_failure).as_secs_f64(),
+        (first_failure - deleted_at).as_secs_f64(),
+        slugs.len()
+    );
+
     println!(
         "real node e2e: pods ready {:.1}s after creation; create {:?}, publish {:?}, get JSON {:?}, get HTML {:?}; total {:.1}s",
         ready_after.as_secs_f64(),
@@ -593,6 +697,32 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
         html_latency,
         started.elapsed().as_secs_f64()
     );
+}
+
+const POSTGRES_UID: u32 = 999;
+
+/// Deletes the test's PersistentVolume (cluster-scoped, so the namespace does not take it);
+/// it goes once the namespace's claim is gone.
+struct PvGuard(String);
+
+impl Drop for PvGuard {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let _ = Api::<PersistentVolume>::all(client().await)
+                    .delete(&name, &Default::default())
+                    .await;
+            });
+        })
+        .join();
+    }
 }
 
 fn rand_u128() -> u128 {
