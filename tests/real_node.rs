@@ -609,6 +609,114 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
     .expect("unauthenticated write");
     assert_eq!(status, 401);
 
+    // Under a steady, bounded load of reads and writes: a rollout restart of the app, then
+    // the deletion of one app pod. Every request counts.
+    let load = Load::start(addr.clone(), token.clone(), slug.to_string());
+    let deployments_w = deployments.clone();
+    let window = load.mark();
+    let restarted_at = jiff::Timestamp::now().to_string();
+    deployments
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                "kubectl.kubernetes.io/restartedAt": restarted_at}}}}})),
+        )
+        .await
+        .expect("rollout restart");
+    let old_pods: Vec<String> = list
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .filter(|n| n.starts_with(&format!("{name}-")) && !n.contains("postgresql"))
+        .collect();
+    wait_for(
+        "the rollout restart to complete (2 new pods available, old pods gone)",
+        Duration::from_secs(240),
+        || {
+            let deployments = deployments_w.clone();
+            let pods = pods.clone();
+            let name = name.clone();
+            let old_pods = old_pods.clone();
+            async move {
+                let d = deployments.get(&name).await.map_err(|e| e.to_string())?;
+                let gen_ok =
+                    d.status.as_ref().and_then(|s| s.observed_generation) >= d.metadata.generation;
+                let st = d.status.unwrap_or_default();
+                let mut left = Vec::new();
+                for p in &old_pods {
+                    if pods.get_opt(p).await.map_err(|e| e.to_string())?.is_some() {
+                        left.push(p.clone());
+                    }
+                }
+                if gen_ok
+                    && st.updated_replicas == Some(2)
+                    && st.available_replicas == Some(2)
+                    && st.replicas == Some(2)
+                    && left.is_empty()
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{st:?}; old pods left: {left:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let restart = load.report("rollout restart of the app", window);
+
+    let window = load.mark();
+    let victim = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=app"))
+        .await
+        .expect("app pods")
+        .items
+        .first()
+        .map(|p| p.name_any())
+        .expect("an app pod");
+    pods.delete(&victim, &Default::default())
+        .await
+        .expect("delete an app pod");
+    wait_for(
+        "the deleted app pod to be gone and 2 pods available again",
+        Duration::from_secs(120),
+        || {
+            let deployments = deployments.clone();
+            let pods = pods.clone();
+            let name = name.clone();
+            let victim = victim.clone();
+            async move {
+                let gone = pods
+                    .get_opt(&victim)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_none();
+                let d = deployments.get(&name).await.map_err(|e| e.to_string())?;
+                let available = d.status.and_then(|s| s.available_replicas).unwrap_or(0);
+                if gone && available == 2 {
+                    Ok(())
+                } else {
+                    Err(format!("gone: {gone}, available: {available}"))
+                }
+            }
+        },
+    )
+    .await;
+    let deletion = load.report("deletion of one app pod", window);
+    let total = load.stop().await;
+    assert_eq!(
+        restart.failed, 0,
+        "no request may fail during a rollout restart: {restart:?}"
+    );
+    assert_eq!(
+        deletion.failed, 0,
+        "no request may fail when an app pod is deleted: {deletion:?}"
+    );
+    assert!(
+        restart.requests > 0 && deletion.requests > 0 && total > 0,
+        "the load ran during both events"
+    );
+
     // More articles, then the database pod goes: it must come back with all of them.
     let mut slugs = vec![slug.to_string()];
     for i in 1..=5 {
@@ -700,6 +808,129 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
 }
 
 const POSTGRES_UID: u32 = 999;
+
+/// One request of the background load.
+struct Sample {
+    at: Instant,
+    ok: bool,
+    latency: Duration,
+    error: String,
+}
+
+#[derive(Debug)]
+struct Window {
+    requests: usize,
+    failed: usize,
+}
+
+/// A steady, bounded load through the Service: ten requests a second, alternating a read of
+/// a published article and a write of a new draft, each on a fresh connection (so every
+/// request goes through kube-proxy's choice of endpoint).
+struct Load {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<Sample>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(addr: String, token: String, published: String) -> Self {
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st) = (samples.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut n = 0u64;
+            // Bounded in time as well: ten minutes at most, whatever the test does.
+            let until = Instant::now() + Duration::from_secs(600);
+            while !st.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                n += 1;
+                let t = Instant::now();
+                let result = if n.is_multiple_of(2) {
+                    let body = json!({"slug": format!("load-{n}"), "title": "load", "body": "x"});
+                    http(&addr, "POST", "/api/v1/articles", Some(&token), Some(&body))
+                        .await
+                        .and_then(|r| {
+                            if r.0 == 201 {
+                                Ok(())
+                            } else {
+                                Err(format!("{} {}", r.0, r.2))
+                            }
+                        })
+                } else {
+                    http(
+                        &addr,
+                        "GET",
+                        &format!("/api/v1/articles/{published}"),
+                        None,
+                        None,
+                    )
+                    .await
+                    .and_then(|r| {
+                        if r.0 == 200 {
+                            Ok(())
+                        } else {
+                            Err(format!("{} {}", r.0, r.2))
+                        }
+                    })
+                };
+                let sample = Sample {
+                    at: t,
+                    ok: result.is_ok(),
+                    latency: t.elapsed(),
+                    error: result.err().unwrap_or_default(),
+                };
+                if let Ok(mut v) = s.lock() {
+                    v.push(sample);
+                }
+                tokio::time::sleep(Duration::from_millis(100).saturating_sub(t.elapsed())).await;
+            }
+        });
+        Self {
+            samples,
+            stop,
+            task,
+        }
+    }
+
+    fn mark(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// Prints and returns the failures and latencies of the requests sent since `from`.
+    fn report(&self, what: &str, from: Instant) -> Window {
+        let samples = self.samples.lock().expect("samples");
+        let window: Vec<&Sample> = samples.iter().filter(|s| s.at >= from).collect();
+        let mut lat: Vec<Duration> = window.iter().map(|s| s.latency).collect();
+        lat.sort();
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        let failed: Vec<&&Sample> = window.iter().filter(|s| !s.ok).collect();
+        println!(
+            "{what}: {} requests in {:.1}s, {} failed; latency p50 {:?}, p99 {:?}, max {:?}",
+            window.len(),
+            from.elapsed().as_secs_f64(),
+            failed.len(),
+            pct(0.5),
+            pct(0.99),
+            lat.last().copied().unwrap_or_default()
+        );
+        for f in failed.iter().take(5) {
+            println!("  failed: {}", f.error);
+        }
+        Window {
+            requests: window.len(),
+            failed: failed.len(),
+        }
+    }
+
+    async fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.task.await;
+        self.samples.lock().map(|v| v.len()).unwrap_or(0)
+    }
+}
 
 /// Deletes the test's PersistentVolume (cluster-scoped, so the namespace does not take it);
 /// it goes once the namespace's claim is gone.
