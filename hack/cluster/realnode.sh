@@ -270,6 +270,12 @@ real_node_down() {
   rn_remove_netns
   "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   rn_remove_rules
+  # A pod's network namespace can outlive its processes for minutes (orphaned TCP sockets of a
+  # killed pod keep it until they time out), and with it its veth: delete the bridge's ports.
+  local port
+  for port in $(ip -o link show master "$REAL_NODE_BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    ip link del "$port" 2>/dev/null || true
+  done
   if ip link show "$REAL_NODE_BRIDGE" >/dev/null 2>&1; then ip link del "$REAL_NODE_BRIDGE"; fi
   if [ -n "$(ip route show exact "$SERVICE_CIDR" dev "$REAL_NODE_BRIDGE" 2>/dev/null)" ]; then
     ip route del "$SERVICE_CIDR" dev "$REAL_NODE_BRIDGE" || true
