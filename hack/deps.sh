@@ -10,7 +10,7 @@ ensure_commands openssl:openssl ss:iproute2 ip:iproute2 curl:curl envsubst:gette
 # iptables for kube-proxy, buildah for the images, binutils to strip the binaries.
 if [ "${REAL_NODE:-0}" = 1 ]; then
   ensure_commands containerd:containerd runc:runc iptables:iptables conntrack:conntrack \
-    buildah:buildah sysctl:procps strip:binutils
+    buildah:buildah sysctl:procps strip:binutils socat:socat
   [ -x /usr/lib/cni/bridge ] || apt_install containernetworking-plugins
 fi
 # PostgreSQL: the article server's tests start a real server from Debian's package.

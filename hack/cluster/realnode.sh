@@ -34,6 +34,8 @@ cmd_containerd() {
   echo containerd --config "$RN_DIR/containerd.toml"
 }
 
+# No zone label: topology spread counts a tainted node's domain too (nodeTaintsPolicy defaults
+# to Ignore), so a zone of its own would hold DoNotSchedule zone spreading of the kwok pods.
 cmd_kubelet() {
   echo "$K8S_BIN/kubelet" \
     --config="$RN_DIR/kubelet.yaml" \
@@ -42,12 +44,21 @@ cmd_kubelet() {
     --cert-dir="$RN_DIR/kubelet/pki" \
     --hostname-override="$REAL_NODE_NAME" \
     --node-ip="$(rn_gateway)" \
-    --node-labels="type=real,topology.kubernetes.io/zone=zone-real,topology.kubernetes.io/region=local" \
+    --node-labels="type=real" \
     --v=1
 }
 
 cmd_kube-proxy() {
   echo "$K8S_BIN/kube-proxy" --config="$RN_DIR/kube-proxy.yaml" --hostname-override="$REAL_NODE_NAME" --v=1
+}
+
+# The API server listens on 127.0.0.1 only (binding 0.0.0.0 would expose it on every interface).
+# Pods reach it through the `kubernetes` Service, whose endpoint is the bridge address
+# (--advertise-address, see components.sh): this forwarder listens there and only there.
+# (-lf names its log, which also puts the component's name on its command line for component_pid.)
+cmd_apiserver-proxy() {
+  echo socat -lf "$LOGS/apiserver-proxy.log" \
+    "TCP-LISTEN:$APISERVER_PORT,bind=$(rn_gateway),reuseaddr,fork" "TCP:127.0.0.1:$APISERVER_PORT"
 }
 
 rn_ports_of() {
@@ -237,6 +248,7 @@ real_node_up() {
   # Likewise the directory of named network namespaces that the CRI uses.
   [ -d /run/netns ] || [ -f "$RN_DIR/netns.created" ] || { mkdir -p /run/netns && touch "$RN_DIR/netns.created"; }
 
+  start_component apiserver-proxy
   start_component containerd
   wait_until "containerd" 60 containerd ctr_ version
   "$ROOT/hack/images.sh" pause >/dev/null
@@ -265,6 +277,7 @@ real_node_down() {
     rn_remove_pods
   fi
   stop_component containerd
+  stop_component apiserver-proxy
   rn_kill_shims
   rn_unmount_all
   rn_remove_netns
