@@ -248,6 +248,15 @@ real_node_up() {
   # Likewise the directory of named network namespaces that the CRI uses.
   [ -d /run/netns ] || [ -f "$RN_DIR/netns.created" ] || { mkdir -p /run/netns && touch "$RN_DIR/netns.created"; }
 
+  # A control plane started without REAL_NODE=1 advertises another address: restart its API server.
+  local api args=""; api=$(component_pid kube-apiserver)
+  [ -n "$api" ] && args=$(tr '\0' ' ' <"/proc/$api/cmdline")
+  if [ -n "$api" ] && [[ $args != *"--advertise-address=$(rn_gateway)"* ]]; then
+    say "restarting kube-apiserver to advertise $(rn_gateway) for the real node's pods"
+    stop_component kube-apiserver
+    start_component kube-apiserver
+    wait_until "kube-apiserver /readyz" 90 kube-apiserver apiserver_ready
+  fi
   start_component apiserver-proxy
   start_component containerd
   wait_until "containerd" 60 containerd ctr_ version
