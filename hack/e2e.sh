@@ -8,8 +8,6 @@
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/cluster/lib.sh"
 . "$here/components.sh"
-. "$here/pki.sh"
-. "$here/realnode.sh"
 
 REAL_NODE=1 "$ROOT/hack/deps.sh"
 

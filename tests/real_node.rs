@@ -188,7 +188,7 @@ async fn install_crd(client: &Client) {
 fn pin_to_real_node(pod: &mut PodSpec) {
     pod.node_selector = Some(BTreeMap::from([("type".to_string(), "real".to_string())]));
     pod.tolerations = Some(vec![Toleration {
-        key: Some("articlesite.dev/real-node".into()),
+        key: Some("articlesite.io/real-node".into()),
         operator: Some("Exists".into()),
         effect: Some("NoSchedule".into()),
         ..Default::default()
@@ -1076,7 +1076,7 @@ async fn the_operator_runs_as_a_pod_on_the_real_node() {
                 "spec": {
                     "serviceAccountName": sa,
                     "nodeSelector": {"type": "real"},
-                    "tolerations": [{"key": "articlesite.dev/real-node", "operator": "Exists",
+                    "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists",
                                      "effect": "NoSchedule"}],
                     "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
                         "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},

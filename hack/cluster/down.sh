@@ -5,9 +5,6 @@ set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 . "$here/components.sh"
 
-. "$here/pki.sh"
-. "$here/realnode.sh"
-
 # The real node first (REAL_NODE=1), while the API server still answers its kubelet.
 real_node_down
 

@@ -147,7 +147,7 @@ authorization: {mode: AlwaysAllow}
 tlsCertFile: $PKI/kubelet-serving.crt
 tlsPrivateKeyFile: $PKI/kubelet-serving.key
 registerWithTaints:
-- {key: articlesite.dev/real-node, value: "true", effect: NoSchedule}
+- {key: articlesite.io/real-node, value: "true", effect: NoSchedule}
 # containerd 1.6 cannot pin the sandbox image: never garbage-collect images.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99

@@ -81,7 +81,6 @@ for c in kube-controller-manager kube-scheduler; do check_alive "$c"; done
 wait_until "the default ServiceAccount" 60 kube-controller-manager kubectl -n default get serviceaccount default
 
 if [ "${REAL_NODE:-0}" = 1 ]; then
-  . "$here/realnode.sh"
   real_node_up
 fi
 
