@@ -1,6 +1,7 @@
 # The optional real node of the local cluster (REAL_NODE=1): containerd + runc, a kubelet and
 # kube-proxy built from the pinned Kubernetes module, CNI bridge networking that never leaves
-# this machine. Sourced by up.sh and down.sh; see docs/real-node.md for the design.
+# this machine. Sourced by components.sh (so by up.sh, down.sh, component.sh) and by
+# hack/images.sh; see docs/real-node.md for the design.
 # shellcheck shell=bash
 
 REAL_NODE_NAME="${REAL_NODE_NAME:-real-node}"
@@ -276,8 +277,8 @@ real_node_up() {
   say "real node $REAL_NODE_NAME is Ready: pods on $REAL_NODE_BRIDGE $REAL_NODE_POD_CIDR, Services $SERVICE_CIDR via kube-proxy"
 }
 
-# Removes everything the real node made, in reverse: pods (through the CRI, so that CNI
-# releases addresses and veths), processes, mounts, network namespaces, rules, routes, sysctls.
+# Removes everything the real node made, in reverse: containers (killed through containerd),
+# processes, mounts, network namespaces, veths, rules, routes, cgroups, sysctls, directories.
 real_node_down() {
   [ -d "$RN_DIR" ] || [ -d "$RN_RUN" ] || return 0
   stop_component kube-proxy
