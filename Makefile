@@ -1,12 +1,15 @@
 # The way in: `make demo` runs an ArticleSite on a local cluster, `make test` runs every test.
 # Scripts live in hack/; this file only names them.
-.PHONY: help deps build-cluster cluster-up cluster-down test demo crds
+.PHONY: help deps build-cluster cluster-up cluster-down test e2e images demo crds
 
 help:
 	@echo "make demo          local cluster + operator + an example ArticleSite"
 	@echo "make test          fmt, clippy and every test (starts and stops the local cluster)"
 	@echo "make cluster-up    start the local control plane (6 simulated nodes, 3 zones)"
+	@echo "make cluster-up REAL_NODE=1   ... plus one real node (containerd, kubelet, kube-proxy)"
 	@echo "make cluster-down  stop it and remove its state"
+	@echo "make images        OCI images of the operator, article server, PostgreSQL, pause"
+	@echo "make e2e           end-to-end test on the real node (starts and stops the cluster)"
 	@echo "make crds          regenerate crds/ (and the chart's copy) from the Rust types"
 
 deps:
@@ -23,6 +26,12 @@ cluster-down:
 
 test:
 	hack/test.sh
+
+images:
+	hack/images.sh
+
+e2e:
+	hack/e2e.sh
 
 demo: cluster-up
 	hack/demo.sh

@@ -253,7 +253,7 @@ pub struct AppSpec {
     pub pod_security_context: Option<PodSecurityOverride>,
 }
 
-/// Ids of the article server pods; unset fields keep the image's ids (10001).
+/// Ids of the article server pods; unset fields keep the image's ids (65532).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSecurityOverride {

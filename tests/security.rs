@@ -166,7 +166,7 @@ async fn restricted_namespace_admits_every_pod_and_refuses_a_weakened_one() {
     let db = live_pods(&client, &ns.name, "hardened", "database").await;
     assert_eq!((app.len(), db.len()), (2, 1));
     for p in &app {
-        assert_restricted(p, 10001, "hardened");
+        assert_restricted(p, 65532, "hardened");
     }
     for p in &db {
         assert_restricted(p, 999, "hardened");
@@ -240,7 +240,7 @@ async fn restricted_namespace_admits_every_pod_and_refuses_a_weakened_one() {
             .as_ref()
             .unwrap()
             .run_as_user
-            == Some(10001)
+            == Some(65532)
     }));
     assert_eq!(app.len(), 2);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);

@@ -30,6 +30,7 @@ cmd_kube-apiserver() {
     --service-account-key-file="$PKI/sa.pub" \
     --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
+    $(advertise_address) \
     --allow-privileged=true \
     --audit-policy-file="$here/audit-policy.yaml" \
     --audit-log-path="$LOGS/audit.log" \
@@ -38,6 +39,14 @@ cmd_kube-apiserver() {
     --audit-log-maxbackup=1 \
     --profiling=false \
     --v=1
+}
+
+# With the real node (REAL_NODE=1), the `kubernetes` Service points at its bridge address,
+# where realnode.sh forwards to this API server; otherwise the API server picks its own.
+advertise_address() {
+  if [ "${REAL_NODE:-0}" = 1 ] || [ -d "$CLUSTER_DIR/real-node" ]; then
+    echo "--advertise-address=$(rn_gateway)"
+  fi
 }
 
 cmd_kube-controller-manager() {
@@ -134,3 +143,6 @@ check_alive() {
     exit 1
   fi
 }
+
+# The real node's components and addresses (REAL_NODE=1).
+. "$here/realnode.sh"

@@ -5,12 +5,16 @@ set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 . "$here/components.sh"
 
+# The real node first (REAL_NODE=1), while the API server still answers its kubelet.
+real_node_down
+
 for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
   stop_component "${COMPONENTS[$i]}"
 done
 
 for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
-  if ip route show type blackhole 2>/dev/null | grep -q "^blackhole $cidr"; then
+  # No `| grep -q` here: with pipefail, ip's SIGPIPE would make the test fail at random.
+  if [ -n "$(ip route show exact "$cidr" type blackhole 2>/dev/null)" ]; then
     ip route del blackhole "$cidr" || say "warning: could not remove the blackhole route for $cidr"
   fi
 done

@@ -21,8 +21,9 @@ for c in kube-controller-manager kube-scheduler kwok; do
 done
 
 # Blackhole routes first, before anything can hand out a fabricated address.
+# (With a real node the Service range is routed to its bridge instead: see realnode.sh.)
 for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
-  ip route show type blackhole | grep -q "^blackhole $cidr" || ip route add blackhole "$cidr" \
+  [ -n "$(ip route show exact "$cidr")" ] || ip route add blackhole "$cidr" \
     || die "cannot add the blackhole route for $cidr (needs root / CAP_NET_ADMIN)"
 done
 
@@ -78,6 +79,10 @@ wait_until "six Ready nodes" 60 kwok nodes_ready
 for c in kube-controller-manager kube-scheduler; do check_alive "$c"; done
 # Pods need the `default` ServiceAccount, which the controller-manager creates.
 wait_until "the default ServiceAccount" 60 kube-controller-manager kubectl -n default get serviceaccount default
+
+if [ "${REAL_NODE:-0}" = 1 ]; then
+  real_node_up
+fi
 
 say "local cluster is up ($(( $(date +%s) - start ))s): kube $KUBERNETES_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION, 6 nodes in 3 zones"
 say "logs: $LOGS/"

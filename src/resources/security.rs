@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use super::{Component, Names, object_meta};
 use crate::crd::ArticleSite;
 
-/// uid and gid of the article server image (`USER 10001:10001`, no home, no shell).
-pub const APP_UID: i64 = 10001;
-pub const APP_GID: i64 = 10001;
+/// uid and gid of the article server image (`USER 65532:65532`, no home, no shell).
+pub const APP_UID: i64 = 65532;
+pub const APP_GID: i64 = 65532;
 /// uid and gid of `postgres` in the database image: the official image creates the user with
 /// these ids before installing Debian's postgresql package, which then reuses it.
 pub const POSTGRES_UID: i64 = 999;
@@ -123,8 +123,8 @@ mod tests {
     fn app_pods_use_the_image_ids_and_restricted_settings() {
         let s = site("news");
         let pod = app_pod_security(&s);
-        assert_eq!(pod.run_as_user, Some(10001));
-        assert_eq!(pod.run_as_group, Some(10001));
+        assert_eq!(pod.run_as_user, Some(65532));
+        assert_eq!(pod.run_as_group, Some(65532));
         assert_eq!(pod.run_as_non_root, Some(true));
         assert_eq!(pod.seccomp_profile.unwrap().type_, "RuntimeDefault");
         let c = restricted_container_security();
