@@ -10,7 +10,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, future};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
@@ -31,7 +31,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::MANAGER;
 use crate::apply::{self, Outcome};
 use crate::crd::ArticleSite;
-use crate::error::{Error, Result, backoff};
+use crate::error::{Error, Result, backoff_with_jitter};
 use crate::metrics::Metrics;
 use crate::resources::{self, MANAGED_BY_SELECTOR, Names, statefulset};
 use crate::secrets::{self, Created, Generated};
@@ -151,11 +151,12 @@ pub async fn reconcile(site: Arc<ArticleSite>, ctx: Arc<Context>) -> Result<Acti
     Ok(action)
 }
 
-/// Transient errors retry with per-site exponential backoff; other sites are unaffected because
-/// the controller reconciles sites concurrently and schedules each retry per object.
+/// Transient errors retry with per-site exponential backoff with jitter (sites that failed
+/// together retry spread out); other sites are unaffected because the controller reconciles sites
+/// concurrently and schedules each retry per object.
 pub fn error_policy(site: Arc<ArticleSite>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.failures_of(&site, true);
-    let delay = backoff(failures.saturating_sub(1));
+    let delay = backoff_with_jitter(failures.saturating_sub(1));
     ctx.metrics.error(error.reason());
     warn!(site = %site.name_any(), namespace = ?site.namespace(), %error, failures, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
@@ -615,27 +616,32 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
     let mut runs = Vec::new();
     for scope in &scopes {
         let ns = scope.as_deref();
-        let controller = Controller::new(
-            scoped::<ArticleSite>(&client, ns),
-            watcher::Config::default(),
-        )
-        .with_config(config.clone())
-        .owns(scoped::<Deployment>(&client, ns), children.clone())
-        .owns(scoped::<StatefulSet>(&client, ns), children.clone())
-        .owns(scoped::<Service>(&client, ns), children.clone())
-        .owns(scoped::<Secret>(&client, ns), children.clone())
-        .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
-        .owns(scoped::<NetworkPolicy>(&client, ns), children.clone())
-        .owns(scoped::<Ingress>(&client, ns), children.clone())
-        .shutdown_on_signal();
+        // Tolerates sites that cannot be read, so one never stops the others.
+        let (store, sites) = crate::site_watch::watch(&client, ns, metrics.clone());
+        let controller = Controller::for_stream(sites, store)
+            .with_config(config.clone())
+            .trigger_backoff(crate::api_health::watch_backoff())
+            .owns(scoped::<Deployment>(&client, ns), children.clone())
+            .owns(scoped::<StatefulSet>(&client, ns), children.clone())
+            .owns(scoped::<Service>(&client, ns), children.clone())
+            .owns(scoped::<Secret>(&client, ns), children.clone())
+            .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
+            .owns(scoped::<NetworkPolicy>(&client, ns), children.clone())
+            .owns(scoped::<Ingress>(&client, ns), children.clone())
+            .shutdown_on_signal();
         stores.push(controller.store());
+        let m = metrics.clone();
         runs.push(
             controller
                 .run(reconcile, error_policy, ctx.clone())
-                .for_each(|res| async move {
-                    if let Err(e) = res {
+                .for_each(move |res| {
+                    if let Err(controller::Error::QueueError(e)) = &res {
+                        m.watch_error(crate::api_health::watch_error_reason(e));
+                        warn!(error = %e, "watch failed; restarting it after a backoff");
+                    } else if let Err(e) = res {
                         tracing::debug!(error = %e, "controller event");
                     }
+                    future::ready(())
                 }),
         );
     }

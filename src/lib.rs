@@ -5,6 +5,7 @@
 //! child with pure functions (`resources`), apply only what differs from the live object
 //! (`apply`), create the generated Secrets once (`secrets`), then compute status (`status`).
 
+pub mod api_health;
 pub mod apply;
 pub mod controller;
 pub mod crd;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod metrics;
 pub mod resources;
 pub mod secrets;
+pub mod site_watch;
 pub mod status;
 pub mod telemetry;
 

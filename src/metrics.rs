@@ -13,6 +13,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -41,8 +42,14 @@ pub struct Metrics {
     /// proof of the zero-write steady state.
     pub writes: Family<WriteLabels, Counter>,
     pub children: Family<OutcomeLabels, Counter>,
+    /// Requests held back while the API server was failing (`api_health`).
+    pub throttled: Counter,
+    /// Watch restarts by reason (`410` = expired resource version, `transport`, ...).
+    pub watch_errors: Family<ErrorLabels, Counter>,
+    api_reachable_gauge: Gauge,
     registry: Registry,
     ready: AtomicBool,
+    api_reachable: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -76,14 +83,37 @@ impl Default for Metrics {
             "Child objects handled, by kind and outcome",
             children.clone(),
         );
+        let throttled = Counter::default();
+        registry.register(
+            "throttled_requests",
+            "Requests delayed because the API server was answering with errors",
+            throttled.clone(),
+        );
+        let watch_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Watch failures (each is followed by a backed-off restart), by reason",
+            watch_errors.clone(),
+        );
+        let api_reachable_gauge = Gauge::default();
+        api_reachable_gauge.set(1);
+        registry.register(
+            "api_reachable",
+            "1 while the API server's /readyz answers ok",
+            api_reachable_gauge.clone(),
+        );
         Self {
             reconciles,
             reconcile_duration,
             errors,
             writes,
             children,
+            throttled,
+            watch_errors,
+            api_reachable_gauge,
             registry,
             ready: AtomicBool::new(false),
+            api_reachable: AtomicBool::new(true),
         }
     }
 }
@@ -120,6 +150,17 @@ impl Metrics {
         }
     }
 
+    pub fn set_api_reachable(&self, reachable: bool) {
+        self.api_reachable.store(reachable, Ordering::Relaxed);
+        self.api_reachable_gauge.set(i64::from(reachable));
+    }
+
+    pub fn watch_error(&self, reason: String) {
+        self.watch_errors
+            .get_or_create(&ErrorLabels { reason })
+            .inc();
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
@@ -149,10 +190,12 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
+    if !m.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+    } else if !m.api_reachable.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "API server unreachable")
+    } else {
+        (StatusCode::OK, "ok")
     }
 }
 
