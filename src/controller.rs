@@ -10,7 +10,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt, future};
+use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
@@ -22,7 +22,6 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,9 +32,10 @@ use crate::apply::{self, Outcome};
 use crate::crd::ArticleSite;
 use crate::error::{Error, Result, backoff_with_jitter};
 use crate::metrics::Metrics;
-use crate::resources::{self, MANAGED_BY_SELECTOR, Names, statefulset};
+use crate::resources::{self, Names, statefulset};
 use crate::secrets::{self, Created, Generated};
 use crate::status::{self, Observed, Problem};
+use crate::watches;
 
 /// Settings of the `run` subcommand that the reconciler needs.
 #[derive(Clone, Debug)]
@@ -587,17 +587,6 @@ fn api_message(e: &Error) -> String {
     }
 }
 
-fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Runs one Controller per namespace (or one for all namespaces) until SIGTERM/SIGINT.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
     let ctx = Arc::new(Context::new(
@@ -610,38 +599,38 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
     let config = controller::Config::default().concurrency(settings.concurrency);
     let mut stores = Vec::new();
     let mut runs = Vec::new();
     for scope in &scopes {
         let ns = scope.as_deref();
-        // Tolerates sites that cannot be read, so one never stops the others.
-        let (store, sites) = crate::site_watch::watch(&client, ns, metrics.clone());
+        // Each watch backs off on its own, and a site that cannot be read never stops the
+        // others (`watches`); after an outage every site is reconciled at once.
+        let (store, sites) = watches::sites(&client, ns, metrics.clone());
+        let m = &metrics;
         let controller = Controller::for_stream(sites, store)
             .with_config(config.clone())
-            .trigger_backoff(crate::api_health::watch_backoff())
-            .owns(scoped::<Deployment>(&client, ns), children.clone())
-            .owns(scoped::<StatefulSet>(&client, ns), children.clone())
-            .owns(scoped::<Service>(&client, ns), children.clone())
-            .owns(scoped::<Secret>(&client, ns), children.clone())
-            .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
-            .owns(scoped::<NetworkPolicy>(&client, ns), children.clone())
-            .owns(scoped::<Ingress>(&client, ns), children.clone())
+            .owns_stream(watches::children::<Deployment>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<StatefulSet>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<Service>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<Secret>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<PodDisruptionBudget>(
+                &client,
+                ns,
+                m.clone(),
+            ))
+            .owns_stream(watches::children::<NetworkPolicy>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<Ingress>(&client, ns, m.clone()))
+            .reconcile_all_on(metrics.api_recoveries())
             .shutdown_on_signal();
         stores.push(controller.store());
-        let m = metrics.clone();
         runs.push(
             controller
                 .run(reconcile, error_policy, ctx.clone())
-                .for_each(move |res| {
-                    if let Err(controller::Error::QueueError(e)) = &res {
-                        m.watch_error(crate::api_health::watch_error_reason(e));
-                        warn!(error = %e, "watch failed; restarting it after a backoff");
-                    } else if let Err(e) = res {
+                .for_each(|res| async move {
+                    if let Err(e) = res {
                         tracing::debug!(error = %e, "controller event");
                     }
-                    future::ready(())
                 }),
         );
     }

@@ -13,9 +13,9 @@ pub mod error;
 pub mod metrics;
 pub mod resources;
 pub mod secrets;
-pub mod site_watch;
 pub mod status;
 pub mod telemetry;
+pub mod watches;
 
 /// The single field manager of every server-side apply, and the operator's user agent prefix.
 pub const MANAGER: &str = "articlesite-operator";

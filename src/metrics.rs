@@ -50,6 +50,8 @@ pub struct Metrics {
     registry: Registry,
     ready: AtomicBool,
     api_reachable: AtomicBool,
+    /// Counts the API server's returns after being unreachable (`api_recoveries`).
+    recoveries: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Metrics {
@@ -114,6 +116,7 @@ impl Default for Metrics {
             registry,
             ready: AtomicBool::new(false),
             api_reachable: AtomicBool::new(true),
+            recoveries: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -151,8 +154,20 @@ impl Metrics {
     }
 
     pub fn set_api_reachable(&self, reachable: bool) {
-        self.api_reachable.store(reachable, Ordering::Relaxed);
+        let was = self.api_reachable.swap(reachable, Ordering::Relaxed);
         self.api_reachable_gauge.set(i64::from(reachable));
+        if reachable && !was {
+            self.recoveries.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Yields once each time the API server becomes reachable again, so that every site is
+    /// reconciled at once instead of waiting out its error backoff (which grew during the outage).
+    pub fn api_recoveries(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.recoveries.subscribe(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
     }
 
     pub fn watch_error(&self, reason: String) {

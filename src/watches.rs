@@ -1,29 +1,82 @@
-//! The watch of ArticleSites, tolerant of objects the operator cannot read.
+//! The operator's watches: each restarts on its own after a failure, and sites are read one by
+//! one.
 //!
-//! A typed watch fails as a whole when one stored object does not deserialize (an ArticleSite
-//! stored before a schema change, say): its list errors on every retry and no site is reconciled
-//! at all. This watch reads objects as JSON and converts each on its own; one that does not
-//! convert is dropped from the cache with a warning and counted
-//! (`articlesite_operator_reconcile_errors_total{reason="malformed_object"}`), and every other
-//! site is reconciled as usual. Fixing the object brings it back.
+//! - Per-watch backoff (`api_health::watch_backoff`, 0.5 s doubling to 5 s, jittered, reset by
+//!   the next event). kube-rs's `Controller::owns` backs off all watches of a controller together,
+//!   so after an API server restart their 410 Gone answers were handled one pause after another
+//!   (tens of seconds); here every watch re-lists in parallel. Failures are counted in
+//!   `articlesite_operator_watch_errors_total{reason}` (`410` = resource version compacted away)
+//!   and never reach the controller, whose shared backoff would pause every trigger.
+//! - A typed watch fails as a whole when one stored object does not deserialize (an ArticleSite
+//!   stored before a schema change, say): its list errors on every retry and no site is reconciled
+//!   at all. This watch reads objects as JSON and converts each on its own; one that does not
+//!   convert is dropped from the cache with a warning and counted
+//!   (`articlesite_operator_reconcile_errors_total{reason="malformed_object"}`), and every other
+//!   site is reconciled as usual. Fixing the object brings it back.
 
 use std::sync::Arc;
 
+use std::fmt::Debug;
+
 use futures::{Stream, StreamExt, future};
-use kube::api::{Api, ApiResource, DynamicObject};
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use crate::api_health::{watch_backoff, watch_error_reason};
 use crate::crd::{ArticleSite, ArticleSiteSpec};
 use crate::metrics::Metrics;
+use crate::resources::MANAGED_BY_SELECTOR;
+
+/// Counts and logs a watch failure (the watch has already backed off) and drops it.
+fn absorb<T>(kind: &'static str, metrics: &Metrics, item: Result<T, watcher::Error>) -> Option<T> {
+    match item {
+        Ok(v) => Some(v),
+        Err(e) => {
+            metrics.watch_error(watch_error_reason(&e));
+            warn!(kind, error = %e, "watch failed; it restarts after a backoff");
+            None
+        }
+    }
+}
+
+/// Metadata watch of the children of one kind that the operator manages, for
+/// `Controller::owns_stream`.
+pub fn children<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + DeserializeOwned
+        + Clone
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    // Metadata-only requests: the operator reads children with GETs when it reconciles.
+    let api: Api<PartialObjectMeta<K>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let kind = crate::apply::kind_of::<K>();
+    watcher::watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
+        .backoff(watch_backoff())
+        .filter_map(move |item| future::ready(absorb(kind, &metrics, item).map(Ok)))
+        .touched_objects()
+}
 
 /// The cache of readable sites and the stream of sites to reconcile, for
 /// `Controller::for_stream`.
-pub fn watch(
+pub fn sites(
     client: &Client,
     namespace: Option<&str>,
     metrics: Arc<Metrics>,
@@ -38,12 +91,15 @@ pub fn watch(
     };
     let writer: Writer<ArticleSite> = Writer::default();
     let reader = writer.as_reader();
-    let events = watcher::watcher(api, watcher::Config::default()).filter_map(move |event| {
-        future::ready(match event {
-            Ok(e) => convert(e, &metrics).map(Ok),
-            Err(e) => Some(Err(e)),
-        })
-    });
+    let events = watcher::watcher(api, watcher::Config::default())
+        .backoff(watch_backoff())
+        .filter_map(move |item| {
+            future::ready(
+                absorb("ArticleSite", &metrics, item)
+                    .and_then(|e| convert(e, &metrics))
+                    .map(Ok),
+            )
+        });
     let sites = reflector::reflector(writer, events).applied_objects();
     (reader, sites)
 }
@@ -54,7 +110,7 @@ fn convert(event: Event<DynamicObject>, metrics: &Metrics) -> Option<Event<Artic
         Event::Apply(o) => match readable(o, metrics) {
             Ok(site) => Some(Event::Apply(site)),
             // Removes an older readable copy, so a site is never reconciled from a stale spec.
-            Err(o) => placeholder(o).map(Event::Delete),
+            Err(o) => placeholder(*o).map(Event::Delete),
         },
         Event::InitApply(o) => readable(o, metrics).ok().map(Event::InitApply),
         Event::Delete(o) => match parse(&o) {
@@ -67,7 +123,7 @@ fn convert(event: Event<DynamicObject>, metrics: &Metrics) -> Option<Event<Artic
 }
 
 /// The typed site, or the object back when it cannot be read (logged and counted).
-fn readable(o: DynamicObject, metrics: &Metrics) -> Result<ArticleSite, DynamicObject> {
+fn readable(o: DynamicObject, metrics: &Metrics) -> Result<ArticleSite, Box<DynamicObject>> {
     match parse(&o) {
         Ok(site) => Ok(site),
         Err(e) => {
@@ -78,7 +134,7 @@ fn readable(o: DynamicObject, metrics: &Metrics) -> Result<ArticleSite, DynamicO
                 "ArticleSite cannot be read (stored under an older schema?); skipped until it is fixed"
             );
             metrics.error("malformed_object".into());
-            Err(o)
+            Err(Box::new(o))
         }
     }
 }
