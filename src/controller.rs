@@ -20,11 +20,12 @@ use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{
+    Api, DeleteParams, EvictParams, ListParams, PartialObjectMeta, Patch, PatchParams,
+};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -34,12 +35,13 @@ use crate::MANAGER;
 use crate::admission;
 use crate::apply::{self, Outcome};
 use crate::crd::{ArticleSite, AvailabilityStatus, CredentialsStatus, FailedRollout};
-use crate::error::{Error, Result, backoff};
+use crate::error::{Error, Result, backoff_with_jitter};
 use crate::ha::{self, RestartPlan, RolloutPlan};
 use crate::metrics::Metrics;
-use crate::resources::{self, MANAGED_BY_SELECTOR, Names, statefulset};
+use crate::resources::{self, Names, statefulset};
 use crate::secrets::{self, Created, Generated, WriteToken};
 use crate::status::{self, Observed, Problem};
+use crate::watches;
 
 /// Settings of the `run` subcommand that the reconciler needs.
 #[derive(Clone, Debug)]
@@ -180,11 +182,12 @@ pub async fn reconcile(site: Arc<ArticleSite>, ctx: Arc<Context>) -> Result<Acti
     Ok(action)
 }
 
-/// Transient errors retry with per-site exponential backoff; other sites are unaffected because
-/// the controller reconciles sites concurrently and schedules each retry per object.
+/// Transient errors retry with per-site exponential backoff with jitter (sites that failed
+/// together retry spread out); other sites are unaffected because the controller reconciles sites
+/// concurrently and schedules each retry per object.
 pub fn error_policy(site: Arc<ArticleSite>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.failures_of(&site, true);
-    let delay = backoff(failures.saturating_sub(1));
+    let delay = backoff_with_jitter(failures.saturating_sub(1));
     ctx.metrics.error(error.reason());
     warn!(site = %site.name_any(), namespace = ?site.namespace(), %error, failures, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
@@ -673,17 +676,6 @@ fn api_message(e: &Error) -> String {
     }
 }
 
-fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Runs one Controller per namespace (or one for all namespaces) until SIGTERM/SIGINT.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
     let ctx = Arc::new(Context::new(
@@ -696,32 +688,40 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let children = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
     let config = controller::Config::default().concurrency(settings.concurrency);
     let mut stores = Vec::new();
     let mut runs = Vec::new();
     for scope in &scopes {
         let ns = scope.as_deref();
-        let controller = Controller::new(
-            scoped::<ArticleSite>(&client, ns),
-            watcher::Config::default(),
-        )
-        .with_config(config.clone())
-        .owns(scoped::<Deployment>(&client, ns), children.clone())
-        .owns(scoped::<StatefulSet>(&client, ns), children.clone())
-        .owns(scoped::<Service>(&client, ns), children.clone())
-        .owns(scoped::<Secret>(&client, ns), children.clone())
-        .owns(scoped::<ServiceAccount>(&client, ns), children.clone())
-        .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
-        .owns(scoped::<NetworkPolicy>(&client, ns), children.clone())
-        .owns(scoped::<Ingress>(&client, ns), children.clone())
-        // Pods belong to ReplicaSets, not to the site: map them by their instance label, so a
-        // crash-loop or a lost readiness is seen at once.
-        .watches(scoped::<Pod>(&client, ns), children.clone(), |pod: Pod| {
-            let site = pod.labels().get("app.kubernetes.io/instance")?.clone();
-            Some(ObjectRef::new(&site).within(&pod.namespace()?))
-        })
-        .shutdown_on_signal();
+        // Each watch backs off on its own, and a site that cannot be read never stops the
+        // others (`watches`); after an outage every site is reconciled at once.
+        let (store, sites) = watches::sites(&client, ns, metrics.clone());
+        let m = &metrics;
+        let controller = Controller::for_stream(sites, store)
+            .with_config(config.clone())
+            .owns_stream(watches::children::<Deployment>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<StatefulSet>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<Service>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<Secret>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<ServiceAccount>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<PodDisruptionBudget>(
+                &client,
+                ns,
+                m.clone(),
+            ))
+            .owns_stream(watches::children::<NetworkPolicy>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<Ingress>(&client, ns, m.clone()))
+            // Pods belong to ReplicaSets, not to the site: map them by their instance label, so
+            // a crash-loop or a lost readiness is seen at once.
+            .watches_stream(
+                watches::children::<Pod>(&client, ns, m.clone()),
+                |pod: PartialObjectMeta<Pod>| {
+                    let site = pod.labels().get("app.kubernetes.io/instance")?.clone();
+                    Some(ObjectRef::new(&site).within(&pod.namespace()?))
+                },
+            )
+            .reconcile_all_on(metrics.api_recoveries())
+            .shutdown_on_signal();
         stores.push(controller.store());
         runs.push(
             controller

@@ -69,6 +69,21 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
+/// `backoff` with jitter: a uniformly random delay in [½·backoff, backoff], so that sites that
+/// failed together (an API server outage) do not all retry in the same instant.
+pub fn backoff_with_jitter(failures: u32) -> Duration {
+    let base = backoff(failures);
+    // Without OS randomness the plain backoff is still a correct (if synchronised) delay.
+    let r = getrandom::u64().unwrap_or(u64::MAX);
+    jittered(base, r)
+}
+
+/// `base` scaled into [½·base, base] by the random number `r`.
+fn jittered(base: Duration, r: u64) -> Duration {
+    let fraction = 0.5 + 0.5 * (r as f64 / u64::MAX as f64);
+    base.mul_f64(fraction)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +94,17 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_secs(2));
         assert_eq!(backoff(5), Duration::from_secs(32));
         assert_eq!(backoff(30), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_full_backoff() {
+        let base = Duration::from_secs(8);
+        assert_eq!(jittered(base, 0), Duration::from_secs(4));
+        assert_eq!(jittered(base, u64::MAX), base);
+        for failures in 0..12 {
+            let d = backoff_with_jitter(failures);
+            let b = backoff(failures);
+            assert!(d >= b / 2 && d <= b, "{d:?} outside [{:?}, {b:?}]", b / 2);
+        }
     }
 }

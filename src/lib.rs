@@ -6,6 +6,7 @@
 //! (`apply`), create the generated Secrets once (`secrets`), then compute status (`status`).
 
 pub mod admission;
+pub mod api_health;
 pub mod apply;
 pub mod controller;
 pub mod crd;
@@ -17,6 +18,7 @@ pub mod resources;
 pub mod secrets;
 pub mod status;
 pub mod telemetry;
+pub mod watches;
 
 /// The single field manager of every server-side apply, and the operator's user agent prefix.
 pub const MANAGER: &str = "articlesite-operator";

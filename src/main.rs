@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use kube::client::ClientBuilder;
 use kube::{Client, Config};
 use tracing::info;
 
+use articlesite_operator::api_health::{self, ApiHealth};
 use articlesite_operator::controller::{self, Settings};
 use articlesite_operator::leader::{self, ElectionSettings, Elector};
 use articlesite_operator::metrics::{self, Metrics};
@@ -155,9 +157,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         axum::http::header::USER_AGENT,
         axum::http::HeaderValue::from_str(&agent).context("--lease-identity in a user agent")?,
     ));
-    let client = Client::try_from(config).context("build Kubernetes client")?;
-
+    // No hidden client-side retries (up to 15 per request by default): a failed request fails
+    // the reconcile, which retries with per-site backoff, and the guard bounds the request rate
+    // while the API server is unhappy (docs/operator-design.md, "Resilience").
+    config.default_retry = false;
     let metrics = Arc::new(Metrics::default());
+    let health = ApiHealth::new(metrics.clone());
+    let client: Client = ClientBuilder::try_from(config)
+        .context("build Kubernetes client")?
+        .with_layer(&health.layer())
+        .build();
+    tokio::spawn(api_health::probe(client.clone(), metrics.clone()));
     let (listener, addr) = metrics::bind(args.metrics_addr)
         .await
         .with_context(|| format!("bind metrics address {}", args.metrics_addr))?;

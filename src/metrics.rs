@@ -52,6 +52,14 @@ pub struct Metrics {
     ready: AtomicBool,
     /// A replica waiting for the Lease: healthy and ready to take over, reconciling nothing.
     standby: AtomicBool,
+    /// Requests held back while the API server was failing (`api_health`).
+    pub throttled: Counter,
+    /// Watch restarts by reason (`410` = expired resource version, `transport`, ...).
+    pub watch_errors: Family<ErrorLabels, Counter>,
+    api_reachable_gauge: Gauge,
+    api_reachable: AtomicBool,
+    /// Counts the API server's returns after being unreachable (`api_recoveries`).
+    recoveries: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Metrics {
@@ -109,6 +117,25 @@ impl Default for Metrics {
             "Pods force-deleted because their node no longer exists",
             orphaned_pods_deleted.clone(),
         );
+        let throttled = Counter::default();
+        registry.register(
+            "throttled_requests",
+            "Requests delayed because the API server was answering with errors",
+            throttled.clone(),
+        );
+        let watch_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Watch failures (each is followed by a backed-off restart), by reason",
+            watch_errors.clone(),
+        );
+        let api_reachable_gauge = Gauge::default();
+        api_reachable_gauge.set(1);
+        registry.register(
+            "api_reachable",
+            "1 while the API server's /readyz answers ok",
+            api_reachable_gauge.clone(),
+        );
         Self {
             reconciles,
             reconcile_duration,
@@ -122,6 +149,11 @@ impl Default for Metrics {
             registry,
             ready: AtomicBool::new(false),
             standby: AtomicBool::new(false),
+            throttled,
+            watch_errors,
+            api_reachable_gauge,
+            api_reachable: AtomicBool::new(true),
+            recoveries: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -156,6 +188,29 @@ impl Metrics {
             metrics: self,
             start: Instant::now(),
         }
+    }
+
+    pub fn set_api_reachable(&self, reachable: bool) {
+        let was = self.api_reachable.swap(reachable, Ordering::Relaxed);
+        self.api_reachable_gauge.set(i64::from(reachable));
+        if reachable && !was {
+            self.recoveries.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Yields once each time the API server becomes reachable again, so that every site is
+    /// reconciled at once instead of waiting out its error backoff (which grew during the outage).
+    pub fn api_recoveries(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
+        futures::stream::unfold(self.recoveries.subscribe(), |mut rx| async move {
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        })
+    }
+
+    pub fn watch_error(&self, reason: String) {
+        self.watch_errors
+            .get_or_create(&ErrorLabels { reason })
+            .inc();
     }
 
     pub fn set_ready(&self) {
@@ -193,7 +248,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.ready.load(Ordering::Relaxed) {
+    if !m.api_reachable.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "API server unreachable")
+    } else if m.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok")
     } else if m.standby.load(Ordering::Relaxed) {
         // Ready so that rollouts of the operator proceed: a standby takes over when needed.

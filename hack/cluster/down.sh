@@ -21,6 +21,7 @@ done
 
 # Keep the logs of the last run for post-mortems; everything else goes.
 if [ -d "$CLUSTER_DIR" ]; then
-  rm -rf "$CLUSTER_DIR/etcd" "$CLUSTER_DIR/pki" "$PIDS" "$CLUSTER_DIR"/*.kubeconfig "$KUBECONFIG_FILE"
+  rm -rf "$CLUSTER_DIR/etcd" "$CLUSTER_DIR/pki" "$PIDS" "$CLUSTER_DIR"/*.kubeconfig "$KUBECONFIG_FILE" \
+    "$CLUSTER_DIR/ports.env"
 fi
 say "local cluster stopped"

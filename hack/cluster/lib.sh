@@ -10,6 +10,11 @@ LOGS="$CLUSTER_DIR/logs"
 PIDS="$CLUSTER_DIR/pids"
 KUBECONFIG_FILE="$CLUSTER_DIR/kubeconfig"
 
+# A running cluster's ports and ranges, written by up.sh: whoever acts on this cluster later
+# (component.sh restarting the API server from a test, say) uses the same ones.
+# shellcheck disable=SC1091
+if [ -f "$CLUSTER_DIR/ports.env" ]; then . "$CLUSTER_DIR/ports.env"; fi
+
 # Ports, all on 127.0.0.1. Override in the environment if they clash with something else.
 ETCD_PORT="${ETCD_PORT:-12379}"
 ETCD_PEER_PORT="${ETCD_PEER_PORT:-12380}"

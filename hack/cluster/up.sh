@@ -14,6 +14,11 @@ ensure_commands openssl:openssl ss:iproute2 ip:iproute2 curl:curl envsubst:gette
 kubectl() { "$K8S_BIN/kubectl" --kubeconfig="$KUBECONFIG_FILE" "$@"; }
 
 mkdir -p "$CLUSTER_DIR" "$LOGS" "$PIDS"
+cat >"$CLUSTER_DIR/ports.env" <<EOF
+ETCD_PORT=$ETCD_PORT ETCD_PEER_PORT=$ETCD_PEER_PORT APISERVER_PORT=$APISERVER_PORT
+KCM_PORT=$KCM_PORT SCHEDULER_PORT=$SCHEDULER_PORT KWOK_PORT=$KWOK_PORT
+POD_CIDR=$POD_CIDR SERVICE_CIDR=$SERVICE_CIDR
+EOF
 make_pki
 write_kubeconfig "$KUBECONFIG_FILE" admin
 for c in kube-controller-manager kube-scheduler kwok; do
