@@ -1,6 +1,6 @@
 # The way in: `make demo` runs an ArticleSite on a local cluster, `make test` runs every test.
 # Scripts live in hack/; this file only names them.
-.PHONY: help deps build-cluster cluster-up cluster-down test e2e images demo crds
+.PHONY: help deps build-cluster cluster-up cluster-down test e2e images demo crds bench
 
 help:
 	@echo "make demo          local cluster + operator + an example ArticleSite"
@@ -11,6 +11,7 @@ help:
 	@echo "make images        OCI images of the operator, article server, PostgreSQL, pause"
 	@echo "make e2e           end-to-end test on the real node (starts and stops the cluster)"
 	@echo "make crds          regenerate crds/ (and the chart's copy) from the Rust types"
+	@echo "make bench         benchmarks: operator at 100 and 1,000 sites, article server under load"
 
 deps:
 	hack/deps.sh
@@ -39,3 +40,6 @@ demo: cluster-up
 crds:
 	cargo run --quiet --bin articlesite-operator -- crd > crds/articlesite.yaml
 	cp crds/articlesite.yaml charts/articlesite-operator/files/articlesite.crd.yaml
+
+bench:
+	hack/bench/run.sh
