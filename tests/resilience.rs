@@ -494,6 +494,9 @@ async fn owned_objects(client: &Client, ns: &str) -> BTreeSet<(String, String, S
     of::<Secret>(client, ns, &mut out).await;
     of::<PodDisruptionBudget>(client, ns, &mut out).await;
     of::<NetworkPolicy>(client, ns, &mut out).await;
+    of::<ServiceAccount>(client, ns, &mut out).await;
+    // Every namespace has its own `default` ServiceAccount, which nobody owns.
+    out.remove(&("ServiceAccount".into(), "default".into(), String::new()));
     out
 }
 
@@ -514,6 +517,8 @@ fn expected_objects(sites: &[ArticleSite]) -> BTreeSet<(String, String, String)>
             ("PodDisruptionBudget", n.clone()),
             ("PodDisruptionBudget", format!("{n}-postgresql")),
             ("NetworkPolicy", format!("{n}-postgresql")),
+            ("NetworkPolicy", n.clone()),
+            ("ServiceAccount", n.clone()),
         ] {
             out.insert((kind.to_string(), name, uid.clone()));
         }
