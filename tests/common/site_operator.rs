@@ -1,9 +1,8 @@
-//! The operator as a process limited to one test namespace, the CRD, and site helpers: shared by
-//! test files other than `tests/operator.rs` (which keeps its own copies).
+//! The operator as a process limited to one test namespace, the CRD, and site helpers.
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
@@ -97,6 +96,27 @@ impl Operator {
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "could not signal operator");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait operator") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "operator did not exit within {timeout:?} after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn log_tail(&self) -> String {
