@@ -106,6 +106,28 @@ impl ApiHealth {
     }
 }
 
+impl ApiHealth {
+    /// When a request whose reserved turn is `turn` may go, as seen at `now`: `None` means at
+    /// once. It waits for its turn only while throttling lasts: once the API server has gone
+    /// `CALM` without errors, a queue built up while it failed is released, not worked off at
+    /// the throttled rate (after a 429 burst that queue could otherwise hold requests for tens
+    /// of seconds). While errors continue, the turn stands, so the rate bound holds.
+    fn wake_at(&self, turn: Instant, now: Instant) -> Option<Instant> {
+        if now >= turn {
+            return None;
+        }
+        let b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let calm_at = b.last_error.map(|t| t + CALM)?;
+        (calm_at > now).then(|| turn.min(calm_at))
+    }
+
+    async fn wait_turn(&self, turn: Instant) {
+        while let Some(at) = self.wake_at(turn, Instant::now()) {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+}
+
 fn throttled(b: &Bucket, now: Instant) -> bool {
     b.last_error
         .is_some_and(|t| now.saturating_duration_since(t) < CALM)
@@ -150,13 +172,14 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let wait = self.health.reserve();
+        let turn = Instant::now() + wait;
         // The client's futures are lazy: nothing is sent before the first poll, after the wait.
         let sent = self.inner.call(req);
         let health = self.health.clone();
         Box::pin(async move {
             if !wait.is_zero() {
                 health.metrics.throttled.inc();
-                tokio::time::sleep(wait).await;
+                health.wait_turn(turn).await;
             }
             let res = sent.await.map_err(Into::into);
             health.record(match &res {
@@ -266,6 +289,28 @@ mod tests {
         assert!((h.reserve_at(t0).as_secs_f64() - 2.0 * step).abs() < 1e-9);
         // After CALM without errors, unlimited again.
         assert_eq!(h.reserve_at(t0 + CALM), Duration::ZERO);
+    }
+
+    #[test]
+    fn queued_requests_are_released_when_errors_stop() {
+        let h = ApiHealth::new(Arc::new(Metrics::default()));
+        let t0 = Instant::now();
+        h.record_error_at(t0);
+        // A burst of 200 requests queues up to 38 s at the throttled rate.
+        let last_turn = (0..200).map(|_| t0 + h.reserve_at(t0)).max().unwrap();
+        assert!(last_turn >= t0 + Duration::from_secs(30));
+        // It waits until CALM after the last error, not until its turn...
+        assert_eq!(h.wake_at(last_turn, t0), Some(t0 + CALM));
+        assert_eq!(h.wake_at(last_turn, t0 + CALM), None);
+        // ...unless errors continue: then the turn stands (the rate bound holds).
+        h.record_error_at(t0 + Duration::from_secs(4));
+        assert_eq!(
+            h.wake_at(last_turn, t0 + CALM),
+            Some(t0 + Duration::from_secs(4) + CALM)
+        );
+        let near = t0 + Duration::from_secs(6);
+        assert_eq!(h.wake_at(near, t0 + CALM), Some(near));
+        assert_eq!(h.wake_at(near, near), None);
     }
 
     #[test]

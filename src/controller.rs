@@ -157,6 +157,26 @@ struct HaState {
     recheck: Option<Duration>,
 }
 
+/// What a reconcile read at its start (see `Reconciler::read_live`).
+struct Live {
+    statefulset: Option<StatefulSet>,
+    deployment: Option<Deployment>,
+    service_account: Option<ServiceAccount>,
+    /// In the order of the desired Services, PDBs and NetworkPolicies of `run`.
+    services: Vec<Option<Service>>,
+    pdbs: Vec<Option<PodDisruptionBudget>>,
+    policies: Vec<Option<NetworkPolicy>>,
+    ingress: Option<Ingress>,
+    credentials: Option<Secret>,
+    write_token: Option<Secret>,
+    /// The app's ReplicaSets (all with its labels; the owner is checked where they are used).
+    replica_sets: Vec<ReplicaSet>,
+    /// The site's pods, app and database.
+    pods: Vec<Pod>,
+    /// node → zone
+    nodes: std::collections::BTreeMap<String, String>,
+}
+
 pub async fn reconcile(site: Arc<ArticleSite>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.start_reconcile();
     let ns = site
@@ -198,24 +218,50 @@ impl Reconciler<'_> {
         let site = self.site;
         let resync = self.ctx.settings.resync;
         if site.spec.paused {
-            let deployment =
-                apply::get_opt(&self.apis.deployments, &Names::app(&self.name)).await?;
-            let sts = apply::get_opt(&self.apis.statefulsets, &Names::database(&self.name)).await?;
+            let (app, database) = (Names::app(&self.name), Names::database(&self.name));
+            let (deployment, sts) = futures::try_join!(
+                apply::get_opt(&self.apis.deployments, &app),
+                apply::get_opt(&self.apis.statefulsets, &database),
+            )?;
             self.update_status(deployment.as_ref(), sts.as_ref(), true)
                 .await?;
             return Ok(Action::requeue(resync));
         }
 
-        let sts_live =
-            apply::get_opt(&self.apis.statefulsets, &Names::database(&self.name)).await?;
-        self.check_environment(sts_live.is_some()).await?;
-        self.ensure_secrets(sts_live.is_some()).await?;
-        let write_token = self.rotate_write_token().await?;
+        // Desired objects that need nothing live; then one round of concurrent reads.
+        let service_account = resources::security::service_account(site);
+        let services = [
+            resources::service::app(site),
+            resources::service::database_headless(site),
+            resources::service::database_client(site),
+        ];
+        let pdbs = [resources::pdb::app(site), resources::pdb::database(site)];
+        let policies = [
+            resources::network_policy::database(site),
+            resources::network_policy::app(site),
+        ];
+        let mut live = self
+            .read_live(&service_account, &services, &pdbs, &policies)
+            .await?;
+
+        self.check_environment(live.statefulset.is_some()).await?;
+        if self
+            .ensure_secrets(live.statefulset.is_some(), &live)
+            .await?
+        {
+            // Rare (first reconcile): the checksum below is of the Secrets as created.
+            (live.credentials, live.write_token) = self.read_secrets().await?;
+        }
+        let write_token = self.rotate_write_token(live.write_token.as_ref()).await?;
+        if write_token.as_ref().is_some_and(|t| t.rotated_now) {
+            (live.credentials, live.write_token) = self.read_secrets().await?;
+        }
 
         // Pods name the ServiceAccount: it must exist before they are created.
-        self.apply_child(
+        self.apply_child_with_live(
             &self.apis.service_accounts,
-            resources::security::service_account(site),
+            service_account,
+            live.service_account.take(),
         )
         .await?;
         let domain = self.ctx.settings.cluster_domain.clone();
@@ -223,57 +269,49 @@ impl Reconciler<'_> {
         if let (Some(token), Some(spec)) = (&write_token, desired_deployment.spec.as_mut()) {
             resources::security::set_credentials_version(&mut spec.template, &token.version);
         }
-        let desired = self.ha_deployment(desired_deployment).await?;
-        let deployment = self.apply_child(&self.apis.deployments, desired).await?;
-        self.apply_child(&self.apis.services, resources::service::app(site))
-            .await?;
-        self.apply_child(
-            &self.apis.services,
-            resources::service::database_headless(site),
-        )
-        .await?;
-        self.apply_child(
-            &self.apis.services,
-            resources::service::database_client(site),
-        )
-        .await?;
-        self.apply_child(&self.apis.pdbs, resources::pdb::app(site))
-            .await?;
-        self.apply_child(&self.apis.pdbs, resources::pdb::database(site))
-            .await?;
-        self.apply_child(
-            &self.apis.network_policies,
-            resources::network_policy::database(site),
-        )
-        .await?;
-        self.apply_child(
-            &self.apis.network_policies,
-            resources::network_policy::app(site),
-        )
-        .await?;
-        self.reconcile_ingress().await?;
+        let desired = self.ha_deployment(desired_deployment, &live).await?;
 
         let storage_blocked = self.problems.iter().any(|p| p.blocks_database);
-        let sts = if storage_blocked {
-            sts_live
-        } else {
-            let claim_size = sts_live
-                .as_ref()
-                .and_then(statefulset::claim_template_size)
-                .unwrap_or_else(|| site.spec.database.storage.size.clone());
-            let had_sts = sts_live.is_some();
-            let sts = self
-                .apply_child_with_live(
-                    &self.apis.statefulsets,
-                    statefulset::build(site, &claim_size),
-                    sts_live,
-                )
-                .await?;
-            if had_sts {
-                self.expand_storage(&claim_size).await?;
-            }
-            sts
-        };
+        let sts_live = live.statefulset.take();
+        let had_sts = sts_live.is_some();
+        let claim_size = sts_live
+            .as_ref()
+            .and_then(statefulset::claim_template_size)
+            .unwrap_or_else(|| site.spec.database.storage.size.clone());
+        let desired_sts = (!storage_blocked).then(|| statefulset::build(site, &claim_size));
+
+        // The children do not depend on one another: apply (or confirm) them all at once.
+        let (deployment, sts, _, _, _, _) = futures::try_join!(
+            self.apply_child_with_live(&self.apis.deployments, desired, live.deployment.take()),
+            async {
+                match desired_sts {
+                    Some(d) => {
+                        self.apply_child_with_live(&self.apis.statefulsets, d, sts_live)
+                            .await
+                    }
+                    None => Ok(sts_live),
+                }
+            },
+            self.apply_all(
+                &self.apis.services,
+                services.to_vec(),
+                std::mem::take(&mut live.services)
+            ),
+            self.apply_all(
+                &self.apis.pdbs,
+                pdbs.to_vec(),
+                std::mem::take(&mut live.pdbs)
+            ),
+            self.apply_all(
+                &self.apis.network_policies,
+                policies.to_vec(),
+                std::mem::take(&mut live.policies)
+            ),
+            self.reconcile_ingress(live.ingress.take()),
+        )?;
+        if had_sts && !storage_blocked {
+            self.expand_storage(&claim_size).await?;
+        }
 
         // A refused database pod shows only in an Event, which triggers no reconcile: look
         // again soon while the pod is missing.
@@ -287,7 +325,8 @@ impl Reconciler<'_> {
             }
         }
 
-        self.ha_heal(deployment.as_ref(), sts.as_ref()).await?;
+        self.ha_heal(deployment.as_ref(), sts.as_ref(), live.pods, live.nodes)
+            .await?;
         self.update_status(deployment.as_ref(), sts.as_ref(), false)
             .await?;
         Ok(Action::requeue(
@@ -295,9 +334,109 @@ impl Reconciler<'_> {
         ))
     }
 
+    /// Everything a reconcile reads, in one round of concurrent requests: at steady state a
+    /// reconcile then costs one round trip instead of a dozen sequential ones (the latency that
+    /// bounded convergence at 1,000 sites).
+    async fn read_live(
+        &self,
+        service_account: &ServiceAccount,
+        services: &[Service],
+        pdbs: &[PodDisruptionBudget],
+        policies: &[NetworkPolicy],
+    ) -> Result<Live> {
+        let a = &self.apis;
+        let site = self.site;
+        let app_selector = resources::selector_string(&resources::selector_labels(
+            site,
+            resources::Component::App,
+        ));
+        let instance_selector = format!(
+            "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={}",
+            self.name,
+            resources::MANAGED_BY
+        );
+        let (app, database) = (Names::app(&self.name), Names::database(&self.name));
+        let service_account = service_account.name_any();
+        let replica_sets: Api<ReplicaSet> = Api::namespaced(
+            self.ctx.client.clone(),
+            &site.namespace().unwrap_or_default(),
+        );
+        let (
+            statefulset,
+            deployment,
+            service_account,
+            services,
+            pdbs,
+            policies,
+            ingress,
+            (credentials, write_token),
+            replica_sets,
+            pods,
+            nodes,
+        ) = futures::try_join!(
+            apply::get_opt(&a.statefulsets, &database),
+            apply::get_opt(&a.deployments, &app),
+            apply::get_opt(&a.service_accounts, &service_account),
+            get_all(&a.services, services),
+            get_all(&a.pdbs, pdbs),
+            get_all(&a.network_policies, policies),
+            apply::get_opt(&a.ingresses, &app),
+            self.read_secrets(),
+            async {
+                replica_sets
+                    .list(&ListParams::default().labels(&app_selector))
+                    .await
+                    .map_err(Error::kube("list", "ReplicaSet"))
+            },
+            async {
+                self.pods_api()
+                    .list(&ListParams::default().labels(&instance_selector))
+                    .await
+                    .map_err(Error::kube("list", "Pod"))
+            },
+            self.read_nodes(),
+        )?;
+        Ok(Live {
+            statefulset,
+            deployment,
+            service_account,
+            services,
+            pdbs,
+            policies,
+            ingress,
+            credentials,
+            write_token,
+            replica_sets: replica_sets.items,
+            pods: pods.items,
+            nodes,
+        })
+    }
+
+    /// The two generated Secrets (database credentials, write token), read concurrently.
+    async fn read_secrets(&self) -> Result<(Option<Secret>, Option<Secret>)> {
+        let credentials = Names::database_credentials(&self.name);
+        let write_token = Names::write_token(&self.name);
+        futures::try_join!(
+            apply::get_opt(&self.apis.secrets, &credentials),
+            apply::get_opt(&self.apis.secrets, &write_token),
+        )
+    }
+
+    /// node → zone, from node metadata.
+    async fn read_nodes(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        Ok(Api::<Node>::all(self.ctx.client.clone())
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(Error::kube("list", "Node"))?
+            .items
+            .into_iter()
+            .map(|n| (n.name_any(), ha::zone_of(n.metadata.labels.as_ref())))
+            .collect())
+    }
+
     /// Rotates the write token when a new `articlesite.io/rotate-credentials` value asks for it.
-    async fn rotate_write_token(&mut self) -> Result<Option<WriteToken>> {
-        let token = secrets::reconcile_write_token(&self.apis.secrets, self.site).await?;
+    async fn rotate_write_token(&mut self, live: Option<&Secret>) -> Result<Option<WriteToken>> {
+        let token = secrets::reconcile_write_token(&self.apis.secrets, self.site, live).await?;
         if let Some(t) = &token {
             self.credentials = t.rotation.as_ref().map(|r| CredentialsStatus {
                 write_token_rotation: Some(r.clone()),
@@ -314,8 +453,7 @@ impl Reconciler<'_> {
                         secrets::ROTATE_ANNOTATION,
                         t.rotation.as_deref().unwrap_or_default()
                     ),
-                )
-                .await;
+                );
             }
         }
         Ok(token)
@@ -392,55 +530,68 @@ impl Reconciler<'_> {
         Ok(())
     }
 
-    /// Creates the generated Secrets that do not exist yet (metadata-only existence check).
-    async fn ensure_secrets(&self, database_exists: bool) -> Result<()> {
-        for which in [Generated::DatabaseCredentials, Generated::WriteToken] {
-            let name = which.name(&self.name);
-            let exists = self
-                .apis
-                .secrets
-                .get_metadata_opt(&name)
+    /// Creates the generated Secrets that do not exist yet; whether it sent a create.
+    async fn ensure_secrets(&self, database_exists: bool, live: &Live) -> Result<bool> {
+        let missing: Vec<Generated> = [
+            (Generated::DatabaseCredentials, live.credentials.is_some()),
+            (Generated::WriteToken, live.write_token.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(which, exists)| (!exists).then_some(which))
+        .collect();
+        let created = futures::future::try_join_all(missing.iter().map(|&which| async move {
+            self.ctx.metrics.write("create", "Secret");
+            secrets::ensure(&self.apis.secrets, self.site, which)
                 .await
-                .map_err(Error::kube("get", "Secret"))?
-                .is_some();
-            if exists {
+                .map(|created| (which, created))
+        }))
+        .await?;
+        for (which, created) in created {
+            if created != Created::Now {
                 continue;
             }
-            let created = secrets::ensure(&self.apis.secrets, self.site, which).await?;
-            self.ctx.metrics.write("create", "Secret");
-            if created == Created::Now {
-                info!(secret = %name, "created generated Secret");
-                let (warning, reason, note) = if which == Generated::DatabaseCredentials
-                    && database_exists
-                {
-                    (
-                        true,
-                        "CredentialsRecreated",
-                        format!(
-                            "Secret {name} was missing and has been generated anew; the existing database keeps its old password until it is reset"
-                        ),
-                    )
-                } else {
-                    (
-                        false,
-                        "SecretCreated",
-                        format!("created Secret {name} with a generated value"),
-                    )
-                };
-                self.event(warning, reason, note).await;
-            }
+            let name = which.name(&self.name);
+            info!(secret = %name, "created generated Secret");
+            let (warning, reason, note) = if which == Generated::DatabaseCredentials
+                && database_exists
+            {
+                (
+                    true,
+                    "CredentialsRecreated",
+                    format!(
+                        "Secret {name} was missing and has been generated anew; the existing database keeps its old password until it is reset"
+                    ),
+                )
+            } else {
+                (
+                    false,
+                    "SecretCreated",
+                    format!("created Secret {name} with a generated value"),
+                )
+            };
+            self.event(warning, reason, note);
         }
-        Ok(())
+        Ok(!missing.is_empty())
     }
 
-    async fn apply_child<K>(&self, api: &Api<K>, desired: K) -> Result<Option<K>>
+    /// Applies children of one kind concurrently, each with its live object (same order).
+    async fn apply_all<K>(
+        &self,
+        api: &Api<K>,
+        desired: Vec<K>,
+        live: Vec<Option<K>>,
+    ) -> Result<Vec<Option<K>>>
     where
         K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + Debug,
         K::DynamicType: Default,
     {
-        let name = desired.meta().name.clone().unwrap_or_default();
-        let live = apply::get_opt(api, &name).await?;
-        self.apply_child_with_live(api, desired, live).await
+        futures::future::try_join_all(
+            desired
+                .into_iter()
+                .zip(live)
+                .map(|(d, l)| self.apply_child_with_live(api, d, l)),
+        )
+        .await
     }
 
     /// Applies one child if it differs. A rejection the user must fix (invalid, forbidden) is
@@ -469,8 +620,7 @@ impl Reconciler<'_> {
                         false,
                         "DriftCorrected",
                         format!("restored {kind} {name} after a change made outside the operator"),
-                    )
-                    .await;
+                    );
                 }
                 Ok(Some(obj))
             }
@@ -494,18 +644,17 @@ impl Reconciler<'_> {
             .push(problem);
     }
 
-    async fn reconcile_ingress(&self) -> Result<()> {
+    async fn reconcile_ingress(&self, live: Option<Ingress>) -> Result<()> {
         match resources::ingress::build(self.site) {
             Some(desired) => {
-                self.apply_child(&self.apis.ingresses, desired).await?;
+                self.apply_child_with_live(&self.apis.ingresses, desired, live)
+                    .await?;
             }
             None => {
-                let live = apply::get_opt(&self.apis.ingresses, &Names::app(&self.name)).await?;
                 let uid = self.site.uid().unwrap_or_default();
                 if apply::delete_if_owned(&self.apis.ingresses, live, &uid).await? {
                     self.ctx.metrics.write("delete", "Ingress");
-                    self.event(false, "IngressDeleted", "spec.ingress was removed".into())
-                        .await;
+                    self.event(false, "IngressDeleted", "spec.ingress was removed".into());
                 }
             }
         }
@@ -559,8 +708,7 @@ impl Reconciler<'_> {
                     false,
                     "StorageExpanding",
                     format!("requested {wanted} for PVC {pvc_name} (was {current})"),
-                )
-                .await;
+                );
                 Ok(())
             }
             Err(e) => {
@@ -625,14 +773,16 @@ impl Reconciler<'_> {
             .await
             .map_err(Error::kube("apply status", "ArticleSite"))?;
         for (warning, reason, note) in status::transitions(self.site.status.as_ref(), &new) {
-            self.event(warning, &reason, note).await;
+            self.event(warning, &reason, note);
         }
         self.ha_events(&new).await;
         Ok(())
     }
 
-    /// Publishes an Event on the site. Never fails the reconcile; never carries secret values.
-    async fn event(&self, warning: bool, reason: &str, note: String) {
+    /// Publishes an Event on the site in the background: Events are best-effort, so a reconcile
+    /// never waits for them (a site's first reconcile publishes several). Never carries secret
+    /// values.
+    fn event(&self, warning: bool, reason: &str, note: String) {
         let ev = Event {
             type_: if warning {
                 EventType::Warning
@@ -645,15 +795,35 @@ impl Reconciler<'_> {
             secondary: None,
         };
         self.ctx.metrics.write("create", "Event");
-        if let Err(e) = self
-            .ctx
-            .recorder
-            .publish(&ev, &self.site.object_ref(&()))
-            .await
-        {
-            warn!(error = %e, reason, "could not publish event");
-        }
+        let recorder = self.ctx.recorder.clone();
+        let object = self.site.object_ref(&());
+        let reason = reason.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&ev, &object).await {
+                warn!(error = %e, reason, "could not publish event");
+            }
+        });
     }
+}
+
+/// The live objects named like `desired`, read concurrently (same order).
+async fn get_all<K>(api: &Api<K>, desired: &[K]) -> Result<Vec<Option<K>>>
+where
+    K: Resource + DeserializeOwned + Clone + Debug,
+    K::DynamicType: Default,
+{
+    futures::future::try_join_all(desired.iter().map(|d| {
+        let name = d.name_any();
+        async move { apply::get_opt(api, &name).await }
+    }))
+    .await
+}
+
+fn is_app_pod(p: &Pod) -> bool {
+    p.labels()
+        .get("app.kubernetes.io/component")
+        .map(String::as_str)
+        == Some("app")
 }
 
 fn outcome_label(o: Outcome) -> &'static str {
@@ -770,16 +940,13 @@ impl Reconciler<'_> {
 
     /// Stamps the inputs checksum on the pod template and swaps in the last ready template
     /// when a rollout of this spec failed.
-    async fn ha_deployment(&mut self, mut desired: Deployment) -> Result<Deployment> {
+    async fn ha_deployment(&mut self, mut desired: Deployment, live: &Live) -> Result<Deployment> {
         let site = self.site;
-        let ns = site.namespace().unwrap_or_default();
         let creds_name = Names::database_credentials(&self.name);
         let token_name = Names::write_token(&self.name);
-        let creds = apply::get_opt(&self.apis.secrets, &creds_name).await?;
-        let token = apply::get_opt(&self.apis.secrets, &token_name).await?;
         let checksum = ha::inputs_checksum(&[
-            (creds_name.as_str(), creds.as_ref()),
-            (token_name.as_str(), token.as_ref()),
+            (creds_name.as_str(), live.credentials.as_ref()),
+            (token_name.as_str(), live.write_token.as_ref()),
         ]);
         let Some(spec) = desired.spec.as_mut() else {
             return Ok(desired);
@@ -792,27 +959,19 @@ impl Reconciler<'_> {
             .insert(ha::INPUTS_CHECKSUM_ANNOTATION.into(), checksum);
         let spec_hash = ha::template_hash(&spec.template);
 
-        let live = apply::get_opt(&self.apis.deployments, &Names::app(&self.name)).await?;
-        let replica_sets: Vec<ReplicaSet> = match live.as_ref().and_then(|d| d.uid()) {
-            Some(uid) => {
-                let selector = resources::selector_string(&resources::selector_labels(
-                    site,
-                    resources::Component::App,
-                ));
-                Api::<ReplicaSet>::namespaced(self.ctx.client.clone(), &ns)
-                    .list(&ListParams::default().labels(&selector))
-                    .await
-                    .map_err(Error::kube("list", "ReplicaSet"))?
-                    .items
-                    .into_iter()
-                    .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
-                    .collect()
-            }
+        let deployment = live.deployment.as_ref();
+        let replica_sets: Vec<ReplicaSet> = match deployment.and_then(|d| d.uid()) {
+            Some(uid) => live
+                .replica_sets
+                .iter()
+                .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
+                .cloned()
+                .collect(),
             None => Vec::new(),
         };
-        self.ha_scale_down(live.as_ref(), site.spec.app.replicas)
+        self.ha_scale_down(deployment, site.spec.app.replicas, live)
             .await?;
-        match ha::plan_rollout(site, &spec_hash, live.as_ref(), &replica_sets) {
+        match ha::plan_rollout(site, &spec_hash, deployment, &replica_sets) {
             RolloutPlan::Spec => {}
             RolloutPlan::Restored(template, failed) => {
                 spec.template = *template;
@@ -832,8 +991,7 @@ impl Reconciler<'_> {
                         self.name,
                         failed.restored_revision
                     ),
-                )
-                .await;
+                );
                 self.ha.rolled_back = true;
                 self.ha.failed = Some(failed);
             }
@@ -858,8 +1016,13 @@ impl Reconciler<'_> {
 
     /// Before a scale-down, marks the pods to remove with a low deletion cost, so that the
     /// ReplicaSet controller keeps the remaining pods spread over zones and nodes.
-    async fn ha_scale_down(&self, live: Option<&Deployment>, desired: i32) -> Result<()> {
-        let current = live
+    async fn ha_scale_down(
+        &self,
+        deployment: Option<&Deployment>,
+        desired: i32,
+        live: &Live,
+    ) -> Result<()> {
+        let current = deployment
             .and_then(|d| d.spec.as_ref())
             .and_then(|s| s.replicas)
             .unwrap_or(0);
@@ -867,26 +1030,14 @@ impl Reconciler<'_> {
             return Ok(());
         }
         let pods_api = self.pods_api();
-        let selector = resources::selector_string(&resources::selector_labels(
-            self.site,
-            resources::Component::App,
-        ));
-        let pods = pods_api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(Error::kube("list", "Pod"))?
-            .items;
-        let nodes: std::collections::BTreeMap<String, String> =
-            Api::<Node>::all(self.ctx.client.clone())
-                .list_metadata(&ListParams::default())
-                .await
-                .map_err(Error::kube("list", "Node"))?
-                .items
-                .into_iter()
-                .map(|n| (n.name_any(), ha::zone_of(n.metadata.labels.as_ref())))
-                .collect();
+        let app_pods: Vec<Pod> = live
+            .pods
+            .iter()
+            .filter(|p| is_app_pod(p))
+            .cloned()
+            .collect();
         let keep = usize::try_from(desired).unwrap_or(0);
-        for name in ha::scale_down_victims(&pods, &nodes, keep) {
+        for name in ha::scale_down_victims(&app_pods, &live.nodes, keep) {
             let patch = serde_json::json!({"metadata": {"annotations": {
                 "controller.kubernetes.io/pod-deletion-cost": "-1000"}}});
             self.ctx.metrics.write("patch", "Pod");
@@ -907,26 +1058,10 @@ impl Reconciler<'_> {
         &mut self,
         deployment: Option<&Deployment>,
         sts: Option<&StatefulSet>,
+        pods: Vec<Pod>,
+        nodes: std::collections::BTreeMap<String, String>,
     ) -> Result<()> {
         let pods_api = self.pods_api();
-        let pods = pods_api
-            .list(&ListParams::default().labels(&format!(
-                "app.kubernetes.io/instance={},app.kubernetes.io/managed-by={}",
-                self.name,
-                resources::MANAGED_BY
-            )))
-            .await
-            .map_err(Error::kube("list", "Pod"))?
-            .items;
-        let nodes: std::collections::BTreeMap<String, String> =
-            Api::<Node>::all(self.ctx.client.clone())
-                .list_metadata(&ListParams::default())
-                .await
-                .map_err(Error::kube("list", "Node"))?
-                .items
-                .into_iter()
-                .map(|n| (n.name_any(), ha::zone_of(n.metadata.labels.as_ref())))
-                .collect();
 
         for pod in ha::orphaned(&pods, &nodes) {
             let name = pod.name_any();
@@ -947,23 +1082,14 @@ impl Reconciler<'_> {
                         true,
                         "OrphanedPodDeleted",
                         format!("pod {name} was bound to node {node}, which no longer exists; deleted it so that it is replaced"),
-                    )
-                    .await;
+                    );
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(Error::kube("delete", "Pod")(e)),
             }
         }
 
-        let app_pods: Vec<Pod> = pods
-            .into_iter()
-            .filter(|p| {
-                p.labels()
-                    .get("app.kubernetes.io/component")
-                    .map(String::as_str)
-                    == Some("app")
-            })
-            .collect();
+        let app_pods: Vec<Pod> = pods.into_iter().filter(is_app_pod).collect();
         let database_ready = sts
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.ready_replicas)
@@ -1005,8 +1131,7 @@ impl Reconciler<'_> {
                                 "evicted pod {} ({}): {}",
                                 restart.pod, restart.reason, restart.message
                             ),
-                        )
-                        .await;
+                        );
                         self.ha.restarted = true;
                     }
                     // A budget refusal (429) or a pod already gone: look again shortly.
@@ -1087,9 +1212,9 @@ impl Reconciler<'_> {
             return;
         }
         if status == "True" {
-            self.event(false, "HighlyAvailable", message).await;
+            self.event(false, "HighlyAvailable", message);
         } else if before.is_some_and(|(s, _, _)| s == "True") {
-            self.event(true, &reason, message).await;
+            self.event(true, &reason, message);
         }
     }
 }

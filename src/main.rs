@@ -163,11 +163,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.default_retry = false;
     let metrics = Arc::new(Metrics::default());
     let health = ApiHealth::new(metrics.clone());
+    // The probe has a client of its own, outside the guard: its timeout measures the API
+    // server, not the operator's own throttling queue.
+    let probe_client = Client::try_from(config.clone()).context("build Kubernetes client")?;
     let client: Client = ClientBuilder::try_from(config)
         .context("build Kubernetes client")?
         .with_layer(&health.layer())
         .build();
-    tokio::spawn(api_health::probe(client.clone(), metrics.clone()));
+    tokio::spawn(api_health::probe(probe_client, metrics.clone()));
     let (listener, addr) = metrics::bind(args.metrics_addr)
         .await
         .with_context(|| format!("bind metrics address {}", args.metrics_addr))?;

@@ -112,17 +112,15 @@ pub struct WriteToken {
 
 /// Replaces the write token once per distinct `articlesite.io/rotate-credentials` value (an
 /// update with the live resourceVersion, so a concurrent change is a 409 and a retry), and
-/// reports its version. `None` when the Secret does not exist (created on the next reconcile).
+/// reports its version. `live` is the Secret as read this reconcile; `None` when it does not
+/// exist (created on the next reconcile).
 pub async fn reconcile_write_token(
     api: &Api<Secret>,
     site: &ArticleSite,
+    live: Option<&Secret>,
 ) -> Result<Option<WriteToken>> {
     let name = Generated::WriteToken.name(&site.name_any());
-    let Some(meta) = api
-        .get_metadata_opt(&name)
-        .await
-        .map_err(Error::kube("get", "Secret"))?
-    else {
+    let Some(meta) = live else {
         return Ok(None);
     };
     let uid = meta.uid().unwrap_or_default();

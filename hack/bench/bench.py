@@ -319,6 +319,83 @@ def site_manifest(name):
     }
 
 
+def _ts(stamp):
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+
+
+def _cond(obj, kind):
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind and c.get("status") == "True":
+            return _ts(c.get("lastTransitionTime"))
+    return None
+
+
+# Stages of one site on its way to Ready, in order, with the component that does each.
+STAGES = [
+    ("children created", "operator"),
+    ("app pod created", "kube-controller-manager"),
+    ("app pod scheduled", "kube-scheduler"),
+    ("app pod ready", "kwok"),
+    ("Deployment available", "kube-controller-manager (minReadySeconds 5)"),
+    ("database claim created", "kube-controller-manager"),
+    ("database volume provisioned", "kwok"),
+    ("database pod created", "kube-controller-manager"),
+    ("database pod scheduled", "kube-scheduler"),
+    ("database pod ready", "kwok"),
+    ("site Ready", "operator"),
+]
+
+
+def timeline(kube, ns):
+    """Per stage, seconds after each site's creation (API server timestamps, whole seconds):
+    where the time to Ready goes, and which component spends it."""
+    base = f"/namespaces/{ns}"
+    get = lambda path: kube.req("GET", path + "?resourceVersion=0")["items"]
+    sites = get(f"/apis/articlesite.io/v1alpha1{base}/articlesites")
+    deps = {d["metadata"]["name"]: d for d in get(f"/apis/apps/v1{base}/deployments")}
+    pods = get(f"/api/v1{base}/pods")
+    pvcs = {c["metadata"]["name"]: c for c in get(f"/api/v1{base}/persistentvolumeclaims")}
+    pvs = {v["metadata"]["name"]: v for v in kube.req("GET", "/api/v1/persistentvolumes?resourceVersion=0")["items"]}
+    by_site = {}
+    for p in pods:
+        labels = p["metadata"].get("labels") or {}
+        by_site.setdefault(labels.get("app.kubernetes.io/instance"), {}) \
+            .setdefault(labels.get("app.kubernetes.io/component"), []).append(p)
+    lags = {name: [] for name, _ in STAGES}
+    for site in sites:
+        name = site["metadata"]["name"]
+        t0 = _ts(site["metadata"]["creationTimestamp"])
+        dep = deps.get(name)
+        app = min((by_site.get(name) or {}).get("app") or [], default=None,
+                  key=lambda p: p["metadata"]["creationTimestamp"])
+        db = next(iter((by_site.get(name) or {}).get("database") or []), None)
+        claim = pvcs.get(f"data-{name}-postgresql-0")
+        volume = pvs.get(((claim or {}).get("spec") or {}).get("volumeName") or "")
+        stamps = {
+            "children created": _ts((dep or {}).get("metadata", {}).get("creationTimestamp")),
+            "app pod created": _ts(app["metadata"]["creationTimestamp"]) if app else None,
+            "app pod scheduled": _cond(app, "PodScheduled") if app else None,
+            "app pod ready": _cond(app, "Ready") if app else None,
+            "Deployment available": _cond(dep, "Available") if dep else None,
+            "database claim created": _ts((claim or {}).get("metadata", {}).get("creationTimestamp")),
+            "database volume provisioned": _ts((volume or {}).get("metadata", {}).get("creationTimestamp")),
+            "database pod created": _ts(db["metadata"]["creationTimestamp"]) if db else None,
+            "database pod scheduled": _cond(db, "PodScheduled") if db else None,
+            "database pod ready": _cond(db, "Ready") if db else None,
+            "site Ready": _cond(site, "Ready"),
+        }
+        for k, v in stamps.items():
+            if v is not None and t0 is not None:
+                lags[k].append(v - t0)
+
+    def q(xs, f):
+        xs = sorted(xs)
+        return round(xs[min(len(xs) - 1, int(f * len(xs)))], 1) if xs else None
+
+    return [{"stage": name, "by": by, "sites": len(lags[name]), "p50_s": q(lags[name], 0.5),
+             "p90_s": q(lags[name], 0.9), "max_s": q(lags[name], 1.0)} for name, by in STAGES]
+
+
 def is_ready(site):
     for c in (site.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
@@ -384,6 +461,7 @@ def operator_run(args, kube, n, workdir):
                 time.sleep(2)
             t_ready = time.time()
             m_ready = prom(http_get(port, "/metrics")[1])
+            stages = timeline(kube, ns)
             if converged:
                 log(f"operator: all {n} Ready after {t_ready - t0:.1f}s")
                 # Settle (late status writes of the last sites count as convergence), then a
@@ -444,6 +522,7 @@ def operator_run(args, kube, n, workdir):
                 name: sampler.window(name, t0, t_ready) for name in pids if name != "operator"
             },
             "ready_progress": progress,
+            "timeline": stages,
         }
         log("operator: " + json.dumps({k: v for k, v in result.items()
                                        if k not in ("ready_progress", "cluster_during_convergence", "writes_by_kind")}))
@@ -851,6 +930,13 @@ def markdown(report):
             L.append(f"The control plane while {last['sites']:,} sites converged (mean CPU in % of a core, peak RSS): "
                      + ", ".join(f"{k} {fmt(v['cpu_mean_pct'])} % / {fmt(v['rss_peak_mib'])} MiB"
                                  for k, v in cl.items() if v) + ".\n")
+        L.append(f"Where the time to Ready goes at {last['sites']:,} sites: seconds from a site's creation "
+                 "to each stage (API server timestamps, whole seconds), and the component that performs it.\n")
+        L.append("| stage | done by | p50 (s) | p90 (s) | max (s) |")
+        L.append("|---|---|---|---|---|")
+        for st in last.get("timeline") or []:
+            L.append(f"| {st['stage']} | {st['by']} | {fmt(st['p50_s'])} | {fmt(st['p90_s'])} | {fmt(st['max_s'])} |")
+        L.append("")
         L.append("### Goals\n")
         L.append("| goal | result | |")
         L.append("|---|---|---|")
