@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
 use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -963,6 +963,23 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     )
     .await;
     let restart = load.report("rollout restart of the app", window);
+    // The operator let the restart be: one new ReplicaSet, no rollout of its own on top.
+    let replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={name},app.kubernetes.io/component=app"
+        )))
+        .await
+        .expect("list ReplicaSets");
+    assert_eq!(
+        replica_sets.items.len(),
+        2,
+        "the first ReplicaSet and the restart's: {:?}",
+        replica_sets
+            .items
+            .iter()
+            .map(|r| r.name_any())
+            .collect::<Vec<_>>()
+    );
 
     let window = load.mark();
     let victim = pods
