@@ -2,6 +2,12 @@
 # The demo after `make cluster-up`: installs the CRD, starts the operator, applies
 # examples/articlesite.yaml, waits until the site is Ready, shows the site and everything it
 # owns (with the zone of each pod), then keeps the operator in the foreground until Ctrl-C.
+#
+# With the real node (`make cluster-up REAL_NODE=1`, node `real-node` Ready) the site is a real
+# one instead: the images are built and imported into the node, a local volume is made for
+# PostgreSQL, examples/articlesite-real-node.yaml is applied, and once it is Ready the demo
+# writes an article with the generated write token, fetches its HTML page, and prints the URL
+# (the site Service's ClusterIP, which kube-proxy routes to the node's pods on this machine).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -18,9 +24,101 @@ command -v kubectl >/dev/null || { echo "error: kubectl not found; run make clus
 
 NS="${DEMO_NAMESPACE:-articlesite-demo}"
 METRICS_ADDR="${OPERATOR_METRICS_ADDR:-127.0.0.1:8088}"
-SITE="$(sed -n 's/^  name: *//p' examples/articlesite.yaml | head -n1)"
-LOG="$root/.cluster/logs/operator-demo.log"
+CLUSTER_DIR="${CLUSTER_DIR:-$root/.cluster}"
+LOG="$CLUSTER_DIR/logs/operator-demo.log"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+die() { echo "error: $*" >&2; exit 1; }
+
+REAL_NODE_NAME=real-node
+real_node=0
+if [ "$(kubectl get node "$REAL_NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]; then
+  real_node=1
+fi
+EXAMPLE=examples/articlesite.yaml
+[ "$real_node" = 1 ] && EXAMPLE=examples/articlesite-real-node.yaml
+SITE="$(sed -n 's/^  name: *//p' "$EXAMPLE" | head -n1)"
+# The local volume of the real node's site: under the node's directory, so cluster-down removes it.
+VOLUME_CLASS="$(sed -n 's/^ *storageClass: *//p' "$EXAMPLE" | head -n1)"
+VOLUME_NAME="${VOLUME_CLASS:-none}-$NS"
+VOLUME_DIR="$CLUSTER_DIR/real-node/volumes/$NS"
+POSTGRES_UID=999
+
+# A StorageClass without a provisioner and one local PersistentVolume on the real node for
+# the site's database claim. A volume released by a deleted site is wiped and made again: its
+# data belongs to credentials that are gone with that site.
+real_node_volume() {
+  kubectl apply --server-side --field-manager=articlesite-demo -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: $VOLUME_CLASS}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+EOF
+  local phase
+  phase="$(kubectl get pv "$VOLUME_NAME" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
+  if [ "$phase" = Released ] || [ "$phase" = Failed ]; then
+    kubectl delete pv "$VOLUME_NAME" --wait=true >/dev/null
+    rm -rf "$VOLUME_DIR"
+    phase=""
+  fi
+  [ -n "$phase" ] && return 0
+  mkdir -p "$VOLUME_DIR"
+  chown "$POSTGRES_UID:$POSTGRES_UID" "$VOLUME_DIR"
+  chmod 700 "$VOLUME_DIR"
+  kubectl apply --server-side --field-manager=articlesite-demo -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $VOLUME_NAME}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: $VOLUME_CLASS
+  local: {path: "$VOLUME_DIR"}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [$REAL_NODE_NAME]}
+EOF
+}
+
+# Writes and publishes an article through the site's ClusterIP with the generated write token,
+# then fetches its page: proof that the real containers serve.
+real_site_serves() {
+  local ip=$1 token slug deadline page
+  # Dial the ClusterIP only when every pod behind it runs on the real node (kube-proxy would
+  # send a simulated pod's address into the blackhole).
+  local nodes
+  nodes="$(kubectl get pods -n "$NS" -l "app.kubernetes.io/instance=$SITE,app.kubernetes.io/component=app" \
+    -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u)"
+  [ "$nodes" = "$REAL_NODE_NAME" ] || die "the app pods are not all on $REAL_NODE_NAME: $nodes"
+  token="$(kubectl get secret -n "$NS" "$SITE-write-token" -o jsonpath='{.data.token}' | base64 -d)"
+  [ -n "$token" ] || die "no write token in Secret $SITE-write-token"
+  slug="hello-$(date +%s)"
+  deadline=$(( $(date +%s) + 60 ))
+  # kube-proxy programs the Service a moment after the pods turn Ready: retry until a deadline.
+  until curl -fsS --max-time 5 -o /dev/null -X POST "http://$ip/api/v1/articles" \
+      -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+      --data "{\"slug\": \"$slug\", \"title\": \"Hello from a real node\", \"summary\": \"make demo\", \"body\": \"Served by **real containers** on $REAL_NODE_NAME, written through the API.\"}"; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "could not create an article through http://$ip/api/v1/articles"
+    sleep 1
+  done
+  curl -fsS --max-time 5 -o /dev/null -X POST -H "Authorization: Bearer $token" \
+    "http://$ip/api/v1/articles/$slug/publish" || die "could not publish $slug"
+  echo "created and published /articles/$slug through the API (write token from Secret $SITE-write-token)"
+  page="$(curl -fsS --max-time 5 "http://$ip/articles/$slug")" || die "could not fetch http://$ip/articles/$slug"
+  grep -q 'Hello from a real node' <<<"$page" || die "the page of $slug does not show its title"
+  grep -q '<strong>real containers</strong>' <<<"$page" || die "the page of $slug does not render its Markdown"
+  echo "fetched http://$ip/articles/$slug: $(wc -c <<<"$page") bytes of HTML, title and rendered Markdown in it"
+  REAL_URL="http://$ip/"
+  REAL_ARTICLE="http://$ip/articles/$slug"
+}
+
+if [ "$real_node" = 1 ]; then
+  step "the real node $REAL_NODE_NAME is Ready: building the images and importing them into it"
+  hack/images.sh >/dev/null
+fi
 
 step "building the operator"
 cargo build --quiet --bin articlesite-operator
@@ -53,11 +151,16 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 
-step "applying examples/articlesite.yaml"
-kubectl apply --server-side --field-manager=articlesite-demo -n "$NS" -f examples/articlesite.yaml
+if [ "$real_node" = 1 ]; then
+  step "a local volume on $REAL_NODE_NAME for the database (StorageClass $VOLUME_CLASS, $VOLUME_DIR)"
+  real_node_volume
+fi
+
+step "applying $EXAMPLE"
+kubectl apply --server-side --field-manager=articlesite-demo -n "$NS" -f "$EXAMPLE"
 
 step "waiting until ArticleSite $SITE is Ready"
-kubectl wait --for=condition=Ready --timeout=180s -n "$NS" "articlesite/$SITE"
+kubectl wait --for=condition=Ready --timeout=300s -n "$NS" "articlesite/$SITE"
 
 step "the site"
 kubectl get articlesite -n "$NS" -o wide
@@ -79,6 +182,13 @@ zones="$(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.
       printf '%s\t%s\t%s\t%s\t%s\n' "$pod" "$phase" "$ready" "$node" "${zone:-<none>}"
     done
 } | if command -v column >/dev/null; then column -t -s $'\t'; else cat; fi
+
+if [ "$real_node" = 1 ]; then
+  step "the site serves from real containers on $REAL_NODE_NAME"
+  real_site_serves "$(kubectl get service -n "$NS" "$SITE" -o jsonpath='{.spec.clusterIP}')"
+  printf '\n  Open the site: \033[1m%s\033[0m   (its article: %s)\n' "$REAL_URL" "$REAL_ARTICLE"
+  echo "  The address is the site Service's ClusterIP; kube-proxy routes it to the real node's pods on this machine."
+fi
 
 step "the operator keeps reconciling (try: kubectl -n $NS delete service $SITE, or kubectl -n $NS scale articlesite $SITE --replicas=5). Ctrl-C stops it."
 export KUBECONFIG

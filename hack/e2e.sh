@@ -20,7 +20,7 @@ host_state() {
   echo "== mounts"; awk '{print $5}' /proc/self/mountinfo | grep -E "^(/run/netns|$RN_RUN|$RN_DIR)" || true
   echo "== netns"; ls /run/netns 2>/dev/null || true
   echo "== iptables"; { iptables-save; ip6tables-save; } 2>/dev/null | grep -E -- 'KUBE-|CNI-|ARTICLESITE-' || true
-  echo "== processes"; ps -eo args | grep -E "^(containerd|$K8S_BIN/kube(let|-proxy)|containerd-shim|socat -lf $LOGS/apiserver-proxy)" | grep -v grep || true
+  echo "== processes"; ps -eo args | grep -E "^(containerd|$K8S_BIN/kube(let|-proxy)|containerd-shim|socat -lf $LOGS/apiserver-proxy|$COREDNS_BIN/coredns)" | grep -v grep || true
   echo "== cgroups"; find /sys/fs/cgroup -maxdepth 2 -name kubepods 2>/dev/null || true
   echo "== sysctls"; for s in $RN_SYSCTLS; do [ -e "/proc/sys/${s//.//}" ] && echo "$s=$(sysctl -n "$s")"; done
   echo "== dirs"; ls -d /var/log/pods /var/log/containers "$RN_DIR" "$RN_RUN" 2>/dev/null || true

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::EnvVar;
+use k8s_openapi::api::core::v1::{EnvVar, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 #[allow(unused_imports)] // used inside the KubeSchema attributes
@@ -82,6 +82,27 @@ pub struct ArticleSiteSpec {
     /// Placement, disruption budgets, restarts and rollbacks (docs/high-availability.md).
     #[serde(default)]
     pub high_availability: HighAvailabilitySpec,
+
+    /// Nodes the site's pods may run on (app and database alike). Anywhere when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSpec>,
+}
+
+/// Which nodes run the pods of a site: a node selector and tolerations, applied to the pod
+/// templates of the app Deployment and of the PostgreSQL StatefulSet. The spreading rules of
+/// `highAvailability.spread` then act among the selected nodes only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// Labels a node must carry, as in a pod's `nodeSelector` (for example `type: real`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the pods tolerate, as in a pod's `tolerations`; added to the operator's own
+    /// tolerations of node loss (`highAvailability.nodeLossTolerationSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Option<Vec<Toleration>>,
 }
 
 /// How the pods of a site spread over zones and nodes.

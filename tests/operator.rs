@@ -1100,3 +1100,84 @@ async fn user_errors_degrade_without_blocking_others() {
     .await;
     drop(op);
 }
+
+/// `spec.placement` pins app and database pods to the selected nodes (here a zone's), with the
+/// spec's tolerations on the pods; a toleration the API server refuses degrades the site with
+/// the API server's message instead of failing silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_pins_pods_and_bad_tolerations_are_reported() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "op-placement").await;
+    let op = Operator::start(&ns.name, &[]);
+    op.wait_ready().await;
+    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    let toleration = json!({"key": "example.com/dedicated", "operator": "Equal",
+        "value": "news", "effect": "NoSchedule"});
+    sites
+        .create(
+            &PostParams::default(),
+            &site(
+                "pinned",
+                json!({"app": {"image": IMAGE, "replicas": 2},
+                    "placement": {"nodeSelector": {"topology.kubernetes.io/zone": "zone-b"},
+                                  "tolerations": [toleration]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    sites
+        .create(
+            &PostParams::default(),
+            &site(
+                "badtol",
+                json!({"app": {"image": IMAGE, "replicas": 1},
+                    "placement": {"tolerations": [{"key": "x", "operator": "Sometimes"}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+
+    wait_site_ready(&sites, "pinned", Duration::from_secs(90)).await;
+    assert_eq!(
+        running_pods(&client, &ns.name, "pinned", "app", 2).await,
+        ["zone-b", "zone-b"]
+    );
+    assert_eq!(
+        running_pods(&client, &ns.name, "pinned", "database", 1).await,
+        ["zone-b"]
+    );
+    let d: Deployment = get(&client, &ns.name, "pinned").await;
+    let s: StatefulSet = get(&client, &ns.name, "pinned-postgresql").await;
+    for pod in [
+        d.spec.and_then(|s| s.template.spec).unwrap(),
+        s.spec.and_then(|s| s.template.spec).unwrap(),
+    ] {
+        assert_eq!(
+            pod.node_selector,
+            Some(BTreeMap::from([(
+                "topology.kubernetes.io/zone".to_string(),
+                "zone-b".to_string()
+            )]))
+        );
+        let tolerations = serde_json::to_value(pod.tolerations.unwrap()).unwrap();
+        assert!(
+            tolerations.as_array().unwrap().contains(&toleration),
+            "{tolerations}"
+        );
+    }
+
+    let message = wait_for("badtol Degraded", Duration::from_secs(30), || async {
+        let s = sites.get("badtol").await.map_err(|e| e.to_string())?;
+        match condition(&s, "Degraded") {
+            Some((st, reason, msg)) if st == "True" && reason == "ChildRejected" => Ok(msg),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        message.contains("was rejected") && message.contains("tolerations"),
+        "{message}"
+    );
+    drop(op);
+}

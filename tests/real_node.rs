@@ -1,32 +1,37 @@
-//! End-to-end on the real node (`make e2e`, feature `e2e`): the article server and PostgreSQL
-//! images run in real containers, with the pod specs the operator builds, and serve articles
-//! through the site's Service from this machine. Needs `make cluster-up REAL_NODE=1` and
-//! `make images`; `hack/e2e.sh` does both and passes the network settings in the environment.
+//! End-to-end on the real node (`make e2e`, feature `e2e`): the operator's chart is installed
+//! with Helm, its pods run from the locally built image on the real node and elect a leader,
+//! and that leader runs an `ArticleSite` placed on the real node (`spec.placement`): the
+//! article server and PostgreSQL in real containers, finding each other through the node's
+//! cluster DNS, serving articles through the site's Service to this machine. Needs `make
+//! cluster-up REAL_NODE=1` and `make images`; `hack/e2e.sh` does both and passes the network
+//! settings in the environment.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
-use articlesite_operator::resources::{Names, deployment, secret, service, statefulset};
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::core::v1::{HostAlias, PersistentVolume, Pod, PodSpec, Service, Toleration};
+use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use common::{TestNamespace, client, wait_for};
-
-const MANAGER: &str = "articlesite-e2e";
+use common::process::run_tool;
+use common::site_operator::wait_site_ready;
+use common::{TestNamespace, client, kubeconfig_path, wait_for};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
@@ -151,52 +156,6 @@ fn assert_routed_locally(net: &Net, pod_ips: &[String], cluster_ip: &str) {
         net.service_cidr
     );
 }
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ArticleSite::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    wait_for("CRD established", Duration::from_secs(30), || {
-        let crds = crds.clone();
-        let name = name.clone();
-        async move {
-            let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
-            let ok = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if ok {
-                Ok(())
-            } else {
-                Err("not established".into())
-            }
-        }
-    })
-    .await;
-}
-
-/// Pins a pod template to the real node: its label and a toleration of its taint.
-fn pin_to_real_node(pod: &mut PodSpec) {
-    pod.node_selector = Some(BTreeMap::from([("type".to_string(), "real".to_string())]));
-    pod.tolerations = Some(vec![Toleration {
-        key: Some("articlesite.io/real-node".into()),
-        operator: Some("Exists".into()),
-        effect: Some("NoSchedule".into()),
-        ..Default::default()
-    }]);
-}
-
-/// One HTTP/1.1 request with `Connection: close`; returns status, headers (lower-cased names)
-/// and body.
 async fn http(
     addr: &str,
     method: &str,
@@ -297,25 +256,251 @@ async fn pod_summary(pods: &Api<Pod>) -> String {
     }
 }
 
+const CRD: &str = "articlesites.articlesite.io";
+const REAL_NODE: &str = "real-node";
+const LEASE: &str = "articlesite-operator";
+
+/// The chart, with the operator's image as `make images` built it.
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/articlesite-operator")
+}
+
+fn helm(args: &[&str]) -> std::process::Output {
+    run_tool("helm", &kubeconfig_path(), args)
+}
+
+/// The real node's label and a toleration of its taint, as the chart's values and the
+/// site's `spec.placement` take them.
+fn real_node_placement() -> Value {
+    json!({
+        "nodeSelector": {"type": "real"},
+        "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+    })
+}
+
+/// A Helm release that is uninstalled when the test ends, also when it fails.
+struct Release {
+    name: String,
+    namespace: String,
+}
+
+impl Release {
+    fn uninstall(&self) -> std::process::Output {
+        helm(&[
+            "uninstall",
+            &self.name,
+            "--namespace",
+            &self.namespace,
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // A second uninstall after the test's own only reports "not found".
+        let _ = self.uninstall();
+    }
+}
+
+/// Cluster-scoped objects of the test (the namespaces do not take them): the local
+/// PersistentVolume and its StorageClass. The volume goes once the namespace's claim is gone.
+struct ClusterScoped {
+    volume: String,
+    class: String,
+}
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        let (volume, class) = (self.volume.clone(), self.class.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let client = client().await;
+                let _ = Api::<PersistentVolume>::all(client.clone())
+                    .delete(&volume, &Default::default())
+                    .await;
+                let _ = Api::<StorageClass>::all(client)
+                    .delete(&class, &Default::default())
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The Helm CRD is shared by the whole cluster: one that exists already (a run before, or
+/// `kubectl apply -f crds/`) is adopted into the release, as docs/install.md describes.
+async fn adopt_crd(client: &Client, release: &str, ns: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    if crds.get_opt(CRD).await.expect("get CRD").is_some() {
+        crds.patch(
+            CRD,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {
+                "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {"meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": ns},
+            }})),
+        )
+        .await
+        .expect("adopt CRD");
+    }
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && p.metadata.deletion_timestamp.is_none()
+}
+
+fn node_of(p: &Pod) -> Option<&str> {
+    p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+fn ip_of(p: &Pod) -> Option<String> {
+    p.status.as_ref().and_then(|s| s.pod_ip.clone())
+}
+
+/// The sum of a metric's samples (all label sets) in a Prometheus text page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = page
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// `/metrics` of an operator pod, dialled at its real-node address.
+async fn operator_metrics(ip: &str) -> Result<String, String> {
+    let (status, _, body) = http(&format!("{ip}:8080"), "GET", "/metrics", None, None).await?;
+    if status == 200 {
+        Ok(body)
+    } else {
+        Err(format!("/metrics of {ip}: {status}"))
+    }
+}
+
+/// The holder of the operator's Lease.
+async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt(LEASE)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+/// One DNS question (class IN, type A) over UDP; returns the response code and the A records.
+async fn dns_a(server: &str, name: &str) -> Result<(u8, Vec<Ipv4Addr>), String> {
+    let id: u16 = 0x5e2e;
+    let mut q = Vec::new();
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    sock.send_to(&q, server).await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1500];
+    let n = tokio::time::timeout(Duration::from_secs(3), sock.recv(&mut buf))
+        .await
+        .map_err(|_| format!("no answer from {server} for {name}"))?
+        .map_err(|e| e.to_string())?;
+    let r = &buf[..n];
+    if n < 12 || r[0..2] != id.to_be_bytes() {
+        return Err(format!("bad DNS response {r:?}"));
+    }
+    let rcode = r[3] & 0x0f;
+    let answers = u16::from_be_bytes([r[6], r[7]]);
+    // Skip the question (its name, type and class), then read each answer's A record.
+    let mut i = 12;
+    while i < n && r[i] != 0 {
+        i += usize::from(r[i]) + 1;
+    }
+    i += 5;
+    let mut ips = Vec::new();
+    for _ in 0..answers {
+        // The answer's name: a compression pointer (2 bytes) or labels.
+        if i < n && r[i] & 0xc0 == 0xc0 {
+            i += 2;
+        } else {
+            while i < n && r[i] != 0 {
+                i += usize::from(r[i]) + 1;
+            }
+            i += 1;
+        }
+        if i + 10 > n {
+            break;
+        }
+        let rtype = u16::from_be_bytes([r[i], r[i + 1]]);
+        let len = usize::from(u16::from_be_bytes([r[i + 8], r[i + 9]]));
+        i += 10;
+        if rtype == 1 && len == 4 && i + 4 <= n {
+            ips.push(Ipv4Addr::new(r[i], r[i + 1], r[i + 2], r[i + 3]));
+        }
+        i += len;
+    }
+    Ok((rcode, ips))
+}
+
+/// The first address of a range: 10.88.0.0/24 -> 10.88.0.1 (the bridge, where CoreDNS listens).
+fn gateway(cidr: &str) -> String {
+    let base: Ipv4Addr = cidr
+        .split('/')
+        .next()
+        .and_then(|b| b.parse().ok())
+        .expect("a CIDR");
+    Ipv4Addr::from(u32::from(base) + 1).to_string()
+}
+
 #[tokio::test]
-async fn article_server_and_postgresql_serve_from_the_real_node() {
+async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     let started = Instant::now();
     let net = Net::from_env();
     let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "e2e-real").await;
+    let op_ns = TestNamespace::create(&client, "e2e-operator").await;
+    let ns = TestNamespace::create(&client, "e2e-site").await;
     let pp = PostParams::default();
 
-    // A local volume on the real node for PostgreSQL, bound through a StorageClass name of
-    // this test's own (no provisioner: the claim binds to this PersistentVolume).
+    // A local volume on the real node for PostgreSQL, bound through a StorageClass of this
+    // test's own (no provisioner: the claim binds to this PersistentVolume).
     let class = format!("real-node-{}", ns.name);
-    let volume_dir = std::path::Path::new(&net.node_dir)
-        .join("volumes")
-        .join(&ns.name);
+    let _cluster_scoped = ClusterScoped {
+        volume: class.clone(),
+        class: class.clone(),
+    };
+    let volume_dir = Path::new(&net.node_dir).join("volumes").join(&ns.name);
     std::fs::create_dir_all(&volume_dir).expect("create the volume directory");
     std::os::unix::fs::chown(&volume_dir, Some(POSTGRES_UID), Some(POSTGRES_UID))
         .expect("chown the volume directory");
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let sc: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": class, "labels": {"articlesite.io/test": "true"}},
+        "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    }))
+    .expect("StorageClass");
+    Api::<StorageClass>::all(client.clone())
+        .create(&pp, &sc)
+        .await
+        .expect("create StorageClass");
     let pv: PersistentVolume = serde_json::from_value(json!({
         "metadata": {"name": class, "labels": {"articlesite.io/test": "true"}},
         "spec": {
@@ -325,17 +510,130 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
             "storageClassName": class,
             "local": {"path": volume_dir.to_string_lossy()},
             "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["real-node"]}
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [REAL_NODE]}
             ]}]}},
         },
     }))
     .expect("PersistentVolume");
-    pvs.create(&pp, &pv).await.expect("create PersistentVolume");
-    let _pv_guard = PvGuard(class.clone());
+    Api::<PersistentVolume>::all(client.clone())
+        .create(&pp, &pv)
+        .await
+        .expect("create PersistentVolume");
 
-    // The site object itself, so that the children's owner references resolve (and the
-    // garbage collector leaves them alone). No operator runs here: the test applies what
-    // the operator's builders produce, pinned to the real node.
+    // helm install: the chart as users get it, with the image built here (never pulled), its
+    // two replicas on the real node, leader election on (the chart's default).
+    let image = env_or(
+        "OPERATOR_IMAGE",
+        "localhost/articlesite/articlesite-operator:dev",
+    );
+    let (repository, tag) = image.rsplit_once(':').expect("OPERATOR_IMAGE has a tag");
+    let mut values = real_node_placement();
+    values["image"] = json!({"repository": repository, "tag": tag, "pullPolicy": "Never"});
+    values["replicaCount"] = json!(2);
+    values["leaderElection"] = json!({"enabled": true});
+    let values_file =
+        std::env::temp_dir().join(format!("articlesite-e2e-values-{}.json", op_ns.name));
+    std::fs::write(&values_file, values.to_string()).expect("write the values file");
+    let release = Release {
+        name: "articlesite-operator".into(),
+        namespace: op_ns.name.clone(),
+    };
+    adopt_crd(&client, &release.name, &op_ns.name).await;
+    let chart = chart();
+    let t = Instant::now();
+    let out = helm(&[
+        "install",
+        &release.name,
+        chart.to_str().expect("utf-8 path"),
+        "--namespace",
+        &op_ns.name,
+        "--values",
+        values_file.to_str().expect("utf-8 path"),
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    let _ = std::fs::remove_file(&values_file);
+    let op_pods: Api<Pod> = Api::namespaced(client.clone(), &op_ns.name);
+    assert!(
+        out.status.success(),
+        "helm install failed: {}\noperator pods: {}",
+        String::from_utf8_lossy(&out.stderr),
+        pod_summary(&op_pods).await
+    );
+    let installed = t.elapsed();
+
+    // Both operator pods run and are Ready on the real node; one holds the Lease.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &op_ns.name);
+    let selector = "app.kubernetes.io/name=articlesite-operator";
+    let (operators, leader) = wait_for(
+        "2 Ready operator pods on the real node, one of them holding the Lease",
+        Duration::from_secs(120),
+        || {
+            let op_pods = op_pods.clone();
+            let leases = leases.clone();
+            async move {
+                let pods: Vec<Pod> = op_pods
+                    .list(&ListParams::default().labels(selector))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .into_iter()
+                    .filter(is_ready)
+                    .collect();
+                let holder = lease_holder(&leases).await;
+                let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+                match holder {
+                    Some(h) if pods.len() == 2 && names.contains(&h) => Ok((pods, h)),
+                    h => Err(format!("ready: {names:?}, Lease holder: {h:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let leader_elected = t.elapsed();
+    let mut operator_ips = BTreeMap::new();
+    for p in &operators {
+        assert_eq!(node_of(p), Some(REAL_NODE), "{} placement", p.name_any());
+        let ip = ip_of(p).expect("operator pod IP");
+        assert!(in_cidr(&ip, &net.pod_cidr), "{ip} outside {}", net.pod_cidr);
+        let c = &p.spec.as_ref().expect("spec").containers[0];
+        assert_eq!(c.image.as_deref(), Some(image.as_str()));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+        operator_ips.insert(p.name_any(), ip);
+    }
+    let standby = operators
+        .iter()
+        .map(|p| p.name_any())
+        .find(|n| *n != leader)
+        .expect("a standby");
+    // Each pod's own view, from its metrics: the leader says 1, the standby 0.
+    for (pod, want) in [(&leader, 1.0), (&standby, 0.0)] {
+        let ip = operator_ips[pod].clone();
+        wait_for(
+            &format!("{pod}'s articlesite_operator_leader to be {want}"),
+            Duration::from_secs(30),
+            || {
+                let ip = ip.clone();
+                async move {
+                    let page = operator_metrics(&ip).await?;
+                    match metric(&page, "articlesite_operator_leader") {
+                        Some(v) if v == want => Ok(()),
+                        v => Err(format!("{v:?}")),
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    println!(
+        "helm install: 2 operator pods Ready on {REAL_NODE} {:.1}s after the install started, {leader} leads (Lease held {:.1}s after)",
+        installed.as_secs_f64(),
+        leader_elected.as_secs_f64()
+    );
+
+    // The site, placed on the real node through its spec. Nothing else is applied by hand:
+    // the operator in its pod creates every object (credentials included).
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
     let spec = serde_json::from_value(json!({
         "title": "Real node news",
@@ -349,113 +647,78 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
             "imagePullPolicy": "Never",
             "storage": {"size": "1Gi", "storageClass": class},
         },
+        "placement": real_node_placement(),
     }))
     .expect("site spec");
+    let t_ready = Instant::now();
     let site = sites
         .create(&pp, &ArticleSite::new("news", spec))
         .await
         .expect("create site");
     let name = site.name_any();
-
-    let token = format!("e2e-{:032x}", rand_u128());
-    let password = format!("{:032x}", rand_u128());
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(client.clone(), &ns.name);
-    secrets
-        .create(&pp, &secret::database_credentials(&site, password))
-        .await
-        .expect("create credentials");
-    secrets
-        .create(&pp, &secret::write_token(&site, token.clone()))
-        .await
-        .expect("create write token");
-
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
-    for svc in [
-        service::app(&site),
-        service::database_client(&site),
-        service::database_headless(&site),
-    ] {
-        services.create(&pp, &svc).await.expect("create service");
-    }
-    let db_ip = services
-        .get(&Names::database(&name))
-        .await
-        .expect("database service")
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("database ClusterIP");
-
-    // PostgreSQL as the operator builds it (claim template included), on the real node.
-    let mut sts = statefulset::build(&site, "1Gi");
-    if let Some(pod) = sts.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
-        pin_to_real_node(pod);
-    }
-    Api::<StatefulSet>::namespaced(client.clone(), &ns.name)
-        .create(&pp, &sts)
-        .await
-        .expect("create statefulset");
-
-    // The article server as the operator builds it. The local cluster has no DNS: the
-    // database's Service name resolves through the pod's /etc/hosts instead.
-    let mut deploy = deployment::build(&site, "cluster.local");
-    let db_host = format!("{}.{}.svc.cluster.local", Names::database(&name), ns.name);
-    if let Some(pod) = deploy.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
-        pin_to_real_node(pod);
-        pod.host_aliases = Some(vec![HostAlias {
-            ip: db_ip.clone(),
-            hostnames: Some(vec![db_host]),
-        }]);
-    }
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    deployments
-        .create(&pp, &deploy)
-        .await
-        .expect("create deployment");
-
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let t_ready = Instant::now();
-    wait_for(
-        "2 ready article server pods and a ready database on the real node",
-        Duration::from_secs(240),
-        || {
-            let deployments = deployments.clone();
-            let pods = pods.clone();
-            let name = name.clone();
-            async move {
-                let d = deployments.get(&name).await.map_err(|e| e.to_string())?;
-                let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-                if ready == 2 {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "{ready}/2 ready; pods: {}",
-                        pod_summary(&pods).await
-                    ))
-                }
+    let ready_site = tokio::select! {
+        s = wait_site_ready(&sites, &name, Duration::from_secs(300)) => s,
+        // Every 30 s, say where the pods are, so that a slow start can be told from a stuck one.
+        _ = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                println!("  waiting for Ready: {}", pod_summary(&pods).await);
             }
-        },
-    )
-    .await;
+        } => unreachable!(),
+    };
     let ready_after = t_ready.elapsed();
+    println!(
+        "site Ready {:.1}s after creation: {:?}",
+        ready_after.as_secs_f64(),
+        ready_site.status.as_ref().and_then(|s| s.url.clone())
+    );
 
-    // Every pod runs on the real node with an address of its bridge's subnet.
+    // Reconciled by the leader pod: it applied the site's Deployment and counted the work;
+    // the standby did nothing.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let d = deployments.get(&name).await.expect("the site's Deployment");
+    assert!(
+        d.managed_fields()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some("articlesite-operator")),
+        "the Deployment is applied by the operator"
+    );
+    let leader_page = operator_metrics(&operator_ips[&leader])
+        .await
+        .expect("leader metrics");
+    let standby_page = operator_metrics(&operator_ips[&standby])
+        .await
+        .expect("standby metrics");
+    let leader_children =
+        metric(&leader_page, "articlesite_operator_children_total").unwrap_or(0.0);
+    let standby_reconciles =
+        metric(&standby_page, "articlesite_operator_reconciles_total").unwrap_or(0.0);
+    assert!(
+        leader_children > 0.0,
+        "the leader {leader} applied the site's children: {leader_page}"
+    );
+    assert_eq!(
+        standby_reconciles, 0.0,
+        "the standby {standby} reconciles nothing"
+    );
+
+    // Every pod of the site runs on the real node, Ready, with an address of its bridge's subnet;
+    // the app finds PostgreSQL by its Service name (no hostAliases: the node's cluster DNS).
     let list = pods.list(&ListParams::default()).await.expect("list pods");
-    assert_eq!(list.items.len(), 3, "2 app pods + 1 database pod");
+    assert_eq!(
+        list.items.len(),
+        3,
+        "2 app pods + 1 database pod: {}",
+        pod_summary(&pods).await
+    );
     let mut pod_ips = Vec::new();
     for p in &list.items {
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-        assert_eq!(
-            node.as_deref(),
-            Some("real-node"),
-            "{} placement",
-            p.name_any()
-        );
-        let ip = p
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.clone())
-            .expect("pod IP");
+        assert_eq!(node_of(p), Some(REAL_NODE), "{} placement", p.name_any());
+        assert!(is_ready(p), "{} Ready", p.name_any());
+        let spec = p.spec.as_ref().expect("pod spec");
+        assert!(spec.host_aliases.is_none(), "no hostAliases");
+        let ip = ip_of(p).expect("pod IP");
         assert!(
             in_cidr(&ip, &net.pod_cidr),
             "pod {} has {ip}, outside the real node's {}",
@@ -464,15 +727,35 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
         );
         pod_ips.push(ip);
     }
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let cluster_ip = |svc: Service| svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+    let db_ip = cluster_ip(
+        services
+            .get(&Names::database(&name))
+            .await
+            .expect("database service"),
+    );
+    let dns = format!("{}:53", gateway(&net.pod_cidr));
+    let db_host = format!("{}.{}.svc.cluster.local", Names::database(&name), ns.name);
+    let (rcode, ips) = dns_a(&dns, &db_host).await.expect("DNS query");
+    assert_eq!(
+        (rcode, ips.iter().map(|i| i.to_string()).collect::<Vec<_>>()),
+        (0, vec![db_ip.clone()]),
+        "{db_host} must resolve to the database Service's ClusterIP"
+    );
+    let (rcode, _) = dns_a(&dns, &format!("nothing.{}.svc.cluster.local", ns.name))
+        .await
+        .expect("DNS query");
+    assert_eq!(rcode, 3, "an unknown cluster name is NXDOMAIN");
+    let (rcode, ips) = dns_a(&dns, "example.com").await.expect("DNS query");
+    assert!(
+        rcode == 5 && ips.is_empty(),
+        "names outside cluster.local are REFUSED (nothing is forwarded): rcode {rcode}"
+    );
+    println!("cluster DNS at {dns}: {db_host} -> {db_ip}; unknown names NXDOMAIN, others REFUSED");
 
     // The Service is dialled only once its endpoints are all real pods.
-    let app_ip = services
-        .get(&name)
-        .await
-        .expect("app service")
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("app ClusterIP");
+    let app_ip = cluster_ip(services.get(&name).await.expect("app service"));
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns.name);
     wait_for(
         "the app Service's endpoints: 2 ready real pods",
@@ -506,8 +789,22 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
         },
     )
     .await;
-    assert_routed_locally(&net, &pod_ips, &app_ip);
+    let mut all_ips = pod_ips.clone();
+    all_ips.extend(operator_ips.values().cloned());
+    assert_routed_locally(&net, &all_ips, &app_ip);
 
+    // The write token the operator generated.
+    let token_secret = Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .get(&Names::write_token(&name))
+        .await
+        .expect("the generated write token Secret");
+    let token = token_secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(WRITE_TOKEN_KEY))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .expect("a write token");
+    assert!(token.len() >= 32, "a generated token of some length");
     // Through kube-proxy's ClusterIP: create, publish, read back as JSON and as HTML.
     let addr = format!("{app_ip}:80");
     let slug = "hello-real-node";
@@ -666,6 +963,23 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
     )
     .await;
     let restart = load.report("rollout restart of the app", window);
+    // The operator let the restart be: one new ReplicaSet, no rollout of its own on top.
+    let replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={name},app.kubernetes.io/component=app"
+        )))
+        .await
+        .expect("list ReplicaSets");
+    assert_eq!(
+        replica_sets.items.len(),
+        2,
+        "the first ReplicaSet and the restart's: {:?}",
+        replica_sets
+            .items
+            .iter()
+            .map(|r| r.name_any())
+            .collect::<Vec<_>>()
+    );
 
     let window = load.mark();
     let victim = pods
@@ -798,8 +1112,114 @@ async fn article_server_and_postgresql_serve_from_the_real_node() {
         slugs.len()
     );
 
+    // The leader's pod goes (as `kubectl delete pod` does: SIGTERM, the operator hands the
+    // Lease back); the standby takes over and reconciles: the site's deleted budgets return.
+    let t = Instant::now();
+    op_pods
+        .delete(&leader, &Default::default())
+        .await
+        .expect("delete the leader pod");
+    wait_for(
+        &format!("{standby} to take the Lease from {leader}"),
+        Duration::from_secs(90),
+        || {
+            let leases = leases.clone();
+            let standby = standby.clone();
+            async move {
+                match lease_holder(&leases).await {
+                    Some(h) if h == standby => Ok(()),
+                    h => Err(format!("holder {h:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let takeover = t.elapsed();
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    let before: Vec<String> = pdbs
+        .list(&ListParams::default())
+        .await
+        .expect("list budgets")
+        .items
+        .iter()
+        .map(|p| p.uid().unwrap_or_default())
+        .collect();
+    assert_eq!(before.len(), 2, "the site's app and database budgets");
+    let t_heal = Instant::now();
+    pdbs.delete_collection(&Default::default(), &ListParams::default())
+        .await
+        .expect("delete the site's budgets");
+    wait_for(
+        "the new leader to recreate the site's budgets",
+        Duration::from_secs(90),
+        || {
+            let pdbs = pdbs.clone();
+            let before = before.clone();
+            async move {
+                let now: Vec<String> = pdbs
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .iter()
+                    .map(|p| p.uid().unwrap_or_default())
+                    .collect();
+                if now.len() == 2 && now.iter().all(|u| !before.contains(u)) {
+                    Ok(())
+                } else {
+                    Err(format!("{} budgets", now.len()))
+                }
+            }
+        },
+    )
+    .await;
+    let healed = t_heal.elapsed();
+    let page = operator_metrics(&operator_ips[&standby])
+        .await
+        .expect("new leader metrics");
+    assert_eq!(metric(&page, "articlesite_operator_leader"), Some(1.0));
     println!(
-        "real node e2e: pods ready {:.1}s after creation; create {:?}, publish {:?}, get JSON {:?}, get HTML {:?}; total {:.1}s",
+        "leader pod {leader} deleted: {standby} held the Lease {:.1}s later and recreated the deleted budgets in {:.1}s",
+        takeover.as_secs_f64(),
+        healed.as_secs_f64()
+    );
+
+    // helm uninstall: the operator goes, the CRD and the site stay (crd.keep).
+    let out = release.uninstall();
+    assert!(
+        out.status.success(),
+        "helm uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the operator pods to be gone",
+        Duration::from_secs(90),
+        || {
+            let op_pods = op_pods.clone();
+            async move {
+                let n = op_pods
+                    .list(&ListParams::default().labels(selector))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .len();
+                if n == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} left"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        sites.get_opt(&name).await.expect("get site").is_some(),
+        "the site survives helm uninstall"
+    );
+
+    println!(
+        "real node e2e: helm install {:.1}s, site Ready {:.1}s after creation; create {:?}, publish {:?}, get JSON {:?}, get HTML {:?}; total {:.1}s",
+        installed.as_secs_f64(),
         ready_after.as_secs_f64(),
         create_latency,
         publish_latency,
@@ -932,261 +1352,4 @@ impl Load {
         let _ = self.task.await;
         self.samples.lock().map(|v| v.len()).unwrap_or(0)
     }
-}
-
-/// Deletes the test's PersistentVolume (cluster-scoped, so the namespace does not take it);
-/// it goes once the namespace's claim is gone.
-struct PvGuard(String);
-
-impl Drop for PvGuard {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let _ = Api::<PersistentVolume>::all(client().await)
-                    .delete(&name, &Default::default())
-                    .await;
-            });
-        })
-        .join();
-    }
-}
-
-fn rand_u128() -> u128 {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("random bytes");
-    u128::from_le_bytes(b)
-}
-
-/// Deletes cluster-scoped RBAC objects of a test when it ends.
-struct ClusterRbacGuard(String);
-
-impl Drop for ClusterRbacGuard {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let client = client().await;
-                let _ = Api::<ClusterRoleBinding>::all(client.clone())
-                    .delete(&name, &Default::default())
-                    .await;
-                let _ = Api::<ClusterRole>::all(client)
-                    .delete(&name, &Default::default())
-                    .await;
-            });
-        })
-        .join();
-    }
-}
-
-/// The operator's image runs as a pod on the real node, reaches the API server through the
-/// `kubernetes` Service (kube-proxy → the bridge address → the forwarder to 127.0.0.1), and
-/// reconciles an ArticleSite of its namespace. Its RBAC is the test's, not yet the chart's.
-#[tokio::test]
-async fn the_operator_runs_as_a_pod_on_the_real_node() {
-    let net = Net::from_env();
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "e2e-operator").await;
-    let pp = PostParams::default();
-    let sa = "articlesite-operator";
-    let cluster_name = format!("e2e-operator-{}", ns.name);
-    let _rbac_guard = ClusterRbacGuard(cluster_name.clone());
-
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
-        .create(
-            &pp,
-            &serde_json::from_value(json!({"metadata": {"name": sa}})).expect("sa"),
-        )
-        .await
-        .expect("create ServiceAccount");
-    // Everything inside its namespace; StorageClasses (read) outside it.
-    Api::<Role>::namespaced(client.clone(), &ns.name)
-        .create(
-            &pp,
-            &serde_json::from_value(json!({
-                "metadata": {"name": sa},
-                "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}],
-            }))
-            .expect("role"),
-        )
-        .await
-        .expect("create Role");
-    Api::<RoleBinding>::namespaced(client.clone(), &ns.name)
-        .create(
-            &pp,
-            &serde_json::from_value(json!({
-                "metadata": {"name": sa},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
-                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns.name}],
-            }))
-            .expect("rolebinding"),
-        )
-        .await
-        .expect("create RoleBinding");
-    Api::<ClusterRole>::all(client.clone())
-        .create(
-            &pp,
-            &serde_json::from_value(json!({
-                "metadata": {"name": cluster_name, "labels": {"articlesite.io/test": "true"}},
-                "rules": [{"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"],
-                           "verbs": ["get", "list", "watch"]}],
-            }))
-            .expect("clusterrole"),
-        )
-        .await
-        .expect("create ClusterRole");
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .create(
-            &pp,
-            &serde_json::from_value(json!({
-                "metadata": {"name": cluster_name, "labels": {"articlesite.io/test": "true"}},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                            "name": cluster_name},
-                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns.name}],
-            }))
-            .expect("clusterrolebinding"),
-        )
-        .await
-        .expect("create ClusterRoleBinding");
-
-    let image = env_or(
-        "OPERATOR_IMAGE",
-        "localhost/articlesite/articlesite-operator:dev",
-    );
-    let deploy: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "articlesite-operator"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "articlesite-operator"}},
-            "template": {
-                "metadata": {"labels": {"app": "articlesite-operator"}},
-                "spec": {
-                    "serviceAccountName": sa,
-                    "nodeSelector": {"type": "real"},
-                    "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists",
-                                     "effect": "NoSchedule"}],
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
-                        "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "operator",
-                        "image": image,
-                        "imagePullPolicy": "Never",
-                        "args": ["run", "--namespace", ns.name, "--metrics-addr", "0.0.0.0:8080",
-                                 "--log-format", "json"],
-                        "ports": [{"name": "metrics", "containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"},
-                                           "periodSeconds": 2},
-                        "securityContext": {"allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
-                    }],
-                },
-            },
-        },
-    }))
-    .expect("operator deployment");
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    deployments
-        .create(&pp, &deploy)
-        .await
-        .expect("create the operator's Deployment");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let t = Instant::now();
-    let pod = wait_for(
-        "the operator pod Ready on the real node",
-        Duration::from_secs(120),
-        || {
-            let pods = pods.clone();
-            async move {
-                let list = pods
-                    .list(&ListParams::default().labels("app=articlesite-operator"))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let ready = list.items.into_iter().find(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                });
-                ready.ok_or_else(|| "not ready yet".to_string())
-            }
-        },
-    )
-    .await;
-    let operator_ready = t.elapsed();
-    assert_eq!(
-        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
-        Some("real-node")
-    );
-    let ip = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .expect("operator pod IP");
-    assert!(in_cidr(&ip, &net.pod_cidr), "{ip} outside {}", net.pod_cidr);
-
-    // A site for it to reconcile. Its own pods go to the simulated nodes: here only the
-    // operator's API traffic from inside the pod matters.
-    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
-    let spec = serde_json::from_value(
-        json!({"app": {"image": "localhost/articlesite/article-server:dev"}}),
-    )
-    .expect("site spec");
-    let t = Instant::now();
-    sites
-        .create(&pp, &ArticleSite::new("blog", spec))
-        .await
-        .expect("create site");
-    wait_for(
-        "the in-pod operator to create the site's Deployment and StatefulSet and report status",
-        Duration::from_secs(120),
-        || {
-            let client = client.clone();
-            let ns = ns.name.clone();
-            let sites = sites.clone();
-            async move {
-                let d = Api::<Deployment>::namespaced(client.clone(), &ns)
-                    .get_opt("blog")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let s = Api::<StatefulSet>::namespaced(client, &ns)
-                    .get_opt("blog-postgresql")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let site = sites.get("blog").await.map_err(|e| e.to_string())?;
-                let observed = site.status.as_ref().and_then(|s| s.observed_generation);
-                let by_operator = d.as_ref().is_some_and(|d| {
-                    d.managed_fields()
-                        .iter()
-                        .any(|m| m.manager.as_deref() == Some("articlesite-operator"))
-                });
-                if by_operator && s.is_some() && observed == site.metadata.generation {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "deployment by operator: {by_operator}, statefulset: {}, observed generation: {observed:?}",
-                        s.is_some()
-                    ))
-                }
-            }
-        },
-    )
-    .await;
-    println!(
-        "operator as a pod on the real node: Ready {:.1}s after creation, site reconciled {:.1}s after creation",
-        operator_ready.as_secs_f64(),
-        t.elapsed().as_secs_f64()
-    );
 }

@@ -4,6 +4,7 @@
 #
 #   hack/cluster/build.sh            # everything the local cluster needs
 #   hack/cluster/build.sh kubelet    # plus extra Kubernetes commands (real node)
+#   hack/cluster/build.sh coredns    # plus CoreDNS (the real node's cluster DNS)
 #
 # Prints the bin directory of each component on stdout, one "name=dir" per line.
 set -euo pipefail
@@ -86,7 +87,63 @@ build_go_tool() { # name version module package
   echo "$name=$out"
 }
 
-build_kubernetes "$@"
+# CoreDNS with only the plugins the real node's DNS uses: a main package of our own sets the
+# directive list, so the cloud plugins (route53, azure, clouddns) and forward are not even
+# compiled in, and the build pulls a fraction of the module's dependencies.
+build_coredns() {
+  local out="$CACHE_DIR/bin/coredns-$COREDNS_VERSION"
+  if [ -x "$out/coredns" ]; then echo "coredns=$out"; return; fi
+  local mod="$CACHE_DIR/src/coredns-$COREDNS_VERSION" logf="$log_dir/build-coredns-$COREDNS_VERSION.log"
+  mkdir -p "$mod" "$out"
+  echo "building coredns $COREDNS_VERSION (log: $logf)" >&2
+  (
+    set -e
+    cd "$mod"
+    printf 'module articlesite.local/coredns-build\n\ngo 1.26.0\n\nrequire github.com/coredns/coredns %s\n' \
+      "$COREDNS_VERSION" > go.mod
+    cat > main.go <<'GO'
+// CoreDNS with the plugins of the real node's cluster DNS only (no forward: nothing leaves).
+package main
+
+import (
+	"log"
+
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+// The order in which the plugins handle a query: upstream's order, restricted to ours.
+var directives = []string{"bind", "ready", "errors", "log", "cache", "kubernetes"}
+
+func init() {
+	if err := dnsserver.SetDirectives(directives); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func main() { coremain.Run() }
+GO
+    go build -mod=mod -p 2 -trimpath -ldflags "-s -w" \
+      -o "$out/coredns.tmp" .
+    mv "$out/coredns.tmp" "$out/coredns"
+  ) >"$logf" 2>&1 || fail coredns "$logf"
+  echo "coredns=$out"
+}
+
+k8s_cmds=()
+want_coredns=0
+for a in "$@"; do
+  if [ "$a" = coredns ]; then want_coredns=1; else k8s_cmds+=("$a"); fi
+done
+build_kubernetes "${k8s_cmds[@]}"
+[ "$want_coredns" = 1 ] && build_coredns
 build_go_tool etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3
 build_go_tool kwok "$KWOK_VERSION" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok \
   "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"

@@ -13,6 +13,11 @@ KUBELET_PORT="${KUBELET_PORT:-10250}"
 KUBELET_HEALTHZ_PORT="${KUBELET_HEALTHZ_PORT:-10248}"
 KUBE_PROXY_METRICS_PORT="${KUBE_PROXY_METRICS_PORT:-10249}"
 KUBE_PROXY_HEALTHZ_PORT="${KUBE_PROXY_HEALTHZ_PORT:-10256}"
+# CoreDNS answers on the bridge address, port 53 (where pods look); its readiness on 127.0.0.1.
+COREDNS_READY_PORT="${COREDNS_READY_PORT:-18181}"
+COREDNS_BIN="$CACHE_DIR/bin/coredns-$COREDNS_VERSION"
+# The identity of the node's DNS server towards the API server, and its ClusterRole.
+COREDNS_USER="system:articlesite:real-node-dns"
 # Images made by `make images`, imported under these names; the CRI sandbox uses the pause one.
 IMAGE_PREFIX="localhost/articlesite"
 PAUSE_IMAGE="$IMAGE_PREFIX/pause:3.10"
@@ -60,6 +65,13 @@ cmd_kube-proxy() {
 cmd_apiserver-proxy() {
   echo socat -lf "$LOGS/apiserver-proxy.log" \
     "TCP-LISTEN:$APISERVER_PORT,bind=$(rn_gateway),reuseaddr,fork" "TCP:127.0.0.1:$APISERVER_PORT"
+}
+
+# Cluster DNS for the real node's pods: `cluster.local` from the API server (Services and
+# their EndpointSlices), nothing else. No forward plugin (it is not even compiled in): any
+# other name gets REFUSED, so no query ever leaves this machine.
+cmd_coredns() {
+  echo "$COREDNS_BIN/coredns" -conf "$RN_DIR/Corefile"
 }
 
 rn_ports_of() {
@@ -157,10 +169,25 @@ runtimeRequestTimeout: 10m
 oomScoreAdj: 0
 serializeImagePulls: false
 failSwapOn: false
+# Pods get the node's CoreDNS (on the bridge address) and nothing of the host's resolv.conf.
 resolvConf: ""
+clusterDNS: [$gw]
 clusterDomain: cluster.local
 maxPods: 30
 podPidsLimit: 1024
+EOF
+  cat >"$RN_DIR/Corefile" <<EOF
+cluster.local:53 {
+  bind $gw
+  errors
+  ready 127.0.0.1:$COREDNS_READY_PORT
+  cache 5
+  kubernetes cluster.local {
+    kubeconfig $RN_DIR/coredns.kubeconfig articlesite-local
+    pods disabled
+    ttl 5
+  }
+}
 EOF
   cat >"$RN_DIR/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -189,6 +216,27 @@ rn_pki() {
     "DNS:$REAL_NODE_NAME,IP:$(rn_gateway),IP:127.0.0.1"
   write_kubeconfig "$RN_DIR/kubelet.kubeconfig" kubelet
   write_kubeconfig "$RN_DIR/kube-proxy.kubeconfig" kube-proxy
+  [ -f "$PKI/coredns.crt" ] || sign coredns "/CN=$COREDNS_USER"
+  write_kubeconfig "$RN_DIR/coredns.kubeconfig" coredns
+}
+
+# Least privilege for the DNS server: read Services, EndpointSlices and Namespaces, nothing more.
+rn_dns_rbac() {
+  kubectl apply --server-side --field-manager=articlesite-cluster-up -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "articlesite:real-node-dns"}
+rules:
+- {apiGroups: [""], resources: [services, namespaces], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "articlesite:real-node-dns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "articlesite:real-node-dns"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "$COREDNS_USER"}
+EOF
 }
 
 # The bridge exists before the kubelet starts, so that its address is the node IP.
@@ -235,7 +283,7 @@ ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
 
 real_node_up() {
   REAL_NODE=1 "$ROOT/hack/deps.sh"
-  "$here/build.sh" kubelet kube-proxy >/dev/null
+  "$here/build.sh" kubelet kube-proxy coredns >/dev/null
   if ip link show "$REAL_NODE_BRIDGE" >/dev/null 2>&1 && [ ! -f "$RN_DIR/sysctls.saved" ]; then
     die "the bridge $REAL_NODE_BRIDGE exists but belongs to no real node of $CLUSTER_DIR: another cluster's real node? Only one real node per machine; stop that cluster first (make cluster-down with its CLUSTER_DIR)."
   fi
@@ -259,6 +307,8 @@ real_node_up() {
     wait_until "kube-apiserver /readyz" 90 kube-apiserver apiserver_ready
   fi
   start_component apiserver-proxy
+  rn_dns_rbac
+  start_component coredns
   start_component containerd
   wait_until "containerd" 60 containerd ctr_ version
   "$ROOT/hack/images.sh" pause >/dev/null
@@ -274,7 +324,9 @@ real_node_up() {
   }
   wait_until "the real node $REAL_NODE_NAME to be Ready" 120 kubelet rn_node_ready
   check_alive kube-proxy
-  say "real node $REAL_NODE_NAME is Ready: pods on $REAL_NODE_BRIDGE $REAL_NODE_POD_CIDR, Services $SERVICE_CIDR via kube-proxy"
+  # Ready once the kubernetes plugin has synced its first lists from the API server.
+  wait_until "CoreDNS ready" 60 coredns curl -fsS "http://127.0.0.1:$COREDNS_READY_PORT/ready"
+  say "real node $REAL_NODE_NAME is Ready: pods on $REAL_NODE_BRIDGE $REAL_NODE_POD_CIDR, Services $SERVICE_CIDR via kube-proxy, DNS cluster.local at $(rn_gateway):53"
 }
 
 # Removes everything the real node made, in reverse: containers (killed through containerd),
@@ -288,6 +340,7 @@ real_node_down() {
   fi
   stop_component containerd
   stop_component apiserver-proxy
+  stop_component coredns
   rn_kill_shims
   rn_unmount_all
   rn_remove_netns

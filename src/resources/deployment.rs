@@ -16,7 +16,7 @@ use kube::ResourceExt;
 
 use super::{
     Component, DB_PASSWORD_KEY, DB_USERNAME_KEY, Names, POSTGRES_PORT, WRITE_TOKEN_KEY,
-    label_selector, object_meta, public_url, resource_requirements, security,
+    label_selector, object_meta, placement, public_url, resource_requirements, security,
 };
 use crate::crd::{ArticleSite, SpreadPolicy};
 
@@ -263,7 +263,8 @@ pub fn build(site: &ArticleSite, cluster_domain: &str) -> Deployment {
                     security_context: Some(security::app_pod_security(site)),
                     topology_spread_constraints: Some(topology_spread(site, Component::App)),
                     affinity: affinity(site, Component::App),
-                    tolerations: Some(tolerations(site)),
+                    node_selector: placement::node_selector(site),
+                    tolerations: Some(placement::tolerations(site)),
                     containers: vec![Container {
                         name: CONTAINER_NAME.into(),
                         image: Some(app.image.clone()),

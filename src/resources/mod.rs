@@ -13,6 +13,7 @@ pub mod deployment;
 pub mod ingress;
 pub mod network_policy;
 pub mod pdb;
+pub mod placement;
 pub mod secret;
 pub mod security;
 pub mod service;

@@ -15,7 +15,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
-use super::deployment::{affinity, empty_dir, mount, tolerations, topology_spread};
+use super::deployment::{affinity, empty_dir, mount, topology_spread};
+use super::placement;
 use super::security::{self, restricted_container_security};
 use super::{
     Component, DB_PASSWORD_KEY, DB_USERNAME_KEY, MANAGED_BY, Names, POSTGRES_PORT, label_selector,
@@ -126,7 +127,8 @@ pub fn build(site: &ArticleSite, claim_size: &str) -> StatefulSet {
                     security_context: Some(security::database_pod_security()),
                     topology_spread_constraints: Some(topology_spread(site, Component::Database)),
                     affinity: affinity(site, Component::Database),
-                    tolerations: Some(tolerations(site)),
+                    node_selector: placement::node_selector(site),
+                    tolerations: Some(placement::tolerations(site)),
                     containers: vec![Container {
                         name: CONTAINER_NAME.into(),
                         image: Some(db.image.clone()),
