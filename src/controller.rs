@@ -52,6 +52,8 @@ pub struct Settings {
     pub cluster_domain: String,
     /// Periodic re-check of every site even without events (reads only at steady state).
     pub resync: Duration,
+    /// Trailing-edge debounce of reconcile triggers (kube-runtime's `Config::debounce`).
+    pub debounce: Duration,
 }
 
 /// Shared state of all reconciles.
@@ -858,7 +860,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let config = controller::Config::default().concurrency(settings.concurrency);
+    let config = controller::Config::default()
+        .concurrency(settings.concurrency)
+        .debounce(settings.debounce);
     let mut stores = Vec::new();
     let mut runs = Vec::new();
     for scope in &scopes {

@@ -58,6 +58,11 @@ struct RunArgs {
     /// Seconds between periodic re-checks of each site (reads only when nothing changed).
     #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
+    /// Milliseconds a site's reconcile waits for more changes of its children before it runs
+    /// (0 turns this off). While a site comes up its children change in bursts (pods scheduled,
+    /// started, ready; status of each workload): one reconcile per burst instead of one per change.
+    #[arg(long, default_value_t = 500)]
+    debounce_millis: u64,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "json")]
     log_format: LogFormat,
@@ -193,6 +198,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency.max(1),
         cluster_domain: args.cluster_domain,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
+        debounce: Duration::from_millis(args.debounce_millis),
     };
     match election {
         // Returns after SIGTERM/SIGINT once the running reconciles have finished.
