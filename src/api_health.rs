@@ -7,7 +7,14 @@
 //!   `THROTTLED_RATE` per second and holding at most `THROTTLED_BURST`: while the API server
 //!   fails, the operator sends at most `THROTTLED_BURST + THROTTLED_RATE × seconds` requests,
 //!   whatever the number of sites (per-site retries and watch restarts also back off on their
-//!   own). Healthy, requests are not limited, so convergence stays fast.
+//!   own). A request whose turn would come later than `MAX_QUEUE_WAIT` is not queued: it fails at
+//!   once (the reconcile retries with its backoff), so a burst that meets the throttle never
+//!   leaves requests waiting behind a backlog for tens of seconds. Healthy, requests are not
+//!   limited, so convergence stays fast.
+//! - At most `MAX_IN_FLIGHT` requests other than watches are in flight at once. A reconcile
+//!   reads everything it needs concurrently, so `--concurrency` reconciles could otherwise open
+//!   hundreds of connections (HTTP/1.1: one per request in flight) and take as many of the API
+//!   server's priority-and-fairness seats.
 //! - `probe` asks the API server's `/readyz` every `PROBE_INTERVAL`; the operator's own
 //!   `/readyz` answers 503 while that fails (API server down, or its etcd unavailable).
 
@@ -32,6 +39,10 @@ pub const THROTTLED_RATE: f64 = 5.0;
 pub const THROTTLED_BURST: f64 = 10.0;
 /// Throttling ends after this long without a 429, 5xx or transport error.
 pub const CALM: Duration = Duration::from_secs(5);
+/// Longest a throttled request waits for its turn; later ones fail without being sent.
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// Requests in flight at once, watches not counted (they stay open).
+pub const MAX_IN_FLIGHT: usize = 64;
 /// How often the API server's `/readyz` is asked.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +58,7 @@ struct Bucket {
 pub struct ApiHealth {
     bucket: Mutex<Bucket>,
     metrics: Arc<Metrics>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiHealth {
@@ -54,6 +66,7 @@ impl ApiHealth {
         Arc::new(Self {
             bucket: Mutex::default(),
             metrics,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         })
     }
 
@@ -82,51 +95,43 @@ impl ApiHealth {
         b.last_error = Some(now);
     }
 
-    /// Reserves the next request's token and returns how long it must wait (zero unthrottled).
-    fn reserve(&self) -> Duration {
+    /// Reserves the next request's token and returns how long it must wait (zero unthrottled),
+    /// or `Shed` when that would be longer than `MAX_QUEUE_WAIT` (no token is taken then).
+    fn reserve(&self) -> Result<Duration, Shed> {
         self.reserve_at(Instant::now())
     }
 
-    fn reserve_at(&self, now: Instant) -> Duration {
+    fn reserve_at(&self, now: Instant) -> Result<Duration, Shed> {
         let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         if !throttled(&b, now) {
-            return Duration::ZERO;
+            return Ok(Duration::ZERO);
         }
         let elapsed = b
             .refilled
             .map(|t| now.saturating_duration_since(t).as_secs_f64())
             .unwrap_or_default();
-        b.tokens = (b.tokens + elapsed * THROTTLED_RATE).min(THROTTLED_BURST) - 1.0;
+        let tokens = (b.tokens + elapsed * THROTTLED_RATE).min(THROTTLED_BURST) - 1.0;
         b.refilled = Some(now);
-        if b.tokens >= 0.0 {
+        let wait = if tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-b.tokens / THROTTLED_RATE)
+            Duration::from_secs_f64(-tokens / THROTTLED_RATE)
+        };
+        if wait > MAX_QUEUE_WAIT {
+            b.tokens = tokens + 1.0;
+            return Err(Shed);
         }
+        b.tokens = tokens;
+        Ok(wait)
     }
 }
 
-impl ApiHealth {
-    /// When a request whose reserved turn is `turn` may go, as seen at `now`: `None` means at
-    /// once. It waits for its turn only while throttling lasts: once the API server has gone
-    /// `CALM` without errors, a queue built up while it failed is released, not worked off at
-    /// the throttled rate (after a 429 burst that queue could otherwise hold requests for tens
-    /// of seconds). While errors continue, the turn stands, so the rate bound holds.
-    fn wake_at(&self, turn: Instant, now: Instant) -> Option<Instant> {
-        if now >= turn {
-            return None;
-        }
-        let b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let calm_at = b.last_error.map(|t| t + CALM)?;
-        (calm_at > now).then(|| turn.min(calm_at))
-    }
-
-    async fn wait_turn(&self, turn: Instant) {
-        while let Some(at) = self.wake_at(turn, Instant::now()) {
-            tokio::time::sleep_until(at).await;
-        }
-    }
-}
+/// A request the guard refused to send (see the module docs).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "request not sent: the API server is answering with errors and the throttled queue is full"
+)]
+pub struct Shed;
 
 fn throttled(b: &Bucket, now: Instant) -> bool {
     b.last_error
@@ -171,16 +176,28 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let wait = self.health.reserve();
-        let turn = Instant::now() + wait;
+        let wait = match self.health.reserve() {
+            Ok(wait) => wait,
+            Err(shed) => {
+                self.health.metrics.throttled.inc();
+                return Box::pin(async move { Err(Box::new(shed) as BoxError) });
+            }
+        };
+        let limited = !req.uri().query().is_some_and(|q| q.contains("watch=true"));
         // The client's futures are lazy: nothing is sent before the first poll, after the wait.
         let sent = self.inner.call(req);
         let health = self.health.clone();
         Box::pin(async move {
             if !wait.is_zero() {
                 health.metrics.throttled.inc();
-                health.wait_turn(turn).await;
+                tokio::time::sleep(wait).await;
             }
+            // Held until the answer's head arrives; the semaphore is never closed.
+            let _permit = if limited {
+                health.in_flight.clone().acquire_owned().await.ok()
+            } else {
+                None
+            };
             let res = sent.await.map_err(Into::into);
             health.record(match &res {
                 Ok(r) => r.status().as_u16() == 429 || r.status().is_server_error(),
@@ -276,41 +293,44 @@ mod tests {
         let h = ApiHealth::new(Arc::new(Metrics::default()));
         let t0 = Instant::now();
         for _ in 0..100 {
-            assert_eq!(h.reserve_at(t0), Duration::ZERO, "healthy: unlimited");
+            assert_eq!(
+                h.reserve_at(t0).ok(),
+                Some(Duration::ZERO),
+                "healthy: unlimited"
+            );
         }
         h.record_error_at(t0);
         let burst = THROTTLED_BURST as usize;
         for _ in 0..burst {
-            assert_eq!(h.reserve_at(t0), Duration::ZERO, "the burst goes at once");
+            assert_eq!(
+                h.reserve_at(t0).ok(),
+                Some(Duration::ZERO),
+                "the burst goes at once"
+            );
         }
         // The next ones queue at the sustained rate.
         let step = 1.0 / THROTTLED_RATE;
-        assert!((h.reserve_at(t0).as_secs_f64() - step).abs() < 1e-9);
-        assert!((h.reserve_at(t0).as_secs_f64() - 2.0 * step).abs() < 1e-9);
+        assert!((h.reserve_at(t0).unwrap().as_secs_f64() - step).abs() < 1e-9);
+        assert!((h.reserve_at(t0).unwrap().as_secs_f64() - 2.0 * step).abs() < 1e-9);
         // After CALM without errors, unlimited again.
-        assert_eq!(h.reserve_at(t0 + CALM), Duration::ZERO);
+        assert_eq!(h.reserve_at(t0 + CALM).ok(), Some(Duration::ZERO));
     }
 
     #[test]
-    fn queued_requests_are_released_when_errors_stop() {
+    fn requests_beyond_the_queue_horizon_fail_without_a_token() {
         let h = ApiHealth::new(Arc::new(Metrics::default()));
         let t0 = Instant::now();
         h.record_error_at(t0);
-        // A burst of 200 requests queues up to 38 s at the throttled rate.
-        let last_turn = (0..200).map(|_| t0 + h.reserve_at(t0)).max().unwrap();
-        assert!(last_turn >= t0 + Duration::from_secs(30));
-        // It waits until CALM after the last error, not until its turn...
-        assert_eq!(h.wake_at(last_turn, t0), Some(t0 + CALM));
-        assert_eq!(h.wake_at(last_turn, t0 + CALM), None);
-        // ...unless errors continue: then the turn stands (the rate bound holds).
-        h.record_error_at(t0 + Duration::from_secs(4));
-        assert_eq!(
-            h.wake_at(last_turn, t0 + CALM),
-            Some(t0 + Duration::from_secs(4) + CALM)
-        );
-        let near = t0 + Duration::from_secs(6);
-        assert_eq!(h.wake_at(near, t0 + CALM), Some(near));
-        assert_eq!(h.wake_at(near, near), None);
+        let results: Vec<_> = (0..200).map(|_| h.reserve_at(t0)).collect();
+        let queued = results.iter().filter(|r| r.is_ok()).count();
+        // The burst plus MAX_QUEUE_WAIT × rate; the rest are shed.
+        let horizon = THROTTLED_BURST + MAX_QUEUE_WAIT.as_secs_f64() * THROTTLED_RATE;
+        assert_eq!(queued as f64, horizon);
+        assert!(results.iter().flatten().all(|w| *w <= MAX_QUEUE_WAIT));
+        // Shed requests took no token: one second later there is room for one more second.
+        let t1 = t0 + Duration::from_secs(1);
+        let more = (0..20).filter(|_| h.reserve_at(t1).is_ok()).count();
+        assert_eq!(more as f64, THROTTLED_RATE);
     }
 
     #[test]
@@ -332,8 +352,7 @@ mod tests {
         h.record_error_at(t0);
         // Requests whose reserved start falls within 3 s: burst + 3 s × rate (+1 at t = 3 s).
         let mut sent = 0;
-        loop {
-            let wait = h.reserve_at(t0);
+        while let Ok(wait) = h.reserve_at(t0) {
             if wait > Duration::from_secs(3) {
                 break;
             }

@@ -928,23 +928,11 @@ async fn request_rate_is_bounded_while_the_api_server_fails() {
     let mut cleanup = ClusterScoped(Vec::new());
     let sa = "articlesite-operator";
     let role = format!("articlesite-operator-{}", ns.name);
-    let verbs_rw = ["get", "list", "watch", "patch", "create"];
+    // Exactly what the chart grants: a missing permission would fail reads (403) before the
+    // writes this test makes fail.
     create_cluster_scoped::<ClusterRole>(
         &client,
-        json!({"metadata": {"name": role}, "rules": [
-            {"apiGroups": ["articlesite.io"], "resources": ["articlesites"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["articlesite.io"], "resources": ["articlesites/status"], "verbs": ["patch"]},
-            {"apiGroups": ["articlesite.io"], "resources": ["articlesites/finalizers"], "verbs": ["update"]},
-            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": verbs_rw},
-            {"apiGroups": [""], "resources": ["services"], "verbs": verbs_rw},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create"]},
-            {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "patch"]},
-            {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": verbs_rw},
-            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": verbs_rw},
-            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
-            {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "list"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        ]}),
+        json!({"metadata": {"name": role}, "rules": common::process::chart_cluster_role_rules()}),
         &mut cleanup,
     )
     .await;

@@ -80,6 +80,29 @@ pub fn run_ok(name: &str, kubeconfig: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The rules of the chart's ClusterRole (all-namespaces install), rendered by `helm template`:
+/// tests that run the operator under a ServiceAccount grant exactly what the chart grants.
+pub fn chart_cluster_role_rules() -> Value {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/articlesite-operator");
+    let chart = chart.to_string_lossy();
+    let rendered = run_ok(
+        "helm",
+        &super::kubeconfig_path(),
+        &[
+            "template",
+            "aso",
+            &chart,
+            "--show-only",
+            "templates/rbac.yaml",
+        ],
+    );
+    serde_yaml::Deserializer::from_str(&rendered)
+        .filter_map(|doc| serde::Deserialize::deserialize(doc).ok())
+        .find(|doc: &Value| doc["kind"] == "ClusterRole")
+        .map(|role| role["rules"].clone())
+        .expect("the chart renders a ClusterRole")
+}
+
 /// Installs (server-side apply, idempotent) the CRD generated from the types and waits until
 /// the API server serves it.
 pub async fn install_crd(client: &Client) {
