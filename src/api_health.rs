@@ -42,7 +42,7 @@ pub const CALM: Duration = Duration::from_secs(5);
 /// Longest a throttled request waits for its turn; later ones fail without being sent.
 pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(5);
 /// Requests in flight at once, watches not counted (they stay open).
-pub const MAX_IN_FLIGHT: usize = 64;
+pub const MAX_IN_FLIGHT: usize = 32;
 /// How often the API server's `/readyz` is asked.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -13,6 +13,9 @@
 //!   convert is dropped from the cache with a warning and counted
 //!   (`articlesite_operator_reconcile_errors_total{reason="malformed_object"}`), and every other
 //!   site is reconciled as usual. Fixing the object brings it back.
+//! - The site cache is the operator's only cache of whole objects, so what it never reads is
+//!   dropped before it is stored: `managedFields` and kubectl's last-applied annotation (a copy
+//!   of the whole object) take as much room as the rest of a site.
 
 use std::sync::Arc;
 
@@ -106,6 +109,7 @@ pub fn sites(
 
 /// The event for the typed cache; `None` drops it.
 fn convert(event: Event<DynamicObject>, metrics: &Metrics) -> Option<Event<ArticleSite>> {
+    let event = event.modify(trim);
     match event {
         Event::Apply(o) => match readable(o, metrics) {
             Ok(site) => Some(Event::Apply(site)),
@@ -136,6 +140,14 @@ fn readable(o: DynamicObject, metrics: &Metrics) -> Result<ArticleSite, Box<Dyna
             metrics.error("malformed_object".into());
             Err(Box::new(o))
         }
+    }
+}
+
+/// Drops the metadata the operator never reads (see the module docs).
+fn trim(o: &mut DynamicObject) {
+    o.metadata.managed_fields = None;
+    if let Some(a) = o.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
 
@@ -194,5 +206,36 @@ mod tests {
             Some(Event::Delete(_))
         ));
         assert!(m.encode().unwrap().contains("malformed_object"));
+    }
+
+    #[test]
+    fn cached_sites_carry_no_managed_fields_or_last_applied_copy() {
+        let m = Metrics::default();
+        let mut o = dynamic(json!({"app": {"image": "x:1"}}));
+        o.metadata.managed_fields = Some(vec![Default::default()]);
+        o.metadata.annotations = Some(
+            [
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                    "{}".to_string(),
+                ),
+                (
+                    "articlesite.io/rotate-credentials".to_string(),
+                    "1".to_string(),
+                ),
+            ]
+            .into(),
+        );
+        match convert(Event::Apply(o), &m) {
+            Some(Event::Apply(s)) => {
+                assert!(s.metadata.managed_fields.is_none());
+                let a = s.metadata.annotations.unwrap();
+                assert_eq!(
+                    a.keys().collect::<Vec<_>>(),
+                    ["articlesite.io/rotate-credentials"]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
