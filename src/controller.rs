@@ -296,17 +296,17 @@ impl Reconciler<'_> {
             },
             self.apply_all(
                 &self.apis.services,
-                services.to_vec(),
+                Vec::from(services),
                 std::mem::take(&mut live.services)
             ),
             self.apply_all(
                 &self.apis.pdbs,
-                pdbs.to_vec(),
+                Vec::from(pdbs),
                 std::mem::take(&mut live.pdbs)
             ),
             self.apply_all(
                 &self.apis.network_policies,
-                policies.to_vec(),
+                Vec::from(policies),
                 std::mem::take(&mut live.policies)
             ),
             self.reconcile_ingress(live.ingress.take()),
