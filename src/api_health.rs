@@ -133,9 +133,18 @@ impl ApiHealth {
 )]
 pub struct Shed;
 
+/// Throttled: an error within `CALM`, or requests still waiting for their turn. The second
+/// matters because a reconcile reads concurrently before it writes: while the throttled queue
+/// holds its reads, its (failing) writes are not sent, so errors pause; without it, new requests
+/// would then bypass the queue and the rate bound would not hold.
 fn throttled(b: &Bucket, now: Instant) -> bool {
-    b.last_error
-        .is_some_and(|t| now.saturating_duration_since(t) < CALM)
+    let recent_error = b
+        .last_error
+        .is_some_and(|t| now.saturating_duration_since(t) < CALM);
+    let queued = b.refilled.is_some_and(|t| {
+        b.tokens + now.saturating_duration_since(t).as_secs_f64() * THROTTLED_RATE < 0.0
+    });
+    recent_error || queued
 }
 
 /// Tower layer of the client: throttles while the API server fails (see the module docs).
@@ -331,6 +340,23 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         let more = (0..20).filter(|_| h.reserve_at(t1).is_ok()).count();
         assert_eq!(more as f64, THROTTLED_RATE);
+    }
+
+    #[test]
+    fn throttling_lasts_while_requests_wait_for_their_turn() {
+        let h = ApiHealth::new(Arc::new(Metrics::default()));
+        let t0 = Instant::now();
+        h.record_error_at(t0);
+        // At 4 s, 40 requests: the burst (refilled by then) goes at once, 25 queue up to 5 s.
+        let t4 = t0 + Duration::from_secs(4);
+        let queued = (0..40).filter(|_| h.reserve_at(t4).is_ok()).count();
+        assert_eq!(queued as f64, THROTTLED_BURST + 5.0 * THROTTLED_RATE);
+        // 6 s after the last error the queue still waits: a new request queues behind it.
+        let t6 = t0 + Duration::from_secs(6);
+        assert!(h.reserve_at(t6).is_ok_and(|w| w > Duration::ZERO));
+        // Once it has drained (and no error came), requests are unlimited again.
+        let t10 = t0 + Duration::from_secs(10);
+        assert_eq!(h.reserve_at(t10).ok(), Some(Duration::ZERO));
     }
 
     #[test]
