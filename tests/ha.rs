@@ -9,9 +9,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,137 +17,48 @@ use articlesite_operator::crd::ArticleSite;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, CustomResourceExt, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{TestNamespace, client, kubeconfig_path, wait_for};
+use common::operator::OperatorProcess;
+use common::pods::{is_ready, live_pods, node_of};
+use common::site::{IMAGE, condition, message, site, site_ready, wait_condition};
+use common::{
+    ClusterScoped, TestNamespace, block_on_own_runtime, namespace_with_operator, wait_for,
+};
 
-const IMAGE: &str = "articlesite/article-server:0.1.0";
 const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The tests that cordon, add or delete nodes, or count pods per node, run one at a time
 /// (a tokio Mutex works across the tests' separate runtimes).
 static NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ArticleSite::crd();
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply("articlesite-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    wait_for("CRD established", Duration::from_secs(30), || {
-        let crds = crds.clone();
-        let name = name.clone();
-        async move {
-            let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
-            let ok = crd
-                .status
-                .and_then(|s| s.conditions)
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            ok.then_some(()).ok_or_else(|| "not established".into())
-        }
-    })
-    .await;
-}
-
-/// The operator binary limited to one namespace, with a short resync; killed when dropped.
-struct Operator {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn start(ns: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{ns}.log"));
-        let file = File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_articlesite-operator"))
-            .args(["run", "--namespace", ns, "--resync-seconds", "3"])
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("KUBECONFIG", kubeconfig_path())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log fd"))
-            .stderr(file)
-            .spawn()
-            .expect("start operator binary");
-        Self { child, port, log }
-    }
-
-    /// A counter from /metrics, summed over label sets.
-    async fn metric(&self, name: &str) -> f64 {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .expect("connect to metrics");
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .await
-            .expect("write");
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.expect("read");
-        body.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<_> = text.lines().collect();
-            eprintln!(
-                "--- operator log ({}) ---\n{}",
-                self.log.display(),
-                lines[lines.len().saturating_sub(30)..].join("\n")
-            );
-        }
-    }
-}
-
 struct Fixture {
     client: Client,
     ns: TestNamespace,
     sites: Api<ArticleSite>,
     pods: Api<Pod>,
-    _operator: Operator,
+    /// Limited to the namespace, with a short resync.
+    operator: OperatorProcess,
 }
 
 async fn fixture(prefix: &str) -> Fixture {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&client, prefix).await;
-    let operator = Operator::start(&ns.name);
+    let (client, ns, operator, sites) =
+        namespace_with_operator(prefix, &[], &["--resync-seconds", "3"]).await;
     Fixture {
-        sites: Api::namespaced(client.clone(), &ns.name),
+        sites,
         pods: Api::namespaced(client.clone(), &ns.name),
         client,
         ns,
-        _operator: operator,
+        operator,
     }
 }
 
 impl Fixture {
     async fn create_site(&self, name: &str, spec: Value) {
-        let site = ArticleSite::new(name, serde_json::from_value(spec).expect("valid spec"));
         self.sites
-            .create(&PostParams::default(), &site)
+            .create(&PostParams::default(), &site(name, spec))
             .await
             .expect("create site");
     }
@@ -163,18 +71,7 @@ impl Fixture {
     }
 
     async fn app_pods(&self, site: &str) -> Result<Vec<Pod>, String> {
-        let list = self
-            .pods
-            .list(&ListParams::default().labels(&format!(
-                "app.kubernetes.io/instance={site},app.kubernetes.io/component=app"
-            )))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .collect())
+        live_pods(&self.pods, site, "app").await
     }
 
     /// Waits until the site is Ready for its generation with `n` ready app pods and nothing
@@ -182,19 +79,14 @@ impl Fixture {
     async fn wait_ready(&self, site: &str, n: usize, timeout: Duration) -> Vec<Pod> {
         wait_for(&format!("{site}: Ready with {n} pods"), timeout, || async {
             let s = self.sites.get(site).await.map_err(|e| e.to_string())?;
-            let st = s.status.clone().unwrap_or_default();
-            let ready = st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            let current = st.observed_generation == s.metadata.generation;
+            let ready = site_ready(&s);
             let pods = self.app_pods(site).await?;
             let ready_pods = pods.iter().filter(|p| is_ready(p)).count();
-            if ready && current && pods.len() == n && ready_pods == n {
+            if ready && pods.len() == n && ready_pods == n {
                 Ok(pods)
             } else {
                 Err(format!(
-                    "Ready={ready}, current={current}, {} pods, {ready_pods} ready",
+                    "Ready for the generation={ready}, {} pods, {ready_pods} ready",
                     pods.len()
                 ))
             }
@@ -218,29 +110,8 @@ impl Fixture {
     }
 }
 
-/// Deletes the test's node even when the test fails.
-struct NodeGuard(Api<Node>, String);
-
-impl Drop for NodeGuard {
-    fn drop(&mut self) {
-        let (api, name) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let _ = api.delete(&name, &DeleteParams::default()).await;
-            });
-        })
-        .join();
-    }
-}
-
 /// An extra kwok node of this test in zone-a, Ready; deleted when the guard drops.
-async fn test_node(f: &Fixture) -> (String, NodeGuard) {
+async fn test_node(f: &Fixture) -> (String, ClusterScoped) {
     let node_name = format!("ha-{}", &f.ns.name[f.ns.name.len() - 8..]);
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": node_name,
@@ -253,11 +124,12 @@ async fn test_node(f: &Fixture) -> (String, NodeGuard) {
     }))
     .expect("node");
     let nodes: Api<Node> = Api::all(f.client.clone());
+    let mut guard = ClusterScoped::default();
+    guard.track::<Node>(&node_name);
     nodes
         .create(&PostParams::default(), &node)
         .await
         .expect("create node");
-    let guard = NodeGuard(nodes.clone(), node_name.clone());
     wait_for("the test node Ready", TIMEOUT, || async {
         let n = nodes.get(&node_name).await.map_err(|e| e.to_string())?;
         let ready = n
@@ -277,26 +149,17 @@ struct Uncordon(Api<Node>, Vec<String>);
 impl Drop for Uncordon {
     fn drop(&mut self) {
         let (api, names) = (self.0.clone(), std::mem::take(&mut self.1));
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                for n in names {
-                    let _ = api
-                        .patch(
-                            &n,
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"spec": {"unschedulable": false}})),
-                        )
-                        .await;
-                }
-            });
-        })
-        .join();
+        block_on_own_runtime(move || async move {
+            for n in names {
+                let _ = api
+                    .patch(
+                        &n,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"unschedulable": false}})),
+                    )
+                    .await;
+            }
+        });
     }
 }
 
@@ -346,27 +209,11 @@ async fn move_pod_to_node(f: &Fixture, pod: &str, node: &str) {
     .await;
 }
 
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-fn node_of(p: &Pod) -> String {
-    p.spec
-        .as_ref()
-        .and_then(|s| s.node_name.clone())
-        .unwrap_or_default()
-}
-
 async fn zones_of(client: &Client, pods: &[Pod]) -> BTreeMap<String, usize> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut per_zone = BTreeMap::new();
     for p in pods {
-        let node = nodes.get(&node_of(p)).await.expect("node of pod");
+        let node = nodes.get(node_of(p)).await.expect("node of pod");
         let zone = node
             .labels()
             .get("topology.kubernetes.io/zone")
@@ -375,15 +222,6 @@ async fn zones_of(client: &Client, pods: &[Pod]) -> BTreeMap<String, usize> {
         *per_zone.entry(zone).or_insert(0) += 1;
     }
     per_zone
-}
-
-fn condition(site: &ArticleSite, t: &str) -> Option<(String, String, String)> {
-    site.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == t)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 /// 3 and 6 replicas land evenly over the three zones and on distinct nodes; scaling down
@@ -438,20 +276,16 @@ async fn replicas_spread_evenly_and_scale_down_keeps_the_spread() {
     f.patch_site("spread", json!({"spec": {"app": {"replicas": 1}}}))
         .await;
     f.wait_ready("spread", 1, TIMEOUT).await;
-    let site = wait_for("HighlyAvailable=False", TIMEOUT, || async {
-        let s = f.site("spread").await;
-        match condition(&s, "HighlyAvailable") {
-            Some((st, reason, _)) if st == "False" && reason == "SingleReplica" => Ok(s),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    let site = wait_condition(
+        &f.sites,
+        "spread",
+        "HighlyAvailable",
+        "False",
+        Some("SingleReplica"),
+        TIMEOUT,
+    )
     .await;
-    assert!(
-        condition(&site, "HighlyAvailable")
-            .unwrap()
-            .2
-            .contains("replicas is 1")
-    );
+    assert!(message(&site, "HighlyAvailable").contains("replicas is 1"));
 }
 
 /// Draining a node with evictions keeps at least desired − 1 app pods ready at every moment,
@@ -469,7 +303,7 @@ async fn drain_never_drops_below_desired_minus_one() {
     )
     .await;
     let pods = f.wait_ready("drain", desired, TIMEOUT).await;
-    let node = node_of(&pods[0]);
+    let node = node_of(&pods[0]).to_string();
 
     // Sample the ready app pods every 100 ms for the whole drain.
     let min_ready = Arc::new(AtomicI64::new(i64::MAX));
@@ -478,18 +312,8 @@ async fn drain_never_drops_below_desired_minus_one() {
         let (pods_api, min_ready, stop) = (f.pods.clone(), min_ready.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(list) =
-                    pods_api
-                        .list(&ListParams::default().labels(
-                            "app.kubernetes.io/instance=drain,app.kubernetes.io/component=app",
-                        ))
-                        .await
-                {
-                    let ready = list
-                        .items
-                        .iter()
-                        .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
-                        .count();
+                if let Ok(pods) = live_pods(&pods_api, "drain", "app").await {
+                    let ready = pods.iter().filter(|p| is_ready(p)).count();
                     min_ready.fetch_min(i64::try_from(ready).unwrap(), Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -715,10 +539,10 @@ async fn crash_looping_pod_is_restarted() {
             .contains(&victim)
     );
     assert_eq!(
-        f._operator
+        f.operator
             .metric("articlesite_operator_pod_restarts_total")
             .await,
-        1.0
+        Ok(1.0)
     );
 }
 
@@ -738,16 +562,17 @@ async fn failed_rollout_is_rolled_back() {
     let started = Instant::now();
     f.patch_site("roll", json!({"spec": {"app": {"image": bad}}}))
         .await;
-    let site = wait_for("Degraded=True RolloutFailed", TIMEOUT, || async {
-        let s = f.site("roll").await;
-        match condition(&s, "Degraded") {
-            Some((st, reason, _)) if st == "True" && reason == "RolloutFailed" => Ok(s),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    let site = wait_condition(
+        &f.sites,
+        "roll",
+        "Degraded",
+        "True",
+        Some("RolloutFailed"),
+        TIMEOUT,
+    )
     .await;
     let detected = started.elapsed();
-    assert!(condition(&site, "Degraded").unwrap().2.contains(bad));
+    assert!(message(&site, "Degraded").contains(bad));
     // Back on the old image with all replicas ready, no pod of the bad image left.
     wait_for("rolled back and ready", TIMEOUT, || async {
         let d: Deployment = Api::namespaced(f.client.clone(), &f.ns.name)
@@ -795,21 +620,22 @@ async fn failed_rollout_is_rolled_back() {
     );
     assert_eq!(f.events("RolledBack").await.len(), 1);
     assert_eq!(
-        f._operator
+        f.operator
             .metric("articlesite_operator_rollbacks_total")
             .await,
-        1.0
+        Ok(1.0)
     );
     // The rollback holds: two reconciles later the bad image is still not rolled out again.
     let before = f
-        ._operator
+        .operator
         .metric("articlesite_operator_reconciles_total")
-        .await;
+        .await
+        .expect("operator metrics");
     wait_for("two more reconciles", TIMEOUT, || async {
         let now = f
-            ._operator
+            .operator
             .metric("articlesite_operator_reconciles_total")
-            .await;
+            .await?;
         (now >= before + 2.0)
             .then_some(())
             .ok_or_else(|| format!("{now}"))
@@ -831,14 +657,7 @@ async fn failed_rollout_is_rolled_back() {
     f.patch_site("roll", json!({"spec": {"app": {"image": good}}}))
         .await;
     f.wait_ready("roll", 2, TIMEOUT).await;
-    let s = wait_for("Degraded=False", TIMEOUT, || async {
-        let s = f.site("roll").await;
-        match condition(&s, "Degraded") {
-            Some((st, _, _)) if st == "False" => Ok(s),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let s = wait_condition(&f.sites, "roll", "Degraded", "False", None, TIMEOUT).await;
     assert!(
         s.status
             .unwrap()

@@ -10,29 +10,17 @@ use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::Kubeconfig;
 use serde_json::json;
 
-use common::process::{OperatorProcess, run_ok, run_tool, wait_crd_established};
-use common::{TestNamespace, client, kubeconfig_path, wait_for};
-
-const CRD: &str = "articlesites.articlesite.io";
-
-fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/articlesite-operator")
-}
-
-fn helm(args: &[&str]) -> std::process::Output {
-    run_tool("helm", &kubeconfig_path(), args)
-}
-
-fn helm_ok(args: &[&str]) -> String {
-    run_ok("helm", &kubeconfig_path(), args)
-}
+use common::chart::{Release, adopt_crd, chart, helm, helm_ok};
+use common::crd::wait_crd_established;
+use common::operator::OperatorProcess;
+use common::site::site_ready;
+use common::tools::run_ok;
+use common::{TestNamespace, client, kubeconfig_path, service_account_kubeconfig, wait_for};
 
 /// The chart carries a copy of the generated CRD (Helm reads only files inside the chart).
 #[test]
@@ -124,53 +112,6 @@ async fn chart_lints_and_refuses_wrong_values() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// A release that is uninstalled (cluster-scoped RBAC included) when the test ends.
-struct Release {
-    name: String,
-    namespace: String,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let _ = helm(&[
-            "uninstall",
-            &self.name,
-            "--namespace",
-            &self.namespace,
-            "--wait",
-        ]);
-    }
-}
-
-/// A kubeconfig that authenticates with a fresh token of the ServiceAccount (TokenRequest API).
-async fn service_account_kubeconfig(client: &kube::Client, ns: &str, sa: &str, path: &Path) {
-    let tr: TokenRequest = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"expirationSeconds": 3600}
-    }))
-    .expect("token request");
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &tr)
-        .await
-        .expect("TokenRequest for the chart's ServiceAccount")
-        .status
-        .expect("token status")
-        .token;
-    let admin = Kubeconfig::read_from(kubeconfig_path()).expect("admin kubeconfig");
-    let cluster = admin.clusters.first().expect("a cluster").clone();
-    // The admin kubeconfig carries the CA inline (hack/cluster/pki.sh); keep the entry as is.
-    let cluster_yaml = serde_json::to_value(&cluster).expect("cluster");
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [cluster_yaml],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": cluster.name, "user": "operator"}}],
-        "current-context": "operator",
-    });
-    std::fs::write(path, serde_json::to_string(&config).expect("kubeconfig"))
-        .expect("write kubeconfig");
-}
-
 /// The resource rows of `kubectl auth can-i --list` (resource, resource names, verbs), run with
 /// the ServiceAccount's own kubeconfig.
 fn permissions(kubeconfig: &Path, ns: &str) -> BTreeSet<String> {
@@ -248,34 +189,6 @@ fn union(parts: &[&[&str]]) -> BTreeSet<String> {
     parts.iter().flat_map(|p| expected(p)).collect()
 }
 
-/// The Helm CRD is shared by the whole cluster: an existing one (applied by other tests or by
-/// `kubectl apply -f crds/`) is adopted into the release, as docs/install.md describes.
-async fn adopt_crd(client: &kube::Client, release: &str, ns: &str) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    if crds.get_opt(CRD).await.expect("get CRD").is_some() {
-        crds.patch(
-            CRD,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {
-                "labels": {"app.kubernetes.io/managed-by": "Helm"},
-                "annotations": {"meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": ns},
-            }})),
-        )
-        .await
-        .expect("adopt CRD");
-    }
-}
-
-fn site_ready(s: &ArticleSite) -> bool {
-    s.status.as_ref().is_some_and(|st| {
-        st.observed_generation == s.metadata.generation
-            && st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
     let client = client().await;
@@ -291,6 +204,8 @@ async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
     let release = Release {
         name: format!("aso-{}", &rel_ns.name[rel_ns.name.len() - 8..]),
         namespace: rel_ns.name.clone(),
+        // Helm's default.
+        uninstall_timeout: "5m0s",
     };
     let fullname = format!("{}-articlesite-operator", release.name);
     let c = chart();
@@ -474,7 +389,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
         "namespaced RBAC after the upgrade: {listed}"
     );
     let crd = Api::<CustomResourceDefinition>::all(client.clone())
-        .get(CRD)
+        .get(ArticleSite::crd_name())
         .await
         .expect("CRD");
     let columns: Vec<String> = crd.spec.versions[0]
@@ -554,7 +469,7 @@ async fn chart_installs_upgrades_and_its_rbac_is_exactly_enough() {
         "--wait",
     ]);
     let crd = Api::<CustomResourceDefinition>::all(client.clone())
-        .get_opt(CRD)
+        .get_opt(ArticleSite::crd_name())
         .await
         .expect("get CRD");
     assert!(crd.is_some(), "the CRD survives helm uninstall");

@@ -13,7 +13,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use common::process::{OperatorProcess, audit_events, audit_log, file_len, install_crd, is_write};
+use common::audit::{audit_events, audit_log, by_operator, file_len, in_namespace, is_write};
+use common::crd::install_crd;
+use common::operator::{OperatorProcess, lease_holder};
 use common::{TestNamespace, client, kubeconfig_path, wait_for};
 
 const LEASE: &str = "aso-test";
@@ -47,13 +49,7 @@ fn candidate(ns: &str, identity: &str) -> OperatorProcess {
 }
 
 async fn holder(leases: &Api<Lease>) -> String {
-    leases
-        .get_opt(LEASE)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec?.holder_identity)
-        .unwrap_or_default()
+    lease_holder(leases, LEASE).await.unwrap_or_default()
 }
 
 /// Polls every 50 ms until the Lease names `who`; returns the time it took.
@@ -120,11 +116,9 @@ async fn assert_standby(op: &OperatorProcess, who: &str) {
 fn operator_writes(audit: &Path, offset: u64, ns: &str) -> Vec<(jiff::Timestamp, String)> {
     audit_events(audit, offset, |e| {
         is_write(e)
-            && e["objectRef"]["namespace"].as_str() == Some(ns)
+            && in_namespace(e, ns)
             && e["objectRef"]["resource"].as_str() != Some("leases")
-            && e["userAgent"]
-                .as_str()
-                .is_some_and(|u| u.starts_with("articlesite-operator/"))
+            && by_operator(e)
     })
     .iter()
     .map(|e: &Value| {

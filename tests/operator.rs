@@ -4,9 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
@@ -20,11 +18,13 @@ use kube::api::{
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use common::site_operator::{Operator, condition, install_crd, site, wait_site_ready};
-use common::{TestNamespace, client, wait_for};
-
-const IMAGE: &str = "articlesite/article-server:0.1.0";
-const USER_AGENT_PREFIX: &str = "articlesite-operator/";
+use common::audit::{audit_events, audit_log, by_operator, file_len, in_namespace, is_write};
+use common::crd::install_crd;
+use common::pods::{is_ready, live_pods};
+use common::site::{
+    IMAGE, condition, message, site, wait_condition, wait_site_ready, wait_warning_event,
+};
+use common::{TestNamespace, client, namespace_with_operator, wait_for};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -104,31 +104,16 @@ async fn running_pods(
 ) -> Vec<String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let nodes: Api<Node> = Api::all(client.clone());
-    let selector =
-        format!("app.kubernetes.io/instance={site},app.kubernetes.io/component={component}");
     let names = wait_for(
         &format!("{count} running {component} pods"),
         Duration::from_secs(60),
         || async {
-            let list = pods
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|e| e.to_string())?;
-            let live: Vec<_> = list
-                .items
-                .iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .collect();
+            let live = live_pods(&pods, site, component).await?;
             let ok: Vec<_> = live
                 .iter()
                 .filter(|p| {
-                    let st = p.status.as_ref();
-                    st.and_then(|s| s.phase.as_deref()) == Some("Running")
-                        && st
-                            .and_then(|s| s.conditions.as_ref())
-                            .into_iter()
-                            .flatten()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                        && is_ready(p)
                 })
                 .filter_map(|p| p.spec.as_ref()?.node_name.clone())
                 .collect();
@@ -160,12 +145,7 @@ async fn running_pods(
 /// remove the Ingress, and delete a site; check every owned object along the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn site_lifecycle() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "op-lifecycle").await;
-    let op = Operator::start(&ns.name, &[]);
-    op.wait_ready().await;
-    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    let (client, ns, op, sites) = namespace_with_operator("op-lifecycle", &[], &[]).await;
 
     let spec = json!({
         "title": "Lifecycle News",
@@ -417,13 +397,14 @@ async fn site_lifecycle() {
         )
         .await
         .unwrap();
-    wait_for("Progressing=Paused", Duration::from_secs(30), || async {
-        let s = sites.get("news").await.map_err(|e| e.to_string())?;
-        match condition(&s, "Progressing") {
-            Some((st, reason, _)) if st == "False" && reason == "Paused" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait_condition(
+        &sites,
+        "news",
+        "Progressing",
+        "False",
+        Some("Paused"),
+        Duration::from_secs(30),
+    )
     .await;
     sites
         .patch(
@@ -485,7 +466,7 @@ async fn site_lifecycle() {
     .await;
 
     // Generated secrets never reach the logs.
-    let log = std::fs::read_to_string(&op.log).expect("operator log");
+    let log = op.log_text();
     assert!(log.contains("applied child"), "the log is the operator's");
     assert!(
         !log.contains(&String::from_utf8_lossy(&password).to_string()),
@@ -543,12 +524,7 @@ async fn site_lifecycle() {
 /// Also: SIGTERM shuts the operator down cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_restored() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "op-drift").await;
-    let mut op = Operator::start(&ns.name, &[]);
-    op.wait_ready().await;
-    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    let (client, ns, mut op, sites) = namespace_with_operator("op-drift", &[], &[]).await;
     sites
         .create(
             &PostParams::default(),
@@ -589,7 +565,12 @@ async fn drift_is_restored() {
     })
     .await;
     eprintln!("drift restored in {:?}", start.elapsed());
-    assert!(op.metric("articlesite_operator_children_total").await > 0.0);
+    assert!(
+        op.metric("articlesite_operator_children_total")
+            .await
+            .expect("operator metrics")
+            > 0.0
+    );
 
     let status = op.terminate(Duration::from_secs(15));
     assert!(
@@ -853,13 +834,9 @@ async fn reapplying_a_manifest_changes_nothing() {
 /// log (requests by the operator's user agent in the test namespace) and the operator's metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_state_sends_no_writes() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "op-steady").await;
     // A 2-second resync makes sure many reconciles happen while we count.
-    let op = Operator::start(&ns.name, &["--resync-seconds", "2"]);
-    op.wait_ready().await;
-    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    let (client, ns, op, sites) =
+        namespace_with_operator("op-steady", &[], &["--resync-seconds", "2"]).await;
     sites
         .create(
             &PostParams::default(),
@@ -873,12 +850,7 @@ async fn steady_state_sends_no_writes() {
         .unwrap();
     wait_site_ready(&sites, "quiet", Duration::from_secs(90)).await;
 
-    let audit = common::cluster_dir().join("logs/audit.log");
-    assert!(
-        audit.exists(),
-        "audit log {} missing: the local cluster records writes there",
-        audit.display()
-    );
+    let audit = audit_log();
     // Settle: wait until a 3 s window passes with no operator write in the namespace. Each
     // attempt opens a fresh window, so a write just before the first one (the SiteReady
     // Event, say) cannot fail every later attempt.
@@ -902,8 +874,14 @@ async fn steady_state_sends_no_writes() {
     })
     .await;
     let offset = file_len(&audit);
-    let reconciles_before = op.metric("articlesite_operator_reconciles_total").await;
-    let writes_before = op.metric("articlesite_operator_write_requests_total").await;
+    let reconciles_before = op
+        .metric("articlesite_operator_reconciles_total")
+        .await
+        .expect("operator metrics");
+    let writes_before = op
+        .metric("articlesite_operator_write_requests_total")
+        .await
+        .expect("operator metrics");
 
     // Trigger reconciles: a metadata change on the site, an unrelated annotation on a child, and
     // the periodic resync.
@@ -929,7 +907,7 @@ async fn steady_state_sends_no_writes() {
         "at least 6 more reconciles",
         Duration::from_secs(30),
         || async {
-            let n = op.metric("articlesite_operator_reconciles_total").await - reconciles_before;
+            let n = op.metric("articlesite_operator_reconciles_total").await? - reconciles_before;
             if n >= 6.0 {
                 Ok(n)
             } else {
@@ -941,8 +919,11 @@ async fn steady_state_sends_no_writes() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let writes = operator_writes(&audit, offset, &ns.name);
-    let client_writes =
-        op.metric("articlesite_operator_write_requests_total").await - writes_before;
+    let client_writes = op
+        .metric("articlesite_operator_write_requests_total")
+        .await
+        .expect("operator metrics")
+        - writes_before;
     eprintln!(
         "steady state: {reconciles} reconciles, {} write requests in the audit log, {client_writes} counted by the operator",
         writes.len()
@@ -980,43 +961,22 @@ async fn steady_state_sends_no_writes() {
     }
 }
 
-fn file_len(path: &PathBuf) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
 /// Write requests (create/update/patch/delete) by the operator's user agent in a namespace,
 /// from the audit log after byte `offset`.
-fn operator_writes(path: &PathBuf, offset: u64, ns: &str) -> Vec<String> {
-    let mut f = File::open(path).expect("open audit log");
-    f.seek(SeekFrom::Start(offset)).expect("seek audit log");
-    BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-        .filter(|e| {
-            e["userAgent"]
-                .as_str()
-                .is_some_and(|ua| ua.starts_with(USER_AGENT_PREFIX))
-                && e["objectRef"]["namespace"].as_str() == Some(ns)
-                && matches!(
-                    e["verb"].as_str(),
-                    Some("create" | "update" | "patch" | "delete" | "deletecollection")
-                )
-        })
-        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
-        .collect()
+fn operator_writes(path: &Path, offset: u64, ns: &str) -> Vec<String> {
+    audit_events(path, offset, |e| {
+        by_operator(e) && in_namespace(e, ns) && is_write(e)
+    })
+    .iter()
+    .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+    .collect()
 }
 
 /// A problem only the user can fix shows as Degraded with a clear message, and one broken site
 /// does not stop another from becoming Ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_errors_degrade_without_blocking_others() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "op-degraded").await;
-    let op = Operator::start(&ns.name, &[]);
-    op.wait_ready().await;
-    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    let (client, ns, op, sites) = namespace_with_operator("op-degraded", &[], &[]).await;
     sites
         .create(
             &PostParams::default(),
@@ -1036,14 +996,16 @@ async fn user_errors_degrade_without_blocking_others() {
         .await
         .unwrap();
 
-    let message = wait_for("broken site Degraded", Duration::from_secs(30), || async {
-        let s = sites.get("broken").await.map_err(|e| e.to_string())?;
-        match condition(&s, "Degraded") {
-            Some((st, reason, msg)) if st == "True" && reason == "StorageClassNotFound" => Ok(msg),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    let broken = wait_condition(
+        &sites,
+        "broken",
+        "Degraded",
+        "True",
+        Some("StorageClassNotFound"),
+        Duration::from_secs(30),
+    )
     .await;
+    let message = message(&broken, "Degraded");
     assert!(
         message.contains("does-not-exist")
             && message.contains("spec.database.storage.storageClass"),
@@ -1081,22 +1043,12 @@ async fn user_errors_degrade_without_blocking_others() {
             .is_some()
     );
     // A Warning event names the problem.
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(client.clone(), &ns.name);
-    wait_for("Warning event", Duration::from_secs(15), || async {
-        let list = events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
-            .iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("StorageClassNotFound")
-                    && e.type_.as_deref() == Some("Warning")
-            })
-            .map(|_| ())
-            .ok_or_else(|| "no event yet".to_string())
-    })
+    wait_warning_event(
+        &client,
+        &ns.name,
+        "StorageClassNotFound",
+        Duration::from_secs(15),
+    )
     .await;
     drop(op);
 }
@@ -1106,12 +1058,7 @@ async fn user_errors_degrade_without_blocking_others() {
 /// the API server's message instead of failing silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_pins_pods_and_bad_tolerations_are_reported() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "op-placement").await;
-    let op = Operator::start(&ns.name, &[]);
-    op.wait_ready().await;
-    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    let (client, ns, op, sites) = namespace_with_operator("op-placement", &[], &[]).await;
     let toleration = json!({"key": "example.com/dedicated", "operator": "Equal",
         "value": "news", "effect": "NoSchedule"});
     sites
@@ -1167,14 +1114,16 @@ async fn placement_pins_pods_and_bad_tolerations_are_reported() {
         );
     }
 
-    let message = wait_for("badtol Degraded", Duration::from_secs(30), || async {
-        let s = sites.get("badtol").await.map_err(|e| e.to_string())?;
-        match condition(&s, "Degraded") {
-            Some((st, reason, msg)) if st == "True" && reason == "ChildRejected" => Ok(msg),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    let badtol = wait_condition(
+        &sites,
+        "badtol",
+        "Degraded",
+        "True",
+        Some("ChildRejected"),
+        Duration::from_secs(30),
+    )
     .await;
+    let message = message(&badtol, "Degraded");
     assert!(
         message.contains("was rejected") && message.contains("tolerations"),
         "{message}"

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -22,16 +22,18 @@ use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use common::process::run_tool;
-use common::site_operator::wait_site_ready;
-use common::{TestNamespace, client, kubeconfig_path, wait_for};
+use common::chart::{Release, adopt_crd, chart, helm};
+use common::http::metric_in;
+use common::operator::lease_holder;
+use common::pods::{is_live, is_ready, node_of};
+use common::site::wait_site_ready;
+use common::{ClusterScoped, TestNamespace, client, wait_for};
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
@@ -256,18 +258,8 @@ async fn pod_summary(pods: &Api<Pod>) -> String {
     }
 }
 
-const CRD: &str = "articlesites.articlesite.io";
 const REAL_NODE: &str = "real-node";
 const LEASE: &str = "articlesite-operator";
-
-/// The chart, with the operator's image as `make images` built it.
-fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/articlesite-operator")
-}
-
-fn helm(args: &[&str]) -> std::process::Output {
-    run_tool("helm", &kubeconfig_path(), args)
-}
 
 /// The real node's label and a toleration of its taint, as the chart's values and the
 /// site's `spec.placement` take them.
@@ -278,110 +270,9 @@ fn real_node_placement() -> Value {
     })
 }
 
-/// A Helm release that is uninstalled when the test ends, also when it fails.
-struct Release {
-    name: String,
-    namespace: String,
-}
-
-impl Release {
-    fn uninstall(&self) -> std::process::Output {
-        helm(&[
-            "uninstall",
-            &self.name,
-            "--namespace",
-            &self.namespace,
-            "--wait",
-            "--timeout",
-            "120s",
-        ])
-    }
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        // A second uninstall after the test's own only reports "not found".
-        let _ = self.uninstall();
-    }
-}
-
-/// Cluster-scoped objects of the test (the namespaces do not take them): the local
-/// PersistentVolume and its StorageClass. The volume goes once the namespace's claim is gone.
-struct ClusterScoped {
-    volume: String,
-    class: String,
-}
-
-impl Drop for ClusterScoped {
-    fn drop(&mut self) {
-        let (volume, class) = (self.volume.clone(), self.class.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let client = client().await;
-                let _ = Api::<PersistentVolume>::all(client.clone())
-                    .delete(&volume, &Default::default())
-                    .await;
-                let _ = Api::<StorageClass>::all(client)
-                    .delete(&class, &Default::default())
-                    .await;
-            });
-        })
-        .join();
-    }
-}
-
-/// The Helm CRD is shared by the whole cluster: one that exists already (a run before, or
-/// `kubectl apply -f crds/`) is adopted into the release, as docs/install.md describes.
-async fn adopt_crd(client: &Client, release: &str, ns: &str) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    if crds.get_opt(CRD).await.expect("get CRD").is_some() {
-        crds.patch(
-            CRD,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {
-                "labels": {"app.kubernetes.io/managed-by": "Helm"},
-                "annotations": {"meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": ns},
-            }})),
-        )
-        .await
-        .expect("adopt CRD");
-    }
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        && p.metadata.deletion_timestamp.is_none()
-}
-
-fn node_of(p: &Pod) -> Option<&str> {
-    p.spec.as_ref().and_then(|s| s.node_name.as_deref())
-}
-
-fn ip_of(p: &Pod) -> Option<String> {
-    p.status.as_ref().and_then(|s| s.pod_ip.clone())
-}
-
 /// The sum of a metric's samples (all label sets) in a Prometheus text page.
 fn metric(page: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = page
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
+    metric_in(page, name, "")
 }
 
 /// `/metrics` of an operator pod, dialled at its real-node address.
@@ -394,14 +285,8 @@ async fn operator_metrics(ip: &str) -> Result<String, String> {
     }
 }
 
-/// The holder of the operator's Lease.
-async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
-    leases
-        .get_opt(LEASE)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec?.holder_identity)
+fn ip_of(p: &Pod) -> Option<String> {
+    p.status.as_ref().and_then(|s| s.pod_ip.clone())
 }
 
 /// One DNS question (class IN, type A) over UDP; returns the response code and the A records.
@@ -483,10 +368,11 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     // A local volume on the real node for PostgreSQL, bound through a StorageClass of this
     // test's own (no provisioner: the claim binds to this PersistentVolume).
     let class = format!("real-node-{}", ns.name);
-    let _cluster_scoped = ClusterScoped {
-        volume: class.clone(),
-        class: class.clone(),
-    };
+    // Cluster-scoped (the namespaces do not take them); the volume goes once the namespace's
+    // claim is gone.
+    let mut cluster_scoped = ClusterScoped::default();
+    cluster_scoped.track::<PersistentVolume>(&class);
+    cluster_scoped.track::<StorageClass>(&class);
     let volume_dir = Path::new(&net.node_dir).join("volumes").join(&ns.name);
     std::fs::create_dir_all(&volume_dir).expect("create the volume directory");
     std::os::unix::fs::chown(&volume_dir, Some(POSTGRES_UID), Some(POSTGRES_UID))
@@ -537,6 +423,7 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     let release = Release {
         name: "articlesite-operator".into(),
         namespace: op_ns.name.clone(),
+        uninstall_timeout: "120s",
     };
     adopt_crd(&client, &release.name, &op_ns.name).await;
     let chart = chart();
@@ -579,9 +466,9 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
                     .map_err(|e| e.to_string())?
                     .items
                     .into_iter()
-                    .filter(is_ready)
+                    .filter(|p| is_ready(p) && is_live(p))
                     .collect();
-                let holder = lease_holder(&leases).await;
+                let holder = lease_holder(&leases, LEASE).await;
                 let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
                 match holder {
                     Some(h) if pods.len() == 2 && names.contains(&h) => Ok((pods, h)),
@@ -594,7 +481,7 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     let leader_elected = t.elapsed();
     let mut operator_ips = BTreeMap::new();
     for p in &operators {
-        assert_eq!(node_of(p), Some(REAL_NODE), "{} placement", p.name_any());
+        assert_eq!(node_of(p), REAL_NODE, "{} placement", p.name_any());
         let ip = ip_of(p).expect("operator pod IP");
         assert!(in_cidr(&ip, &net.pod_cidr), "{ip} outside {}", net.pod_cidr);
         let c = &p.spec.as_ref().expect("spec").containers[0];
@@ -714,8 +601,8 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     );
     let mut pod_ips = Vec::new();
     for p in &list.items {
-        assert_eq!(node_of(p), Some(REAL_NODE), "{} placement", p.name_any());
-        assert!(is_ready(p), "{} Ready", p.name_any());
+        assert_eq!(node_of(p), REAL_NODE, "{} placement", p.name_any());
+        assert!(is_ready(p) && is_live(p), "{} Ready", p.name_any());
         let spec = p.spec.as_ref().expect("pod spec");
         assert!(spec.host_aliases.is_none(), "no hostAliases");
         let ip = ip_of(p).expect("pod IP");
@@ -1126,7 +1013,7 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
             let leases = leases.clone();
             let standby = standby.clone();
             async move {
-                match lease_holder(&leases).await {
+                match lease_holder(&leases, LEASE).await {
                     Some(h) if h == standby => Ok(()),
                     h => Err(format!("holder {h:?}")),
                 }

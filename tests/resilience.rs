@@ -9,37 +9,35 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::flowcontrol::v1::FlowSchema;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
-use kube::config::Kubeconfig;
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use common::{TestNamespace, client, kubeconfig_path, wait_for};
-
-const IMAGE: &str = "articlesite/article-server:0.1.0";
-const USER_AGENT_PREFIX: &str = "articlesite-operator/";
-const FIELD_MANAGER: &str = "articlesite-tests";
+use common::audit::{audit_events, audit_log, by_operator, file_len, in_namespace};
+use common::crd::{apply_crd, install_crd};
+use common::http::{free_port, http_request, metric_in};
+use common::operator::OperatorProcess;
+use common::site::{IMAGE, site, site_ready};
+use common::{
+    ClusterScoped, TestNamespace, block_on_own_runtime, client, kubeconfig_path,
+    service_account_kubeconfig, wait_for,
+};
 
 /// One disruptive test at a time (tests of one binary otherwise run in parallel).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -175,190 +173,30 @@ async fn apiserver_metric(client: &Client, name: &str, label: &str) -> f64 {
         .request_text(req)
         .await
         .expect("GET /metrics of the API server");
-    sum_metric(&text, name, label)
-}
-
-fn sum_metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter(|l| l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_in(&text, name, label).unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------------------------------------
 // the operator process
 
-/// The operator binary limited to one namespace; SIGKILLed when dropped. All its runs append to
-/// one log, printed when the test fails.
-struct Operator {
-    child: Child,
-    port: u16,
-    log: PathBuf,
+/// The operator binary limited to one namespace, logging text; every run of a test appends to
+/// one log (`restart`), printed when the test fails.
+fn operator(ns: &str, kubeconfig: &Path) -> OperatorProcess {
+    OperatorProcess::start(ns, kubeconfig, &["--namespace", ns, "--log-format", "text"])
 }
 
-impl Operator {
-    fn start(ns: &str, kubeconfig: &Path, extra: &[&str]) -> Self {
-        let port = free_port();
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{ns}.log"));
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_articlesite-operator"))
-            .args(["run", "--namespace", ns, "--log-format", "text"])
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log fd"))
-            .stderr(file)
-            .spawn()
-            .expect("start operator binary");
-        Self { child, port, log }
-    }
-
-    /// SIGKILL: no graceful shutdown, whatever request is in flight is cut off.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    async fn readyz(&self) -> Option<u16> {
-        http_request(self.port, "GET", "/readyz", "")
-            .await
-            .ok()
-            .map(|(c, _)| c)
-    }
-
-    async fn wait_readyz(&self, want: u16, timeout: Duration) {
-        wait_for(&format!("operator /readyz {want}"), timeout, || async {
-            match self.readyz().await {
-                Some(c) if c == want => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
-    }
-
-    /// A metric of the operator, summed over the series whose labels contain `label`.
-    async fn metric(&self, name: &str, label: &str) -> f64 {
-        let (_, body) = http_request(self.port, "GET", "/metrics", "")
-            .await
-            .expect("GET /metrics");
-        sum_metric(&body, name, label)
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let lines: Vec<_> = text.lines().collect();
-            eprintln!(
-                "--- operator log ({}) ---\n{}",
-                self.log.display(),
-                lines[lines.len().saturating_sub(40)..].join("\n")
-            );
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Minimal HTTP/1.0 request on loopback (the operator's endpoints, etcd's gateway).
-async fn http_request(
-    port: u16,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Result<(u16, String), String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf))
-        .await
-        .map_err(|_| "timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad response: {buf}"))?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
+/// A metric of the operator, summed over the series whose labels contain `label`.
+async fn metric(op: &OperatorProcess, name: &str, label: &str) -> f64 {
+    op.metric_with(name, label).await.expect("GET /metrics")
 }
 
 // ---------------------------------------------------------------------------------------------
 // sites
 
-async fn install_crd(client: &Client) {
-    apply_crd(client, ArticleSite::crd()).await;
-}
-
-async fn apply_crd(client: &Client, crd: CustomResourceDefinition) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD");
-    wait_for("CRD established", Duration::from_secs(30), || async {
-        let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
-        let ok = crd
-            .status
-            .and_then(|s| s.conditions)
-            .into_iter()
-            .flatten()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if ok {
-            Ok(())
-        } else {
-            Err("not established".into())
-        }
-    })
-    .await;
-}
-
-fn site(name: &str, replicas: i32) -> ArticleSite {
-    ArticleSite::new(
-        name,
-        serde_json::from_value(json!({"app": {"image": IMAGE, "replicas": replicas}}))
-            .expect("valid spec"),
-    )
-}
-
 async fn create_sites(api: &Api<ArticleSite>, names: &[String], replicas: i32) {
     let creates = names.iter().map(|n| {
         let api = api.clone();
-        let s = site(n, replicas);
+        let s = site(n, json!({"app": {"image": IMAGE, "replicas": replicas}}));
         async move {
             api.create(&PostParams::default(), &s)
                 .await
@@ -366,17 +204,6 @@ async fn create_sites(api: &Api<ArticleSite>, names: &[String], replicas: i32) {
         }
     });
     futures::future::join_all(creates).await;
-}
-
-fn is_ready(s: &ArticleSite) -> bool {
-    let observed = s.status.as_ref().and_then(|st| st.observed_generation);
-    observed.is_some()
-        && observed == s.metadata.generation
-        && s.status
-            .as_ref()
-            .into_iter()
-            .flat_map(|st| st.conditions.iter())
-            .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Waits until every listed site is Ready for its current generation and passes `extra`.
@@ -408,7 +235,7 @@ async fn wait_all_ready(
         let ready: BTreeSet<String> = list
             .items
             .iter()
-            .filter(|s| is_ready(s) && extra(s))
+            .filter(|s| site_ready(s) && extra(s))
             .map(|s| s.name_any())
             .collect();
         let missing: Vec<_> = names.iter().filter(|n| !ready.contains(*n)).collect();
@@ -444,18 +271,9 @@ fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 
-/// A random number below `n` (std only: the hasher's random keys and the clock).
+/// A random number below `n`.
 fn rand_below(n: u64) -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish() % n.max(1)
+    common::random_u64() % n.max(1)
 }
 
 /// (kind, name, owner uid) of every object of the kinds the operator creates in `ns`.
@@ -526,34 +344,20 @@ fn expected_objects(sites: &[ArticleSite]) -> BTreeSet<(String, String, String)>
     out
 }
 
-fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
 /// Secret creates by the operator in `ns` after byte `offset` of the audit log: name → response
 /// codes (201 created, 409 already there).
 fn secret_creates(audit: &Path, offset: u64, ns: &str) -> BTreeMap<String, Vec<i64>> {
-    let mut f = File::open(audit).expect("open audit log");
-    f.seek(SeekFrom::Start(offset)).expect("seek audit log");
     let mut out: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for e in BufReader::new(f)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-    {
-        let ours = e["userAgent"]
-            .as_str()
-            .is_some_and(|ua| ua.starts_with(USER_AGENT_PREFIX));
-        if ours
+    for e in audit_events(audit, offset, |e| {
+        by_operator(e)
             && e["verb"] == "create"
             && e["stage"] == "ResponseComplete"
             && e["objectRef"]["resource"] == "secrets"
-            && e["objectRef"]["namespace"].as_str() == Some(ns)
-        {
-            let name = e["objectRef"]["name"].as_str().unwrap_or("?").to_string();
-            let code = e["responseStatus"]["code"].as_i64().unwrap_or(0);
-            out.entry(name).or_default().push(code);
-        }
+            && in_namespace(e, ns)
+    }) {
+        let name = e["objectRef"]["name"].as_str().unwrap_or("?").to_string();
+        let code = e["responseStatus"]["code"].as_i64().unwrap_or(0);
+        out.entry(name).or_default().push(code);
     }
     out
 }
@@ -573,13 +377,12 @@ async fn chaos_kills_during_convergence() {
     install_crd(&client).await;
     let ns = TestNamespace::create(&client, "res-chaos").await;
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
-    let audit = common::cluster_dir().join("logs/audit.log");
-    assert!(audit.exists(), "audit log {} missing", audit.display());
+    let audit = audit_log();
     let offset = file_len(&audit);
     let site_names = names("s", 50);
 
     let start = Instant::now();
-    let mut op = Operator::start(&ns.name, &kubeconfig_path(), &[]);
+    let mut op = operator(&ns.name, &kubeconfig_path());
     create_sites(&sites, &site_names, 1).await;
     let mut kills = Vec::new();
     for _ in 0..20 {
@@ -587,7 +390,7 @@ async fn chaos_kills_during_convergence() {
         tokio::time::sleep(Duration::from_millis(200 + rand_below(1800))).await;
         op.kill();
         kills.push(start.elapsed().as_secs_f64());
-        op = Operator::start(&ns.name, &kubeconfig_path(), &[]);
+        op.restart();
     }
     let last_kill = Instant::now();
     let ready_at_last_kill = sites
@@ -596,7 +399,7 @@ async fn chaos_kills_during_convergence() {
         .unwrap()
         .items
         .iter()
-        .filter(|s| is_ready(s))
+        .filter(|s| site_ready(s))
         .count();
     wait_all_ready(&sites, &site_names, Duration::from_secs(180), |_| true).await;
     eprintln!(
@@ -667,7 +470,7 @@ async fn api_server_outage_is_survived() {
     let ns = TestNamespace::create(&client, "res-outage").await;
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
     let site_names = names("o", 10);
-    let mut op = Operator::start(&ns.name, &kubeconfig_path(), &[]);
+    let mut op = operator(&ns.name, &kubeconfig_path());
     op.wait_readyz(200, Duration::from_secs(30)).await;
     create_sites(&sites, &site_names, 1).await;
     wait_all_ready(&sites, &site_names, Duration::from_secs(120), |_| true).await;
@@ -693,12 +496,8 @@ async fn api_server_outage_is_survived() {
         assert!(op.running(), "operator exited during the outage");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let reconcile_errors = op
-        .metric("articlesite_operator_reconcile_errors_total", "")
-        .await;
-    let watch_errors = op
-        .metric("articlesite_operator_watch_errors_total", "")
-        .await;
+    let reconcile_errors = metric(&op, "articlesite_operator_reconcile_errors_total", "").await;
+    let watch_errors = metric(&op, "articlesite_operator_watch_errors_total", "").await;
     drop(outage);
     wait_apiserver_ready(&client, Duration::from_secs(90)).await;
     let back = Instant::now();
@@ -745,8 +544,7 @@ async fn api_server_outage_is_survived() {
          by the restarted cluster) in {:.1} s, same operator process",
         (stopped - stop_issued + noticed).as_secs_f64(),
         noticed.as_secs_f64(),
-        op.metric("articlesite_operator_throttled_requests_total", "")
-            .await,
+        metric(&op, "articlesite_operator_throttled_requests_total", "").await,
         applied.as_secs_f64(),
         recovered.as_secs_f64()
     );
@@ -763,7 +561,7 @@ async fn watches_survive_compaction() {
     let ns = TestNamespace::create(&client, "res-compact").await;
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
     let site_names = names("c", 3);
-    let op = Operator::start(&ns.name, &kubeconfig_path(), &[]);
+    let op = operator(&ns.name, &kubeconfig_path());
     op.wait_readyz(200, Duration::from_secs(30)).await;
     create_sites(&sites, &site_names, 1).await;
     wait_all_ready(&sites, &site_names, Duration::from_secs(90), |_| true).await;
@@ -774,9 +572,12 @@ async fn watches_survive_compaction() {
         .create(&PostParams::default(), &cm)
         .await
         .unwrap();
-    let gone_before = op
-        .metric("articlesite_operator_watch_errors_total", "reason=\"410\"")
-        .await;
+    let gone_before = metric(
+        &op,
+        "articlesite_operator_watch_errors_total",
+        "reason=\"410\"",
+    )
+    .await;
     let outage = Stopped::stop("kube-apiserver");
     let revision = compact_etcd().await;
     drop(outage);
@@ -812,9 +613,12 @@ async fn watches_survive_compaction() {
             .is_some_and(|a| a.ready == "3/3")
     };
     wait_all_ready(&sites, &["c0".to_string()], Duration::from_secs(60), three).await;
-    let gone = op
-        .metric("articlesite_operator_watch_errors_total", "reason=\"410\"")
-        .await
+    let gone = metric(
+        &op,
+        "articlesite_operator_watch_errors_total",
+        "reason=\"410\"",
+    )
+    .await
         - gone_before;
     eprintln!(
         "compaction: etcd compacted at revision {revision}; {gone} watches answered 410 Gone and \
@@ -826,88 +630,6 @@ async fn watches_survive_compaction() {
         gone >= 1.0,
         "no watch saw 410 Gone: the test did not exercise compaction"
     );
-}
-
-/// Deletes cluster-scoped test objects when the test ends (also when it panics).
-struct ClusterScoped(Vec<(ApiResource, String)>);
-
-impl Drop for ClusterScoped {
-    fn drop(&mut self) {
-        let objects = std::mem::take(&mut self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let client = client().await;
-                for (ar, name) in objects {
-                    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-                    let _ = api.delete(&name, &DeleteParams::background()).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-async fn create_cluster_scoped<K>(client: &Client, obj: Value, cleanup: &mut ClusterScoped)
-where
-    K: Resource<Scope = k8s_openapi::ClusterResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let obj: K = serde_json::from_value(obj).expect("valid object");
-    let name = obj.name_any();
-    Api::<K>::all(client.clone())
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply {name}: {e}"));
-    cleanup
-        .0
-        .push((ApiResource::erase::<K>(&Default::default()), name));
-}
-
-/// A kubeconfig for a ServiceAccount of `ns` (token from the TokenRequest API), so the
-/// operator's requests have an identity of their own in the API server's metrics.
-async fn service_account_kubeconfig(client: &Client, ns: &str, name: &str) -> PathBuf {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    sas.create(&PostParams::default(), &sa).await.unwrap();
-    let tr: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .unwrap();
-    let token = sas
-        .create_token_request(name, &PostParams::default(), &tr)
-        .await
-        .expect("token request")
-        .status
-        .expect("token")
-        .token;
-    let admin = Kubeconfig::read_from(kubeconfig_path()).expect("admin kubeconfig");
-    let cluster = admin.clusters[0].cluster.clone().expect("cluster");
-    let yaml = serde_yaml::to_string(&json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {
-            "server": cluster.server,
-            "certificate-authority-data": cluster.certificate_authority_data}}],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": name, "context": {"cluster": "local", "user": name}}],
-        "current-context": name,
-    }))
-    .unwrap();
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{ns}"));
-    std::fs::write(&path, yaml).unwrap();
-    path
 }
 
 /// While the API server fails every write of the operator (an admission webhook that cannot be
@@ -925,29 +647,30 @@ async fn request_rate_is_bounded_while_the_api_server_fails() {
     let site_names = names("r", 20);
     create_sites(&sites, &site_names, 1).await;
 
-    let mut cleanup = ClusterScoped(Vec::new());
+    let mut cleanup = ClusterScoped::default();
     let sa = "articlesite-operator";
     let role = format!("articlesite-operator-{}", ns.name);
     // Exactly what the chart grants: a missing permission would fail reads (403) before the
     // writes this test makes fail.
-    create_cluster_scoped::<ClusterRole>(
-        &client,
-        json!({"metadata": {"name": role}, "rules": common::process::chart_cluster_role_rules()}),
-        &mut cleanup,
-    )
-    .await;
-    create_cluster_scoped::<ClusterRoleBinding>(
+    cleanup
+        .apply::<ClusterRole>(
+            &client,
+            json!({"metadata": {"name": role}, "rules": common::chart::chart_cluster_role_rules()}),
+        )
+        .await;
+    cleanup
+        .apply::<ClusterRoleBinding>(
         &client,
         json!({"metadata": {"name": role},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns.name}]}),
-        &mut cleanup,
     )
     .await;
     let flow_schema = format!("articlesite-operator-{}", ns.name);
-    create_cluster_scoped::<FlowSchema>(
-        &client,
-        json!({"metadata": {"name": flow_schema}, "spec": {
+    cleanup
+        .apply::<FlowSchema>(
+            &client,
+            json!({"metadata": {"name": flow_schema}, "spec": {
             "matchingPrecedence": 300,
             "priorityLevelConfiguration": {"name": "workload-low"},
             "distinguisherMethod": {"type": "ByUser"},
@@ -957,14 +680,22 @@ async fn request_rate_is_bounded_while_the_api_server_fails() {
                 "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
                     "namespaces": ["*"], "clusterScope": true}],
                 "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}]}]}}),
-        &mut cleanup,
-    )
-    .await;
-    let kubeconfig = service_account_kubeconfig(&client, &ns.name, sa).await;
+        )
+        .await;
+    // The operator's own identity, so that the FlowSchema counts only its requests.
+    let sa_obj: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &sa_obj)
+        .await
+        .unwrap();
+    let kubeconfig =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{}", ns.name));
+    service_account_kubeconfig(&client, &ns.name, sa, &kubeconfig).await;
     // Every write to the site's children in this namespace fails: the webhook's port is closed.
-    create_cluster_scoped::<ValidatingWebhookConfiguration>(
-        &client,
-        json!({"metadata": {"name": flow_schema}, "webhooks": [{
+    cleanup
+        .apply::<ValidatingWebhookConfiguration>(
+            &client,
+            json!({"metadata": {"name": flow_schema}, "webhooks": [{
             "name": "unreachable.articlesite.io",
             "clientConfig": {"url": format!("https://127.0.0.1:{}/validate", free_port())},
             "rules": [{"apiGroups": ["", "apps", "policy", "networking.k8s.io"],
@@ -973,9 +704,8 @@ async fn request_rate_is_bounded_while_the_api_server_fails() {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
             "failurePolicy": "Fail", "sideEffects": "None",
             "admissionReviewVersions": ["v1"], "timeoutSeconds": 2}]}),
-        &mut cleanup,
-    )
-    .await;
+        )
+        .await;
     // The webhook and the FlowSchema take effect asynchronously: wait until a write fails.
     let probe_cm: ConfigMap =
         serde_json::from_value(json!({"metadata": {"name": "probe"}})).unwrap();
@@ -1008,7 +738,7 @@ async fn request_rate_is_bounded_while_the_api_server_fails() {
             )
             .await
     };
-    let op = Operator::start(&ns.name, &kubeconfig, &[]);
+    let op = operator(&ns.name, &kubeconfig);
     op.wait_readyz(200, Duration::from_secs(30)).await;
     // Measure from the moment the operator saw the first failures (its start-up lists and
     // watches are not part of the question).
@@ -1017,8 +747,8 @@ async fn request_rate_is_bounded_while_the_api_server_fails() {
         Duration::from_secs(30),
         || async {
             let n = op
-                .metric("articlesite_operator_reconcile_errors_total", "")
-                .await;
+                .metric("articlesite_operator_reconcile_errors_total")
+                .await?;
             if n >= 1.0 {
                 Ok(())
             } else {
@@ -1034,12 +764,8 @@ async fn request_rate_is_bounded_while_the_api_server_fails() {
     tokio::time::sleep(window).await;
     let requests = count(client.clone(), flow_schema.clone()).await - before;
     let secs = t0.elapsed().as_secs_f64();
-    let errors = op
-        .metric("articlesite_operator_reconcile_errors_total", "")
-        .await;
-    let throttled = op
-        .metric("articlesite_operator_throttled_requests_total", "")
-        .await;
+    let errors = metric(&op, "articlesite_operator_reconcile_errors_total", "").await;
+    let throttled = metric(&op, "articlesite_operator_throttled_requests_total", "").await;
     let ceiling = articlesite_operator::api_health::THROTTLED_BURST
         + articlesite_operator::api_health::THROTTLED_RATE * secs;
     eprintln!(
@@ -1076,15 +802,7 @@ async fn unreadable_sites_do_not_stop_the_others() {
     struct RestoreCrd;
     impl Drop for RestoreCrd {
         fn drop(&mut self) {
-            let _ = std::thread::spawn(|| {
-                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    rt.block_on(async { install_crd(&common::client().await).await });
-                }
-            })
-            .join();
+            block_on_own_runtime(|| async { install_crd(&common::client().await).await });
         }
     }
     let restore = RestoreCrd;
@@ -1123,17 +841,17 @@ async fn unreadable_sites_do_not_stop_the_others() {
     install_crd(&client).await;
     drop(restore);
 
-    let op = Operator::start(&ns.name, &kubeconfig_path(), &[]);
+    let op = operator(&ns.name, &kubeconfig_path());
     op.wait_readyz(200, Duration::from_secs(30)).await;
     let good = names("good", 2);
     create_sites(&sites, &good, 1).await;
     wait_all_ready(&sites, &good, Duration::from_secs(90), |_| true).await;
-    let malformed = op
-        .metric(
-            "articlesite_operator_reconcile_errors_total",
-            "malformed_object",
-        )
-        .await;
+    let malformed = metric(
+        &op,
+        "articlesite_operator_reconcile_errors_total",
+        "malformed_object",
+    )
+    .await;
     assert!(malformed >= 1.0, "the odd site was not reported");
 
     // A child edited into an odd shape (its port pointed at a number nobody serves, its

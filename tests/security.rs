@@ -22,10 +22,13 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use common::site_operator::{Operator, condition, install_crd, site, wait_site_ready};
-use common::{TestNamespace, client, wait_for};
+use common::crd::install_crd;
+use common::operator::OperatorProcess;
+use common::site::{
+    IMAGE, condition, message, site, wait_condition, wait_site_ready, wait_warning_event,
+};
+use common::{ClusterScoped, TestNamespace, client, namespace_with_operator, wait_for};
 
-const IMAGE: &str = "articlesite/article-server:0.1.0";
 /// The labels a platform team puts on namespaces that enforce the restricted profile.
 const RESTRICTED: [(&str, &str); 2] = [
     ("pod-security.kubernetes.io/enforce", "restricted"),
@@ -37,16 +40,9 @@ fn instance(site: &str) -> ListParams {
 }
 
 async fn live_pods(client: &Client, ns: &str, site: &str, component: &str) -> Vec<Pod> {
-    Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&format!(
-            "app.kubernetes.io/instance={site},app.kubernetes.io/component={component}"
-        )))
+    common::pods::live_pods(&Api::namespaced(client.clone(), ns), site, component)
         .await
         .expect("list pods")
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
 }
 
 /// Asserts the restricted settings on a pod as the API server stored it.
@@ -144,7 +140,7 @@ async fn restricted_namespace_admits_every_pod_and_refuses_a_weakened_one() {
         "{refused}"
     );
 
-    let op = Operator::start(&ns.name, &[]);
+    let op = OperatorProcess::in_namespace(&ns.name, &[]);
     op.wait_ready().await;
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
     let t0 = Instant::now();
@@ -206,20 +202,16 @@ async fn restricted_namespace_admits_every_pod_and_refuses_a_weakened_one() {
         .await
         .unwrap();
     let t1 = Instant::now();
-    let message = wait_for(
-        "Degraded=True PodSecurityRejected",
+    let weakened = wait_condition(
+        &sites,
+        "hardened",
+        "Degraded",
+        "True",
+        Some("PodSecurityRejected"),
         Duration::from_secs(60),
-        || async {
-            let s = sites.get("hardened").await.map_err(|e| e.to_string())?;
-            match condition(&s, "Degraded") {
-                Some((st, reason, msg)) if st == "True" && reason == "PodSecurityRejected" => {
-                    Ok(msg)
-                }
-                other => Err(format!("{other:?}")),
-            }
-        },
     )
     .await;
+    let message = message(&weakened, "Degraded");
     eprintln!(
         "weakened template reported after {:.1} s: {message}",
         t1.elapsed().as_secs_f64()
@@ -243,24 +235,11 @@ async fn restricted_namespace_admits_every_pod_and_refuses_a_weakened_one() {
             == Some(65532)
     }));
     assert_eq!(app.len(), 2);
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    wait_for(
-        "Warning event PodSecurityRejected",
+    wait_warning_event(
+        &client,
+        &ns.name,
+        "PodSecurityRejected",
         Duration::from_secs(15),
-        || async {
-            let list = events
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            list.items
-                .iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("PodSecurityRejected")
-                        && e.type_.as_deref() == Some("Warning")
-                })
-                .map(|_| ())
-                .ok_or_else(|| "no event yet".to_string())
-        },
     )
     .await;
 
@@ -397,12 +376,8 @@ fn base64(bytes: &[u8]) -> String {
 /// every secret value it ever had, raw and base64-encoded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_value_leaks_and_rotation_is_explicit() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create_with_labels(&client, "sec-secrets", &RESTRICTED).await;
-    let op = Operator::start(&ns.name, &["--resync-seconds", "2"]);
-    op.wait_ready().await;
-    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    let (client, ns, op, sites) =
+        namespace_with_operator("sec-secrets", &RESTRICTED, &["--resync-seconds", "2"]).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     sites
@@ -534,7 +509,10 @@ async fn no_secret_value_leaks_and_rotation_is_explicit() {
 
     // Reconciles after that (2 s resync, plus a metadata change) never rotate again.
     let rv = token_secret.resource_version();
-    let before = op.metric("articlesite_operator_reconciles_total").await;
+    let before = op
+        .metric("articlesite_operator_reconciles_total")
+        .await
+        .expect("operator metrics");
     sites
         .patch(
             "vault",
@@ -544,7 +522,7 @@ async fn no_secret_value_leaks_and_rotation_is_explicit() {
         .await
         .unwrap();
     let reconciles = wait_for("3 more reconciles", Duration::from_secs(30), || async {
-        let n = op.metric("articlesite_operator_reconciles_total").await - before;
+        let n = op.metric("articlesite_operator_reconciles_total").await? - before;
         if n >= 3.0 { Ok(n) } else { Err(format!("{n}")) }
     })
     .await;
@@ -703,12 +681,7 @@ fn component_labels(site: &str, name: &str, component: &str) -> Value {
 /// else of the other site. (No CNI enforces them on simulated nodes; this checks the rules.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_policies_isolate_two_sites() {
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create_with_labels(&client, "sec-netpol", &RESTRICTED).await;
-    let op = Operator::start(&ns.name, &[]);
-    op.wait_ready().await;
-    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    let (client, ns, op, sites) = namespace_with_operator("sec-netpol", &RESTRICTED, &[]).await;
     for (name, port) in [("alpha", 8080), ("beta", 9090)] {
         let mut s = site(
             name,
@@ -815,73 +788,6 @@ async fn network_policies_isolate_two_sites() {
     drop(op);
 }
 
-/// A cluster-scoped test object, deleted when dropped (also on panic).
-struct ClusterScoped<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-    K::DynamicType: Default,
-{
-    name: String,
-    _kind: std::marker::PhantomData<K>,
-}
-
-impl<K> Drop for ClusterScoped<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-    K::DynamicType: Default,
-{
-    fn drop(&mut self) {
-        // As in TestNamespace: the test's runtime is blocked here, so use a thread of our own.
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let _ = Api::<K>::all(client().await)
-                    .delete(&name, &Default::default())
-                    .await;
-            });
-        })
-        .join();
-    }
-}
-
-async fn create_cluster_scoped<K>(client: &Client, value: Value) -> ClusterScoped<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug
-        + Send
-        + 'static,
-    K::DynamicType: Default,
-{
-    let obj: K = serde_json::from_value(value).expect("valid object");
-    let created = Api::<K>::all(client.clone())
-        .create(&PostParams::default(), &obj)
-        .await
-        .expect("create cluster-scoped test object");
-    ClusterScoped {
-        name: created.name_any(),
-        _kind: std::marker::PhantomData,
-    }
-}
-
 /// A database pod refused by admission shows in the site's `Degraded` condition, although the
 /// StatefulSet reports it only in a `FailedCreate` Event. The refusal comes from a
 /// ValidatingAdmissionPolicy bound to this test's namespace only (the database pod has no
@@ -895,7 +801,10 @@ async fn refused_database_pod_is_reported() {
     install_crd(&client).await;
     let ns = TestNamespace::create(&client, "sec-dbrefused").await;
     let name = format!("articlesite-test-{}", ns.name);
-    let _policy = create_cluster_scoped::<ValidatingAdmissionPolicy>(
+    // Two guards: the binding goes before the end of the test.
+    let mut policy = ClusterScoped::default();
+    policy
+        .apply::<ValidatingAdmissionPolicy>(
         &client,
         json!({
             "metadata": {"name": name},
@@ -913,20 +822,22 @@ async fn refused_database_pod_is_reported() {
         }),
     )
     .await;
-    let binding = create_cluster_scoped::<ValidatingAdmissionPolicyBinding>(
-        &client,
-        json!({
-            "metadata": {"name": name},
-            "spec": {
-                "policyName": name,
-                "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": {"matchLabels": {
-                    "kubernetes.io/metadata.name": ns.name,
-                }}},
-            },
-        }),
-    )
-    .await;
+    let mut binding = ClusterScoped::default();
+    binding
+        .apply::<ValidatingAdmissionPolicyBinding>(
+            &client,
+            json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "policyName": name,
+                    "validationActions": ["Deny"],
+                    "matchResources": {"namespaceSelector": {"matchLabels": {
+                        "kubernetes.io/metadata.name": ns.name,
+                    }}},
+                },
+            }),
+        )
+        .await;
     // The API server loads policies asynchronously: wait until it refuses a database pod.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let probe: Pod = serde_json::from_value(json!({
@@ -946,7 +857,7 @@ async fn refused_database_pod_is_reported() {
     })
     .await;
 
-    let op = Operator::start(&ns.name, &[]);
+    let op = OperatorProcess::in_namespace(&ns.name, &[]);
     op.wait_ready().await;
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
     sites
@@ -957,18 +868,16 @@ async fn refused_database_pod_is_reported() {
         .await
         .unwrap();
     let t0 = Instant::now();
-    let message = wait_for(
-        "Degraded=True PodCreationFailed",
+    let frozen = wait_condition(
+        &sites,
+        "frozen",
+        "Degraded",
+        "True",
+        Some("PodCreationFailed"),
         Duration::from_secs(60),
-        || async {
-            let s = sites.get("frozen").await.map_err(|e| e.to_string())?;
-            match condition(&s, "Degraded") {
-                Some((st, reason, msg)) if st == "True" && reason == "PodCreationFailed" => Ok(msg),
-                other => Err(format!("{other:?}")),
-            }
-        },
     )
     .await;
+    let message = message(&frozen, "Degraded");
     eprintln!(
         "refused database pod reported after {:.1} s: {message}",
         t0.elapsed().as_secs_f64()

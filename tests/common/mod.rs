@@ -2,20 +2,33 @@
 //! control plane that `make cluster-up` starts; a test never skips when it is missing.
 #![allow(dead_code)] // each test binary uses a different subset
 
-pub mod site_operator;
+pub mod audit;
+pub mod chart;
+pub mod crd;
+pub mod gitops;
+pub mod http;
+pub mod operator;
+pub mod pods;
+pub mod site;
+pub mod tools;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use articlesite_operator::crd::ArticleSite;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client, Config, Resource, ResourceExt};
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
-pub mod gitops;
-pub mod process;
+use operator::OperatorProcess;
+
+/// The field manager of everything the tests apply.
+pub const FIELD_MANAGER: &str = "articlesite-tests";
 
 /// The admin kubeconfig of the local cluster: `$KUBECONFIG` when set, else `.cluster/kubeconfig`.
 pub fn kubeconfig_path() -> PathBuf {
@@ -74,7 +87,7 @@ impl TestNamespace {
         prefix: &str,
         labels: &[(&str, &str)],
     ) -> Self {
-        let suffix: String = format!("{:08x}", rand_u32());
+        let suffix: String = format!("{:08x}", random_u64() as u32);
         let name = format!("{prefix}-{suffix}");
         let mut ns = Namespace::default();
         ns.metadata.name = Some(name.clone());
@@ -95,28 +108,123 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        // Drop cannot be async, and the test's client is driven by the test's runtime,
-        // which this thread blocks: delete from a thread with its own runtime and client.
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let client = client().await;
-                let _ = Api::<Namespace>::all(client)
-                    .delete(&name, &DeleteParams::background())
-                    .await;
-            });
-        })
-        .join();
+        block_on_own_runtime(move || async move {
+            let _ = Api::<Namespace>::all(client().await)
+                .delete(&name, &DeleteParams::background())
+                .await;
+        });
     }
 }
 
-fn rand_u32() -> u32 {
+/// Runs a clean-up to its end from a `Drop`. Drop cannot be async, and the test's client is
+/// driven by the test's runtime, which this thread blocks: the clean-up runs on a thread with
+/// a runtime of its own (and makes its own client). A panic there is not a second panic here.
+pub fn block_on_own_runtime<F, Fut>(cleanup: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(cleanup());
+    })
+    .join();
+}
+
+/// Cluster-scoped test objects (namespaces do not take them), deleted in the order they were
+/// added when the guard drops, also when the test panics.
+#[derive(Default)]
+pub struct ClusterScoped(Vec<(ApiResource, String)>);
+
+impl ClusterScoped {
+    /// Deletes the object `name` of kind `K` at the end; add it before creating it, so that a
+    /// failure half-way leaves nothing behind.
+    pub fn track<K>(&mut self, name: &str)
+    where
+        K: Resource<Scope = k8s_openapi::ClusterResourceScope>,
+        K::DynamicType: Default,
+    {
+        self.0.push((
+            ApiResource::erase::<K>(&Default::default()),
+            name.to_string(),
+        ));
+    }
+
+    /// Applies (server-side, forced) an object of kind `K` and deletes it at the end.
+    pub async fn apply<K>(&mut self, client: &Client, obj: Value)
+    where
+        K: Resource<Scope = k8s_openapi::ClusterResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let obj: K = serde_json::from_value(obj).expect("valid object");
+        let name = obj.name_any();
+        self.track::<K>(&name);
+        Api::<K>::all(client.clone())
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {} {name}: {e}", K::kind(&Default::default())));
+    }
+}
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        let objects = std::mem::take(&mut self.0);
+        block_on_own_runtime(move || async move {
+            let client = client().await;
+            for (ar, name) in objects {
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+                let _ = api.delete(&name, &DeleteParams::background()).await;
+            }
+        });
+    }
+}
+
+/// Writes to `path` a kubeconfig that authenticates with a fresh token of the ServiceAccount
+/// `sa` of `ns` (TokenRequest API), so that a process runs with that account's rights and
+/// identity. The cluster entry is the admin kubeconfig's, as is (its CA inline).
+pub async fn service_account_kubeconfig(client: &Client, ns: &str, sa: &str, path: &Path) {
+    let tr: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 3600}
+    }))
+    .expect("token request");
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(sa, &PostParams::default(), &tr)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for ServiceAccount {ns}/{sa}: {e}"))
+        .status
+        .expect("token status")
+        .token;
+    let admin = Kubeconfig::read_from(kubeconfig_path()).expect("admin kubeconfig");
+    let cluster = admin.clusters.first().expect("a cluster").clone();
+    let cluster_yaml = serde_json::to_value(&cluster).expect("cluster");
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cluster_yaml],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": cluster.name, "user": sa}}],
+        "current-context": sa,
+    });
+    std::fs::write(path, serde_json::to_string(&config).expect("kubeconfig"))
+        .expect("write kubeconfig");
+}
+
+/// A random number (std only: the hasher's random keys and the clock).
+pub fn random_u64() -> u64 {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     let mut h = RandomState::new().build_hasher();
@@ -126,7 +234,24 @@ fn rand_u32() -> u32 {
             .map(|d| d.as_nanos())
             .unwrap_or_default(),
     );
-    h.finish() as u32
+    h.finish()
+}
+
+/// What most tests start with: the CRD installed, a namespace of their own (with `labels`),
+/// an operator limited to it and ready, and the namespace's ArticleSites. Bound in this order,
+/// they drop in the reverse one: the operator stops before its namespace goes.
+pub async fn namespace_with_operator(
+    prefix: &str,
+    labels: &[(&str, &str)],
+    operator_args: &[&str],
+) -> (Client, TestNamespace, OperatorProcess, Api<ArticleSite>) {
+    let client = client().await;
+    crd::install_crd(&client).await;
+    let ns = TestNamespace::create_with_labels(&client, prefix, labels).await;
+    let op = OperatorProcess::in_namespace(&ns.name, operator_args);
+    op.wait_ready().await;
+    let sites = Api::namespaced(client.clone(), &ns.name);
+    (client, ns, op, sites)
 }
 
 /// Polls `check` every 250 ms until it returns `Some`, or panics after `timeout` with `what`
