@@ -7,10 +7,7 @@
 //!   `THROTTLED_RATE` per second and holding at most `THROTTLED_BURST`: while the API server
 //!   fails, the operator sends at most `THROTTLED_BURST + THROTTLED_RATE × seconds` requests,
 //!   whatever the number of sites (per-site retries and watch restarts also back off on their
-//!   own). A request whose turn would come later than `MAX_QUEUE_WAIT` is not queued: it fails at
-//!   once (the reconcile retries with its backoff), so a burst that meets the throttle never
-//!   leaves requests waiting behind a backlog for tens of seconds. Healthy, requests are not
-//!   limited, so convergence stays fast.
+//!   own). Healthy, requests are not limited, so convergence stays fast.
 //! - At most `MAX_IN_FLIGHT` requests other than watches are in flight at once. A reconcile
 //!   reads everything it needs concurrently, so `--concurrency` reconciles could otherwise open
 //!   hundreds of connections (HTTP/1.1: one per request in flight) and take as many of the API
@@ -39,8 +36,10 @@ pub const THROTTLED_RATE: f64 = 5.0;
 pub const THROTTLED_BURST: f64 = 10.0;
 /// Throttling ends after this long without a 429, 5xx or transport error.
 pub const CALM: Duration = Duration::from_secs(5);
-/// Longest a throttled request waits for its turn; later ones fail without being sent.
-pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// Longest the throttle outlasts the last error while requests queue (see `throttled`).
+pub const STICKY: Duration = Duration::from_secs(30);
+/// How often a queued request checks whether throttling has ended (it then goes at once).
+const RECHECK: Duration = Duration::from_millis(250);
 /// Requests in flight at once, watches not counted (they stay open).
 pub const MAX_IN_FLIGHT: usize = 32;
 /// How often the API server's `/readyz` is asked.
@@ -95,56 +94,59 @@ impl ApiHealth {
         b.last_error = Some(now);
     }
 
-    /// Reserves the next request's token and returns how long it must wait (zero unthrottled),
-    /// or `Shed` when that would be longer than `MAX_QUEUE_WAIT` (no token is taken then).
-    fn reserve(&self) -> Result<Duration, Shed> {
+    /// Waits until `turn`, or less when throttling ends before it: the queue of a short burst
+    /// of errors (one 429 at start-up, say) is not worked off at the throttled rate.
+    async fn wait_turn(&self, turn: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= turn {
+                return;
+            }
+            if !throttled(&self.bucket.lock().unwrap_or_else(|p| p.into_inner()), now) {
+                return;
+            }
+            tokio::time::sleep_until(turn.min(now + RECHECK)).await;
+        }
+    }
+
+    /// Reserves the next request's token and returns how long it must wait (zero unthrottled).
+    fn reserve(&self) -> Duration {
         self.reserve_at(Instant::now())
     }
 
-    fn reserve_at(&self, now: Instant) -> Result<Duration, Shed> {
+    fn reserve_at(&self, now: Instant) -> Duration {
         let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         if !throttled(&b, now) {
-            return Ok(Duration::ZERO);
+            return Duration::ZERO;
         }
         let elapsed = b
             .refilled
             .map(|t| now.saturating_duration_since(t).as_secs_f64())
             .unwrap_or_default();
-        let tokens = (b.tokens + elapsed * THROTTLED_RATE).min(THROTTLED_BURST) - 1.0;
+        b.tokens = (b.tokens + elapsed * THROTTLED_RATE).min(THROTTLED_BURST) - 1.0;
         b.refilled = Some(now);
-        let wait = if tokens >= 0.0 {
+        if b.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-tokens / THROTTLED_RATE)
-        };
-        if wait > MAX_QUEUE_WAIT {
-            b.tokens = tokens + 1.0;
-            return Err(Shed);
+            Duration::from_secs_f64(-b.tokens / THROTTLED_RATE)
         }
-        b.tokens = tokens;
-        Ok(wait)
     }
 }
 
-/// A request the guard refused to send (see the module docs).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "request not sent: the API server is answering with errors and the throttled queue is full"
-)]
-pub struct Shed;
-
-/// Throttled: an error within `CALM`, or requests still waiting for their turn. The second
-/// matters because a reconcile reads concurrently before it writes: while the throttled queue
-/// holds its reads, its (failing) writes are not sent, so errors pause; without it, new requests
-/// would then bypass the queue and the rate bound would not hold.
+/// Throttled: an error within `CALM`, or, within `STICKY` of the last error, requests still
+/// waiting for their turn. A reconcile reads concurrently before it writes, so while the queue
+/// holds its reads its (failing) writes are not sent and errors pause; new requests must not
+/// bypass that queue, or the rate bound would not hold. `STICKY` ends it even under steady
+/// demand once the API server has answered without errors for that long.
 fn throttled(b: &Bucket, now: Instant) -> bool {
-    let recent_error = b
-        .last_error
-        .is_some_and(|t| now.saturating_duration_since(t) < CALM);
+    let since_error = |d: Duration| {
+        b.last_error
+            .is_some_and(|t| now.saturating_duration_since(t) < d)
+    };
     let queued = b.refilled.is_some_and(|t| {
         b.tokens + now.saturating_duration_since(t).as_secs_f64() * THROTTLED_RATE < 0.0
     });
-    recent_error || queued
+    since_error(CALM) || (queued && since_error(STICKY))
 }
 
 /// Tower layer of the client: throttles while the API server fails (see the module docs).
@@ -185,13 +187,8 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let wait = match self.health.reserve() {
-            Ok(wait) => wait,
-            Err(shed) => {
-                self.health.metrics.throttled.inc();
-                return Box::pin(async move { Err(Box::new(shed) as BoxError) });
-            }
-        };
+        let wait = self.health.reserve();
+        let turn = Instant::now() + wait;
         let limited = !req.uri().query().is_some_and(|q| q.contains("watch=true"));
         // The client's futures are lazy: nothing is sent before the first poll, after the wait.
         let sent = self.inner.call(req);
@@ -199,7 +196,7 @@ where
         Box::pin(async move {
             if !wait.is_zero() {
                 health.metrics.throttled.inc();
-                tokio::time::sleep(wait).await;
+                health.wait_turn(turn).await;
             }
             // Held until the answer's head arrives; the semaphore is never closed.
             let _permit = if limited {
@@ -302,61 +299,33 @@ mod tests {
         let h = ApiHealth::new(Arc::new(Metrics::default()));
         let t0 = Instant::now();
         for _ in 0..100 {
-            assert_eq!(
-                h.reserve_at(t0).ok(),
-                Some(Duration::ZERO),
-                "healthy: unlimited"
-            );
+            assert_eq!(h.reserve_at(t0), Duration::ZERO, "healthy: unlimited");
         }
         h.record_error_at(t0);
         let burst = THROTTLED_BURST as usize;
         for _ in 0..burst {
-            assert_eq!(
-                h.reserve_at(t0).ok(),
-                Some(Duration::ZERO),
-                "the burst goes at once"
-            );
+            assert_eq!(h.reserve_at(t0), Duration::ZERO, "the burst goes at once");
         }
         // The next ones queue at the sustained rate.
         let step = 1.0 / THROTTLED_RATE;
-        assert!((h.reserve_at(t0).unwrap().as_secs_f64() - step).abs() < 1e-9);
-        assert!((h.reserve_at(t0).unwrap().as_secs_f64() - 2.0 * step).abs() < 1e-9);
+        assert!((h.reserve_at(t0).as_secs_f64() - step).abs() < 1e-9);
+        assert!((h.reserve_at(t0).as_secs_f64() - 2.0 * step).abs() < 1e-9);
         // After CALM without errors, unlimited again.
-        assert_eq!(h.reserve_at(t0 + CALM).ok(), Some(Duration::ZERO));
+        assert_eq!(h.reserve_at(t0 + CALM), Duration::ZERO);
     }
 
     #[test]
-    fn requests_beyond_the_queue_horizon_fail_without_a_token() {
+    fn throttling_lasts_while_requests_queue_up_to_sticky() {
         let h = ApiHealth::new(Arc::new(Metrics::default()));
         let t0 = Instant::now();
         h.record_error_at(t0);
-        let results: Vec<_> = (0..200).map(|_| h.reserve_at(t0)).collect();
-        let queued = results.iter().filter(|r| r.is_ok()).count();
-        // The burst plus MAX_QUEUE_WAIT × rate; the rest are shed.
-        let horizon = THROTTLED_BURST + MAX_QUEUE_WAIT.as_secs_f64() * THROTTLED_RATE;
-        assert_eq!(queued as f64, horizon);
-        assert!(results.iter().flatten().all(|w| *w <= MAX_QUEUE_WAIT));
-        // Shed requests took no token: one second later there is room for one more second.
-        let t1 = t0 + Duration::from_secs(1);
-        let more = (0..20).filter(|_| h.reserve_at(t1).is_ok()).count();
-        assert_eq!(more as f64, THROTTLED_RATE);
-    }
-
-    #[test]
-    fn throttling_lasts_while_requests_wait_for_their_turn() {
-        let h = ApiHealth::new(Arc::new(Metrics::default()));
-        let t0 = Instant::now();
-        h.record_error_at(t0);
-        // At 4 s, 40 requests: the burst (refilled by then) goes at once, 25 queue up to 5 s.
-        let t4 = t0 + Duration::from_secs(4);
-        let queued = (0..40).filter(|_| h.reserve_at(t4).is_ok()).count();
-        assert_eq!(queued as f64, THROTTLED_BURST + 5.0 * THROTTLED_RATE);
-        // 6 s after the last error the queue still waits: a new request queues behind it.
-        let t6 = t0 + Duration::from_secs(6);
-        assert!(h.reserve_at(t6).is_ok_and(|w| w > Duration::ZERO));
-        // Once it has drained (and no error came), requests are unlimited again.
-        let t10 = t0 + Duration::from_secs(10);
-        assert_eq!(h.reserve_at(t10).ok(), Some(Duration::ZERO));
+        // A queue of 20 s at the throttled rate.
+        let last = (0..110).map(|_| h.reserve_at(t0)).max().unwrap();
+        assert!(last >= Duration::from_secs(19));
+        // 6 s after the last error the queue still waits: a new request queues behind it...
+        assert!(h.reserve_at(t0 + Duration::from_secs(6)) > Duration::ZERO);
+        // ...but not beyond STICKY without errors.
+        assert_eq!(h.reserve_at(t0 + STICKY), Duration::ZERO);
     }
 
     #[test]
@@ -378,7 +347,8 @@ mod tests {
         h.record_error_at(t0);
         // Requests whose reserved start falls within 3 s: burst + 3 s × rate (+1 at t = 3 s).
         let mut sent = 0;
-        while let Ok(wait) = h.reserve_at(t0) {
+        loop {
+            let wait = h.reserve_at(t0);
             if wait > Duration::from_secs(3) {
                 break;
             }

@@ -445,9 +445,13 @@ async fn chaos_kills_during_convergence() {
     );
     assert_eq!(creates.len(), 100, "two generated Secrets per site");
     for (name, codes) in &creates {
-        assert_eq!(
-            codes.iter().filter(|c| **c == 201).count(),
-            1,
+        // A create the SIGKILL cut off is audited as 504 (the client went away) even when the API
+        // server stored the Secret; every later create of it must then be a 409. The Secret
+        // exists (checked above), so: at most one 201, and without one, a cut-off create.
+        let ok = codes.iter().filter(|c| **c == 201).count();
+        let cut_off = codes.iter().filter(|c| **c == 504).count();
+        assert!(
+            ok == 1 || (ok == 0 && cut_off >= 1),
             "Secret {name} must be created exactly once (credentials stay the first ones): {codes:?}"
         );
     }
