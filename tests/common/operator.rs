@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
-use super::http::{free_port, http_get, metric_in};
+use super::http::{http_get, metric_in};
 use super::{kubeconfig_path, wait_for};
 
 /// How many lines of the log a failing test prints.
@@ -27,7 +27,7 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// `articlesite-operator run --metrics-addr=127.0.0.1:<free port> <args>` with
+    /// `articlesite-operator run --metrics-addr=127.0.0.1:0 <args>` (the bound port is read from its log) with
     /// `KUBECONFIG=kubeconfig`, logging to `operator-<name>.log` (the name keeps parallel
     /// tests' logs apart).
     pub fn start(name: &str, kubeconfig: &Path, args: &[&str]) -> Self {
@@ -138,16 +138,18 @@ impl OperatorProcess {
     }
 }
 
-/// Starts the binary on a free port, its stdout and stderr appended to `log`.
+/// Starts the binary, its stdout and stderr appended to `log`, and returns it with the port it
+/// bound. It binds port 0 and the port is read from its start-up log line: a port picked here
+/// and passed in could be taken by another process before the operator binds it.
 fn spawn(log: &Path, kubeconfig: &Path, args: &[String]) -> (Child, u16) {
-    let port = free_port();
     let file = File::options()
         .append(true)
         .open(log)
         .expect("operator log file");
+    let offset = file.metadata().map(|m| m.len()).unwrap_or(0);
     let child = Command::new(env!("CARGO_BIN_EXE_articlesite-operator"))
         .arg("run")
-        .arg(format!("--metrics-addr=127.0.0.1:{port}"))
+        .arg("--metrics-addr=127.0.0.1:0")
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         // Not a pod: no downward-API identity leaks in from the test's environment.
@@ -158,7 +160,37 @@ fn spawn(log: &Path, kubeconfig: &Path, args: &[String]) -> (Child, u16) {
         .stderr(file)
         .spawn()
         .expect("start operator binary");
+    let mut child = child;
+    let port = bound_port(log, offset, &mut child);
     (child, port)
+}
+
+/// The port of the operator's "serving /healthz, /readyz and /metrics" log line written after
+/// `offset`; panics with the log when the process exits first or 30 s pass.
+fn bound_port(log: &Path, offset: u64, child: &mut Child) -> u16 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read(log).unwrap_or_default();
+        let new = String::from_utf8_lossy(&text[(offset as usize).min(text.len())..]).into_owned();
+        let port = new
+            .lines()
+            .find(|l| l.contains("serving /healthz"))
+            .and_then(|l| l.split("127.0.0.1:").nth(1))
+            .and_then(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            });
+        if let Some(port) = port {
+            return port;
+        }
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        assert!(
+            !exited && std::time::Instant::now() < deadline,
+            "the operator did not start serving (exited: {exited}); its log:\n{new}"
+        );
+        // Poll interval inside the deadline above.
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Drop for OperatorProcess {
