@@ -66,17 +66,9 @@ pub async fn ensure(api: &Api<Secret>, site: &ArticleSite, which: Generated) -> 
     if which == Generated::WriteToken
         && let Some(wanted) = requested_rotation(site)
     {
-        secret
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(HANDLED_ANNOTATION.into(), wanted.into());
+        mark_handled(&mut secret, wanted);
     }
-    let pp = PostParams {
-        field_manager: Some(crate::MANAGER.into()),
-        ..Default::default()
-    };
-    match api.create(&pp, &secret).await {
+    match api.create(&post_params(), &secret).await {
         Ok(_) => Ok(Created::Now),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(Created::AlreadyExisted),
         // The error of a create never echoes the body, so it carries no secret value.
@@ -97,6 +89,23 @@ pub fn requested_rotation(site: &ArticleSite) -> Option<&str> {
         .get(ROTATE_ANNOTATION)
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
+}
+
+/// Records on the write token which rotation request its value answers.
+fn mark_handled(secret: &mut Secret, rotation: &str) {
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(HANDLED_ANNOTATION.into(), rotation.into());
+}
+
+/// Creates and replaces carry the operator's field manager, like its applies.
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(crate::MANAGER.into()),
+        ..Default::default()
+    }
 }
 
 /// The write token as the pods should see it.
@@ -129,17 +138,9 @@ pub async fn reconcile_write_token(
         Some(wanted) if handled.as_deref() != Some(wanted) => {
             let mut secret = resources::secret::write_token(site, generate()?);
             secret.metadata.resource_version = meta.resource_version();
-            secret
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(HANDLED_ANNOTATION.into(), wanted.into());
-            let pp = PostParams {
-                field_manager: Some(crate::MANAGER.into()),
-                ..Default::default()
-            };
+            mark_handled(&mut secret, wanted);
             // The answer holds the new value: drop it unread.
-            api.replace(&name, &pp, &secret)
+            api.replace(&name, &post_params(), &secret)
                 .await
                 .map_err(Error::kube("rotate", "Secret"))?;
             Ok(Some(WriteToken {
