@@ -1,30 +1,23 @@
 //! Pods refused by admission (Pod Security, quotas, policies). The pods are created by the
 //! ReplicaSet and StatefulSet controllers, not by the operator, so a refusal never reaches the
 //! operator as an error: the Deployment reports it in its `ReplicaFailure` condition (handled in
-//! `status`), the StatefulSet only in a `FailedCreate` Event, read here.
+//! `status`), the StatefulSet only in a `FailedCreate` Event (read by `observe`, judged here).
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Event;
-use kube::ResourceExt;
-use kube::api::{Api, ListParams};
 
-use crate::error::{Error, Result};
-use crate::status::Problem;
-
-/// Reason of the site's `Degraded` condition when Pod Security admission refused a pod.
-pub const POD_SECURITY_REJECTED: &str = "PodSecurityRejected";
-/// Reason when a database pod could not be created for another reason (quota, policy).
-pub const POD_CREATION_FAILED: &str = "PodCreationFailed";
+use crate::reason::Reason;
 
 /// Events older than this are not taken as the current state: the StatefulSet controller retries
 /// with a backoff capped well below it, so an ongoing refusal refreshes its Event in time.
 const FRESH_SECONDS: i64 = 20 * 60;
 
-/// The specific reason of a pod creation failure, when it is one we name.
-pub fn refusal_reason(message: &str) -> Option<&'static str> {
+/// The specific reason of a pod creation failure, when it is one we name (otherwise the
+/// caller's general one: `PodCreationFailed` for the database, `RolloutStuck` for the app).
+pub fn refusal_reason(message: &str) -> Option<Reason> {
     message
         .contains("violates PodSecurity")
-        .then_some(POD_SECURITY_REJECTED)
+        .then_some(Reason::PodSecurityRejected)
 }
 
 /// Whether the StatefulSet has fewer pods than it wants (the only time a refusal matters).
@@ -58,36 +51,6 @@ pub fn latest_failure(events: &[Event], now: i64) -> Option<String> {
         .map(|(_, m)| m)
 }
 
-/// A problem for the site when the database StatefulSet cannot create its pod.
-pub async fn statefulset_refusal(
-    events: &Api<Event>,
-    sts: &StatefulSet,
-) -> Result<Option<Problem>> {
-    if !missing_pods(sts) {
-        return Ok(None);
-    }
-    let fields = format!(
-        "involvedObject.kind=StatefulSet,involvedObject.name={},reason=FailedCreate",
-        sts.name_any()
-    );
-    let list = events
-        .list(&ListParams::default().fields(&fields))
-        .await
-        .map_err(Error::kube("list", "Event"))?;
-    let uid = sts.uid();
-    let ours: Vec<Event> = list
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.uid == uid)
-        .collect();
-    let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    Ok(latest_failure(&ours, now).map(|message| Problem {
-        reason: refusal_reason(&message).unwrap_or(POD_CREATION_FAILED),
-        message: format!("StatefulSet {}: {message}", sts.name_any()),
-        blocks_database: false,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,7 +69,7 @@ mod tests {
     #[test]
     fn pod_security_messages_are_named() {
         let m = r#"pods "x-0" is forbidden: violates PodSecurity "restricted:latest": runAsUser=0"#;
-        assert_eq!(refusal_reason(m), Some(POD_SECURITY_REJECTED));
+        assert_eq!(refusal_reason(m), Some(Reason::PodSecurityRejected));
         assert_eq!(refusal_reason("exceeded quota: pods"), None);
     }
 

@@ -102,6 +102,13 @@ pub struct PlacementSpec {
     /// tolerations of node loss (`highAvailability.nodeLossTolerationSeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
+    #[x_kube(
+        validation = Rule::new("self.all(t, !has(t.operator) || t.operator in ['Exists', 'Equal'])").message("spec.placement.tolerations: operator must be Exists or Equal"),
+        validation = Rule::new("self.all(t, !has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute'])").message("spec.placement.tolerations: effect must be NoSchedule, PreferNoSchedule or NoExecute (or empty for all effects)"),
+        validation = Rule::new("self.all(t, (has(t.key) && t.key != '') || (has(t.operator) && t.operator == 'Exists'))").message("spec.placement.tolerations: a toleration without a key must use operator Exists"),
+        validation = Rule::new("self.all(t, !has(t.operator) || t.operator != 'Exists' || !has(t.value) || t.value == '')").message("spec.placement.tolerations: a toleration with operator Exists must not have a value"),
+        validation = Rule::new("self.all(t, !has(t.tolerationSeconds) || (has(t.effect) && t.effect == 'NoExecute'))").message("spec.placement.tolerations: tolerationSeconds needs effect NoExecute")
+    )]
     pub tolerations: Option<Vec<Toleration>>,
 }
 

@@ -51,6 +51,17 @@ impl Error {
         }
     }
 
+    /// The API server's own message of a rejection (it names the field and the rule).
+    pub fn api_message(&self) -> String {
+        match self {
+            Error::Kube { source, .. } => match source.as_ref() {
+                kube::Error::Api(s) => s.message.clone(),
+                other => other.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+
     /// An API answer that repeating the same request will not change: the user (or the admin,
     /// for RBAC) has to act. Shown as `Degraded` instead of a silent retry loop.
     pub fn is_permanent(&self) -> bool {

@@ -1,53 +1,28 @@
-//! High availability, the pure part: which pod to restart, when to roll back, where the ready
-//! pods run and whether that is highly available. The controller gathers the inputs (pods,
-//! ReplicaSets, nodes) and carries out the decisions (Eviction API, apply). See
-//! docs/high-availability.md.
+//! High availability, the pure part: which pod to restart, when to roll back, which pods a
+//! scale-down removes, where the ready pods run. `plan` calls these, `act` carries the
+//! decisions out (Eviction API, apply), `status` reports them. See docs/high-availability.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use sha2::{Digest, Sha256};
 
 use crate::crd::{ArticleSite, FailedRollout};
+use crate::reason::Reason;
 
-pub const HIGHLY_AVAILABLE: &str = "HighlyAvailable";
 /// On the Deployment: hash of the pod template built from the spec (before any rollback).
 pub const TEMPLATE_HASH_ANNOTATION: &str = "articlesite.io/template-hash";
-/// On the pod template: checksum of the Secrets the pods read, so a change rolls them.
-pub const INPUTS_CHECKSUM_ANNOTATION: &str = "articlesite.io/inputs-checksum";
 const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const ZONE: &str = "topology.kubernetes.io/zone";
 /// The restart budget counts restarts within this window.
 pub const RESTART_WINDOW: SignedDuration = SignedDuration::from_secs(3600);
 
-/// sha256 of the names and data of the Secrets the pods read (first 16 bytes, hex). A missing
-/// Secret hashes as absent, so its creation also rolls the pods.
-pub fn inputs_checksum(secrets: &[(&str, Option<&Secret>)]) -> String {
-    let mut h = Sha256::new();
-    for (name, secret) in secrets {
-        h.update(name.as_bytes());
-        h.update([0]);
-        for (k, v) in secret.and_then(|s| s.data.as_ref()).into_iter().flatten() {
-            h.update(k.as_bytes());
-            h.update([0]);
-            h.update(&v.0);
-            h.update([0]);
-        }
-        h.update([1]);
-    }
-    h.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Hash of a pod template (canonical JSON, as for the applied-hash annotation).
 pub fn template_hash(template: &PodTemplateSpec) -> String {
-    crate::apply::desired_hash(&serde_json::to_value(template).unwrap_or_default())
+    crate::diff::desired_hash(&serde_json::to_value(template).unwrap_or_default())
 }
 
 /// What the Deployment's pod template should be.
@@ -219,10 +194,10 @@ fn unready_for(pod: &Pod, now: Timestamp) -> Option<SignedDuration> {
 }
 
 /// A pod to restart through the Eviction API, and why.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Restart {
     pub pod: String,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -299,7 +274,7 @@ pub fn plan_restart(
         if crash_looping(pod) {
             candidate = Some(Restart {
                 pod: name,
-                reason: "CrashLoopBackOff",
+                reason: Reason::CrashLoopBackOff,
                 message: "crash-looping while its siblings are ready".into(),
             });
             break;
@@ -308,7 +283,7 @@ pub fn plan_restart(
             if for_ >= threshold {
                 candidate = Some(Restart {
                     pod: name,
-                    reason: "Unready",
+                    reason: Reason::Unready,
                     message: format!(
                         "unready for {}s (threshold {}s) while its siblings are ready",
                         for_.as_secs(),
@@ -382,66 +357,6 @@ pub fn zone_of(labels: Option<&BTreeMap<String, String>>) -> String {
         .unwrap_or_default()
 }
 
-/// The `HighlyAvailable` condition: False when a site with several replicas has its ready
-/// pods on one node, or in one zone of a cluster that has several.
-pub fn condition(
-    site: &ArticleSite,
-    ready: i32,
-    zones: i32,
-    nodes: i32,
-    cluster_zones: usize,
-    now: &Time,
-) -> Condition {
-    let desired = site.spec.app.replicas;
-    let (ok, reason, message) = if desired < 2 {
-        (
-            false,
-            "SingleReplica",
-            format!("spec.app.replicas is {desired}: one node failure stops the site"),
-        )
-    } else if ready < 2 {
-        (
-            false,
-            "TooFewReadyReplicas",
-            format!("{ready} of {desired} app pods ready"),
-        )
-    } else if nodes < 2 {
-        (
-            false,
-            "SingleNode",
-            format!("all {ready} ready app pods run on one node"),
-        )
-    } else if zones < 2 && cluster_zones >= 2 {
-        (
-            false,
-            "SingleZone",
-            format!("all {ready} ready app pods run in one zone of a cluster with {cluster_zones}"),
-        )
-    } else {
-        (
-            true,
-            "Spread",
-            format!("{ready} ready app pods on {nodes} nodes in {zones} zones"),
-        )
-    };
-    let previous = site
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == HIGHLY_AVAILABLE));
-    let status = if ok { "True" } else { "False" };
-    Condition {
-        type_: HIGHLY_AVAILABLE.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: site.metadata.generation,
-        last_transition_time: previous
-            .filter(|p| p.status == status)
-            .map(|p| p.last_transition_time.clone())
-            .unwrap_or_else(|| now.clone()),
-    }
-}
-
 /// Pods to remove first when scaling from `pods.len()` down to `keep`, so that the remaining
 /// pods stay spread: repeatedly take from the zone, then the node, with the most pods
 /// (unready pods first). The ReplicaSet controller deletes pods with the lowest
@@ -492,7 +407,6 @@ pub fn ready_count(pods: &[Pod]) -> i32 {
 mod tests {
     use super::*;
     use crate::resources::testing::site;
-    use k8s_openapi::ByteString;
     use serde_json::json;
 
     fn ts(secs: i64) -> Timestamp {
@@ -542,7 +456,7 @@ mod tests {
         match plan {
             RestartPlan::Now(r) => {
                 assert_eq!(r.pod, "b");
-                assert_eq!(r.reason, "CrashLoopBackOff");
+                assert_eq!(r.reason, Reason::CrashLoopBackOff);
             }
             other => panic!("{other:?}"),
         }
@@ -583,7 +497,7 @@ mod tests {
         assert!(matches!(
             plan_restart(&s, &pods, Some(&d), true, &[], ts(1121)),
             RestartPlan::Now(Restart {
-                reason: "Unready",
+                reason: Reason::Unready,
                 ..
             })
         ));
@@ -658,39 +572,29 @@ mod tests {
     }
 
     #[test]
-    fn placement_and_condition() {
-        let s = site("news");
+    fn placement_counts_ready_pods_and_orphans_are_found() {
         let nodes = BTreeMap::from([
             ("n1".to_string(), "zone-a".to_string()),
             ("n2".to_string(), "zone-a".to_string()),
             ("n3".to_string(), "zone-b".to_string()),
         ]);
-        let now = Time(ts(1000));
         let same_zone = [
             pod("a", "n1", true, serde_json::Value::Null),
             pod("b", "n2", true, serde_json::Value::Null),
         ];
-        let (z, n) = placement(&same_zone, &nodes);
-        assert_eq!((z, n), (1, 2));
-        let c = condition(&s, 2, z, n, 2, &now);
-        assert_eq!(
-            (c.status.as_str(), c.reason.as_str()),
-            ("False", "SingleZone")
-        );
+        assert_eq!(placement(&same_zone, &nodes), (1, 2));
         let one_node = [
             pod("a", "n1", true, serde_json::Value::Null),
             pod("b", "n1", true, serde_json::Value::Null),
         ];
-        let (z, n) = placement(&one_node, &nodes);
-        assert_eq!(condition(&s, 2, z, n, 2, &now).reason, "SingleNode");
+        assert_eq!(placement(&one_node, &nodes), (1, 1));
         let spread = [
             pod("a", "n1", true, serde_json::Value::Null),
             pod("b", "n3", true, serde_json::Value::Null),
             pod("c", "n2", false, serde_json::Value::Null),
         ];
-        let (z, n) = placement(&spread, &nodes);
-        assert_eq!((z, n), (2, 2));
-        assert_eq!(condition(&s, 2, z, n, 2, &now).status, "True");
+        assert_eq!(placement(&spread, &nodes), (2, 2));
+        assert_eq!(ready_count(&spread), 2);
         let gone = orphaned(&spread, &BTreeMap::from([("n1".into(), "zone-a".into())]));
         assert_eq!(gone.len(), 2);
     }
@@ -721,17 +625,5 @@ mod tests {
             .collect();
         let zones: BTreeSet<_> = kept.iter().collect();
         assert_eq!(zones.len(), 3, "one pod per zone left: {kept:?}");
-    }
-
-    #[test]
-    fn checksum_follows_secret_data() {
-        let mut a = Secret {
-            data: Some(BTreeMap::from([("k".into(), ByteString(b"1".to_vec()))])),
-            ..Default::default()
-        };
-        let before = inputs_checksum(&[("a", Some(&a)), ("b", None)]);
-        assert_eq!(before, inputs_checksum(&[("a", Some(&a)), ("b", None)]));
-        a.data = Some(BTreeMap::from([("k".into(), ByteString(b"2".to_vec()))]));
-        assert_ne!(before, inputs_checksum(&[("a", Some(&a)), ("b", None)]));
     }
 }

@@ -1,19 +1,26 @@
 //! articlesite-operator: reconciles `ArticleSite` custom resources into the Kubernetes objects
 //! that run a highly available article site.
 //!
-//! Flow of one reconcile (see `docs/operator-design.md`): validate the spec, build every desired
-//! child with pure functions (`resources`), apply only what differs from the live object
-//! (`apply`), create the generated Secrets once (`secrets`), then compute status (`status`).
+//! Flow of one reconcile (see `docs/operator-design.md`): `observe` reads, `plan` decides every
+//! write (pure; desired children from `resources`, compared with the live ones by `diff`), `act`
+//! writes, `status` and `events` report. `controller` wires them together.
 
+pub mod act;
 pub mod admission;
 pub mod api_health;
-pub mod apply;
 pub mod controller;
 pub mod crd;
+pub mod diff;
 pub mod error;
+pub mod events;
 pub mod ha;
 pub mod leader;
 pub mod metrics;
+pub mod observe;
+pub mod plan;
+pub mod problem;
+pub mod quantity;
+pub mod reason;
 pub mod resources;
 pub mod secrets;
 pub mod status;

@@ -168,6 +168,15 @@ impl Metrics {
             .inc();
     }
 
+    /// An app pod restarted through the Eviction API, by why.
+    pub fn pod_restart(&self, reason: crate::reason::Reason) {
+        self.pod_restarts
+            .get_or_create(&ErrorLabels {
+                reason: reason.as_str().into(),
+            })
+            .inc();
+    }
+
     pub fn error(&self, reason: String) {
         self.errors.get_or_create(&ErrorLabels { reason }).inc();
     }

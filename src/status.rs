@@ -1,36 +1,36 @@
-//! Pure status computation: conditions and counts from the applied/observed children.
-//! Conditions follow the API conventions: `Ready`, `Progressing`, `Degraded`, each with
-//! `observedGeneration`, a CamelCase reason, a message, and a `lastTransitionTime` that only
-//! moves when the condition's status changes.
+//! Report: the status of a site, computed from what was observed, what was planned and what the
+//! API server answered. One function owns every condition (`Ready`, `Progressing`, `Degraded`,
+//! `HighlyAvailable`), each with `observedGeneration`, a typed reason, a message, and one rule
+//! for `lastTransitionTime`: it moves only when the condition's status changes.
+//!
+//! Availability is counted after the actions: pods this reconcile evicted or deleted are not
+//! counted as serving.
+
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::crd::{AppStatus, ArticleSite, ArticleSiteStatus, DatabaseStatus};
+use crate::act::{EvictionOutcome, ExpansionOutcome, Outcomes};
+use crate::admission;
+use crate::crd::{
+    AppStatus, ArticleSite, ArticleSiteStatus, AvailabilityStatus, CredentialsStatus,
+    DatabaseStatus,
+};
+use crate::ha;
+use crate::observe::Observed;
+use crate::plan::{Plan, is_app_pod};
+use crate::problem::Problem;
+use crate::reason::Reason;
 use crate::resources::{self, Component};
+use crate::secrets;
 
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
-
-/// A problem the user has to fix (shown as `Degraded=True`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub reason: &'static str,
-    pub message: String,
-    /// The problem concerns storage: the database cannot start.
-    pub blocks_database: bool,
-}
-
-/// Everything the status is computed from.
-pub struct Observed<'a> {
-    pub deployment: Option<&'a Deployment>,
-    pub statefulset: Option<&'a StatefulSet>,
-    pub problems: &'a [Problem],
-    pub paused: bool,
-    pub cluster_domain: &'a str,
-}
+pub const HIGHLY_AVAILABLE: &str = "HighlyAvailable";
 
 struct AppRollout {
     status: AppStatus,
@@ -134,107 +134,211 @@ fn database_state(
     )
 }
 
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: i64,
-    now: &Time,
-) -> Condition {
+fn condition(type_: &str, ok: bool, reason: Reason, message: String, generation: i64) -> Condition {
     Condition {
         type_: type_.into(),
         status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
+        reason: reason.as_str().into(),
         message,
         observed_generation: Some(generation),
-        last_transition_time: now.clone(),
+        // Set by `transition_times`.
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
     }
 }
 
-/// The new status. `now` becomes `lastTransitionTime` of conditions whose status changed.
-pub fn compute(site: &ArticleSite, observed: &Observed<'_>, now: &Time) -> ArticleSiteStatus {
+/// The one rule for `lastTransitionTime`: kept while a condition's status stays the same,
+/// `now` when it changes (or the condition is new).
+fn transition_times(
+    conditions: &mut [Condition],
+    previous: Option<&ArticleSiteStatus>,
+    now: &Time,
+) {
+    for c in conditions {
+        c.last_transition_time = previous
+            .into_iter()
+            .flat_map(|p| &p.conditions)
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+            .map_or_else(|| now.clone(), |o| o.last_transition_time.clone());
+    }
+}
+
+/// Every problem the user has to fix: found by the plan, refused by the API server, or
+/// reported by the Deployment.
+fn problems(plan: &Plan, outcomes: &Outcomes, app: &AppRollout) -> Vec<Problem> {
+    let mut all = plan.problems.clone();
+    for c in &outcomes.children {
+        if let Some(message) = &c.rejected {
+            all.push(Problem::new(
+                Reason::ChildRejected,
+                format!("{} {} was rejected: {message}", c.kind, c.name),
+            ));
+        }
+    }
+    for e in &outcomes.expansions {
+        if let ExpansionOutcome::Refused(e, message) = e {
+            all.push(Problem::new(
+                Reason::StorageExpansionFailed,
+                format!(
+                    "spec.database.storage.size: PVC {} cannot grow to {}: {message}",
+                    e.claim, e.to
+                ),
+            ));
+        }
+    }
+    if let Some(stuck) = &app.stuck {
+        let reason = admission::refusal_reason(stuck).unwrap_or(Reason::RolloutStuck);
+        all.push(Problem::new(reason, stuck.clone()));
+    }
+    all
+}
+
+/// The app pods that serve after this reconcile's actions.
+fn serving_pods(observed: &Observed, outcomes: &Outcomes) -> Vec<Pod> {
+    let removed: BTreeSet<&str> = outcomes
+        .pods_deleted
+        .iter()
+        .map(|o| o.pod.as_str())
+        .chain(outcomes.eviction.iter().filter_map(|e| match e {
+            EvictionOutcome::Evicted(e) => Some(e.pod.as_str()),
+            EvictionOutcome::Refused(_) => None,
+        }))
+        .collect();
+    observed
+        .pods
+        .iter()
+        .filter(|p| is_app_pod(p) && !removed.contains(p.name_any().as_str()))
+        .cloned()
+        .collect()
+}
+
+/// `HighlyAvailable`: False when a site with several replicas has its ready pods on one node,
+/// or in one zone of a cluster that has several.
+fn highly_available(
+    site: &ArticleSite,
+    ready: i32,
+    zones: i32,
+    nodes: i32,
+    cluster_zones: usize,
+) -> (bool, Reason, String) {
+    let desired = site.spec.app.replicas;
+    if desired < 2 {
+        (
+            false,
+            Reason::SingleReplica,
+            format!("spec.app.replicas is {desired}: one node failure stops the site"),
+        )
+    } else if ready < 2 {
+        (
+            false,
+            Reason::TooFewReadyReplicas,
+            format!("{ready} of {desired} app pods ready"),
+        )
+    } else if nodes < 2 {
+        (
+            false,
+            Reason::SingleNode,
+            format!("all {ready} ready app pods run on one node"),
+        )
+    } else if zones < 2 && cluster_zones >= 2 {
+        (
+            false,
+            Reason::SingleZone,
+            format!("all {ready} ready app pods run in one zone of a cluster with {cluster_zones}"),
+        )
+    } else {
+        (
+            true,
+            Reason::Spread,
+            format!("{ready} ready app pods on {nodes} nodes in {zones} zones"),
+        )
+    }
+}
+
+/// The new status. `now` becomes `lastTransitionTime` of conditions whose status changed and
+/// the time of a restart done now.
+pub fn compute(
+    site: &ArticleSite,
+    observed: &Observed,
+    plan: &Plan,
+    outcomes: &Outcomes,
+    now: &Time,
+) -> ArticleSiteStatus {
     let generation = site.metadata.generation.unwrap_or(0);
     let previous = site.status.as_ref();
-    let app = app_rollout(site, observed.deployment);
-    let (database, db_ready) = database_state(
-        observed.statefulset,
-        observed.problems,
-        previous,
-        observed.paused,
-    );
+    let deployment = outcomes
+        .deployment
+        .as_ref()
+        .or(observed.deployment.as_ref());
+    let statefulset = outcomes
+        .statefulset
+        .as_ref()
+        .or(observed.statefulset.as_ref());
+    let app = app_rollout(site, deployment);
+    let problems = problems(plan, outcomes, &app);
+    let (database, db_ready) = database_state(statefulset, &problems, previous, plan.paused);
     let desired = site.spec.app.replicas;
 
     let (ready, ready_reason, ready_message) = if desired == 0 {
         (
             false,
-            "ScaledToZero",
+            Reason::ScaledToZero,
             "spec.app.replicas is 0: the site serves no requests".to_string(),
         )
     } else if !db_ready {
         (
             false,
-            "DatabaseNotReady",
+            Reason::DatabaseNotReady,
             format!("database is {}", database.state),
         )
     } else if !app.rolled_out {
         (
             false,
-            "AppNotReady",
+            Reason::AppNotReady,
             format!("{} app pods ready and up to date", app.status.ready),
         )
     } else {
         (
             true,
-            "SiteReady",
+            Reason::SiteReady,
             format!("{} app pods ready, database ready", app.status.ready),
         )
     };
 
-    let mut problems: Vec<(String, String)> = observed
-        .problems
-        .iter()
-        .map(|p| (p.reason.to_string(), p.message.clone()))
-        .collect();
-    if let Some(stuck) = &app.stuck {
-        let reason = crate::admission::refusal_reason(stuck).unwrap_or("RolloutStuck");
-        problems.push((reason.into(), stuck.clone()));
-    }
     let degraded = !problems.is_empty();
     let (degraded_reason, degraded_message) = match problems.first() {
-        Some((reason, _)) => (
-            reason.clone(),
+        Some(first) => (
+            first.reason,
             problems
                 .iter()
-                .map(|(_, m)| m.as_str())
+                .map(|p| p.message.as_str())
                 .collect::<Vec<_>>()
                 .join("; "),
         ),
-        None => ("AsExpected".into(), "no problems found".into()),
+        None => (Reason::AsExpected, "no problems found".into()),
     };
 
-    let (progressing, progressing_reason, progressing_message) = if observed.paused {
+    let (progressing, progressing_reason, progressing_message) = if plan.paused {
         (
             false,
-            "Paused",
+            Reason::Paused,
             "spec.paused is true: owned objects are not reconciled".to_string(),
         )
     } else if degraded {
         (
             false,
-            "Blocked",
+            Reason::Blocked,
             "blocked by the problems reported in the Degraded condition".to_string(),
         )
     } else if ready || (desired == 0 && db_ready && app.rolled_out) {
         (
             false,
-            "Reconciled",
+            Reason::Reconciled,
             "all owned objects are up to date".to_string(),
         )
     } else {
         (
             true,
-            "RollingOut",
+            Reason::RollingOut,
             format!(
                 "app {} ready, database {}",
                 app.status.ready, database.state
@@ -242,97 +346,91 @@ pub fn compute(site: &ArticleSite, observed: &Observed<'_>, now: &Time) -> Artic
         )
     };
 
+    let pods = serving_pods(observed, outcomes);
+    let (zones, nodes) = ha::placement(&pods, &observed.nodes);
+    let cluster_zones = observed
+        .nodes
+        .values()
+        .filter(|z| !z.is_empty())
+        .collect::<BTreeSet<_>>()
+        .len();
+    let (ha_ok, ha_reason, ha_message) =
+        highly_available(site, ha::ready_count(&pods), zones, nodes, cluster_zones);
+
     let mut conditions = vec![
-        condition(READY, ready, ready_reason, ready_message, generation, now),
+        condition(READY, ready, ready_reason, ready_message, generation),
         condition(
             PROGRESSING,
             progressing,
             progressing_reason,
             progressing_message,
             generation,
-            now,
         ),
         condition(
             DEGRADED,
             degraded,
-            &degraded_reason,
+            degraded_reason,
             degraded_message,
             generation,
-            now,
         ),
+        condition(HIGHLY_AVAILABLE, ha_ok, ha_reason, ha_message, generation),
     ];
-    // Keep lastTransitionTime while a condition's status stays the same.
-    for c in &mut conditions {
-        if let Some(old) = previous
-            .into_iter()
-            .flat_map(|p| &p.conditions)
-            .find(|o| o.type_ == c.type_)
-            && old.status == c.status
-        {
-            c.last_transition_time = old.last_transition_time.clone();
-        }
+    transition_times(&mut conditions, previous, now);
+
+    let prev = previous
+        .and_then(|p| p.availability.clone())
+        .unwrap_or_default();
+    let restarted = matches!(outcomes.eviction, Some(EvictionOutcome::Evicted(_)));
+    let mut recent_restarts = ha::recent(&prev.recent_restarts, now.0);
+    if restarted {
+        recent_restarts.push(now.clone());
     }
+    let availability = AvailabilityStatus {
+        zones,
+        nodes,
+        pod_restarts: prev.pod_restarts + i32::from(restarted),
+        recent_restarts,
+        rollbacks: prev.rollbacks + i32::from(outcomes.rolled_back(plan)),
+        // A paused site plans nothing: the rollback in force stays recorded.
+        failed_rollout: if plan.paused {
+            prev.failed_rollout
+        } else {
+            plan.rollout.failed().cloned()
+        },
+    };
+
+    // The rotation the app's pod template is rolled to: the write token as observed, whose
+    // version the applied Deployment carries (a rotation done now shows on the next reconcile,
+    // together with the roll).
+    let credentials = observed
+        .write_token
+        .as_ref()
+        .and_then(|t| {
+            t.annotations
+                .as_ref()?
+                .get(secrets::HANDLED_ANNOTATION)
+                .cloned()
+        })
+        .map(|r| CredentialsStatus {
+            write_token_rotation: Some(r),
+        })
+        .or_else(|| previous.and_then(|p| p.credentials.clone()));
 
     ArticleSiteStatus {
         observed_generation: Some(generation),
         conditions,
         app: Some(app.status),
         database: Some(database),
-        url: Some(resources::in_cluster_url(site, observed.cluster_domain)),
-        // Set by the controller from the write token Secret; kept when it was not read.
-        credentials: previous.and_then(|p| p.credentials.clone()),
-        // Filled in by the controller from the pods it observed (`ha`).
-        availability: None,
+        url: Some(resources::in_cluster_url(site, &observed.cluster_domain)),
+        credentials,
+        availability: Some(availability),
     }
-}
-
-/// An Event to publish for a condition transition: (warning?, reason, note).
-pub fn transitions(
-    old: Option<&ArticleSiteStatus>,
-    new: &ArticleSiteStatus,
-) -> Vec<(bool, String, String)> {
-    let status_of = |s: Option<&ArticleSiteStatus>, t: &str| {
-        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
-            .map(|c| (c.status.clone(), c.reason.clone()))
-    };
-    let mut events = Vec::new();
-    for t in [READY, DEGRADED, PROGRESSING] {
-        let before = status_of(old, t);
-        let Some(c) = new.conditions.iter().find(|c| c.type_ == t) else {
-            continue;
-        };
-        let changed = before.as_ref().map(|(s, r)| (s.as_str(), r.as_str()))
-            != Some((c.status.as_str(), c.reason.as_str()));
-        if !changed {
-            continue;
-        }
-        match (t, c.status.as_str()) {
-            (READY, "True") => events.push((false, c.reason.clone(), c.message.clone())),
-            // Not-ready on creation is expected; only a loss of readiness is a warning.
-            (READY, _) if before.as_ref().is_some_and(|(s, _)| s == "True") => {
-                events.push((true, c.reason.clone(), c.message.clone()))
-            }
-            (DEGRADED, "True") => events.push((true, c.reason.clone(), c.message.clone())),
-            (DEGRADED, _) if before.as_ref().is_some_and(|(s, _)| s == "True") => events.push((
-                false,
-                "Recovered".into(),
-                "the reported problems are resolved".into(),
-            )),
-            (PROGRESSING, _) if c.reason == "Paused" => {
-                events.push((false, "Paused".into(), c.message.clone()))
-            }
-            (PROGRESSING, _) if before.as_ref().is_some_and(|(_, r)| r == "Paused") => {
-                events.push((false, "Resumed".into(), "reconciliation resumed".into()))
-            }
-            _ => {}
-        }
-    }
-    events
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Rollout;
     use crate::resources::testing::site;
     use k8s_openapi::api::apps::v1::{DeploymentStatus, StatefulSetStatus};
 
@@ -369,22 +467,36 @@ mod tests {
         s
     }
 
+    fn observed(d: Option<Deployment>, s: Option<StatefulSet>) -> Observed {
+        Observed {
+            cluster_domain: "cluster.local".into(),
+            deployment: d,
+            statefulset: s,
+            ..Default::default()
+        }
+    }
+
     fn get<'a>(s: &'a ArticleSiteStatus, t: &str) -> &'a Condition {
         s.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
 
+    fn site3() -> ArticleSite {
+        let mut s = site("news");
+        s.spec.app.replicas = 3;
+        s
+    }
+
     #[test]
     fn ready_when_everything_is_rolled_out() {
-        let site = site("news");
-        let (d, s) = (deployment(&site, 3), statefulset(&site, 1));
-        let obs = Observed {
-            deployment: Some(&d),
-            statefulset: Some(&s),
-            problems: &[],
-            paused: false,
-            cluster_domain: "cluster.local",
-        };
-        let st = compute(&site, &obs, &now(100));
+        let site = site3();
+        let obs = observed(Some(deployment(&site, 3)), Some(statefulset(&site, 1)));
+        let st = compute(
+            &site,
+            &obs,
+            &Plan::default(),
+            &Outcomes::default(),
+            &now(100),
+        );
         assert_eq!(get(&st, READY).status, "True");
         assert_eq!(get(&st, PROGRESSING).status, "False");
         assert_eq!(get(&st, DEGRADED).status, "False");
@@ -400,71 +512,191 @@ mod tests {
 
     #[test]
     fn progressing_while_pods_start_and_transition_time_is_kept() {
-        let mut site = site("news");
-        let (d, s) = (deployment(&site, 1), statefulset(&site, 0));
-        let obs = Observed {
-            deployment: Some(&d),
-            statefulset: Some(&s),
-            problems: &[],
-            paused: false,
-            cluster_domain: "cluster.local",
-        };
-        let first = compute(&site, &obs, &now(100));
+        let mut site = site3();
+        let obs = observed(Some(deployment(&site, 1)), Some(statefulset(&site, 0)));
+        let first = compute(
+            &site,
+            &obs,
+            &Plan::default(),
+            &Outcomes::default(),
+            &now(100),
+        );
         assert_eq!(get(&first, READY).status, "False");
         assert_eq!(get(&first, READY).reason, "DatabaseNotReady");
         assert_eq!(get(&first, PROGRESSING).status, "True");
         assert_eq!(first.database.as_ref().unwrap().state, "Provisioning");
         site.status = Some(first.clone());
-        let second = compute(&site, &obs, &now(200));
+        let second = compute(
+            &site,
+            &obs,
+            &Plan::default(),
+            &Outcomes::default(),
+            &now(200),
+        );
         assert_eq!(
             first, second,
             "same observation, same status: no status write"
         );
+        // A status change moves only the changed condition's time.
+        let ready = observed(Some(deployment(&site, 3)), Some(statefulset(&site, 1)));
+        let third = compute(
+            &site,
+            &ready,
+            &Plan::default(),
+            &Outcomes::default(),
+            &now(300),
+        );
+        assert_eq!(get(&third, READY).last_transition_time, now(300));
+        assert_eq!(get(&third, DEGRADED).last_transition_time, now(100));
     }
 
     #[test]
     fn user_problems_degrade() {
-        let site = site("news");
-        let problems = [Problem {
-            reason: "StorageClassNotFound",
-            message: "StorageClass \"fast\" does not exist".into(),
-            blocks_database: true,
-        }];
-        let d = deployment(&site, 3);
-        let obs = Observed {
-            deployment: Some(&d),
-            statefulset: None,
-            problems: &problems,
-            paused: false,
-            cluster_domain: "cluster.local",
+        let site = site3();
+        let plan = Plan {
+            problems: vec![Problem::blocking_database(
+                Reason::StorageClassNotFound,
+                "StorageClass \"fast\" does not exist",
+            )],
+            ..Plan::default()
         };
-        let st = compute(&site, &obs, &now(100));
+        let obs = observed(Some(deployment(&site, 3)), None);
+        let st = compute(&site, &obs, &plan, &Outcomes::default(), &now(100));
         let deg = get(&st, DEGRADED);
         assert_eq!(deg.status, "True");
         assert_eq!(deg.reason, "StorageClassNotFound");
         assert!(deg.message.contains("fast"));
         assert_eq!(st.database.as_ref().unwrap().state, "Failed");
-        let events = transitions(None, &st);
+    }
+
+    #[test]
+    fn rejected_children_and_refused_expansions_degrade() {
+        let site = site3();
+        let obs = observed(Some(deployment(&site, 3)), Some(statefulset(&site, 1)));
+        let outcomes = Outcomes {
+            children: vec![crate::act::ChildOutcome {
+                kind: "Deployment",
+                name: "news".into(),
+                why: crate::diff::Outcome::Updated,
+                rejected: Some(
+                    "spec.template.spec.tolerations[0].operator: Unsupported value".into(),
+                ),
+            }],
+            expansions: vec![ExpansionOutcome::Refused(
+                crate::plan::Expansion {
+                    claim: "data-news-postgresql-0".into(),
+                    from: "1Gi".into(),
+                    to: "2Gi".into(),
+                },
+                "only dynamically provisioned pvc can be resized".into(),
+            )],
+            ..Outcomes::default()
+        };
+        let st = compute(&site, &obs, &Plan::default(), &outcomes, &now(100));
+        let deg = get(&st, DEGRADED);
+        assert_eq!(deg.reason, "ChildRejected");
         assert!(
-            events
-                .iter()
-                .any(|(warn, r, _)| *warn && r == "StorageClassNotFound")
+            deg.message.contains("Deployment news was rejected"),
+            "{}",
+            deg.message
+        );
+        assert!(
+            deg.message.contains("cannot grow to 2Gi"),
+            "{}",
+            deg.message
+        );
+        assert_eq!(get(&st, PROGRESSING).reason, "Blocked");
+    }
+
+    #[test]
+    fn availability_counts_pods_after_the_actions() {
+        use k8s_openapi::api::core::v1::Pod;
+        let site = site3();
+        let pod = |name: &str, node: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "app"}},
+                "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+            }))
+            .unwrap()
+        };
+        let mut obs = observed(Some(deployment(&site, 3)), Some(statefulset(&site, 1)));
+        obs.pods = vec![pod("a", "n1"), pod("b", "n2"), pod("c", "n3")];
+        obs.nodes = [("n1", "zone-a"), ("n2", "zone-b"), ("n3", "zone-c")]
+            .into_iter()
+            .map(|(n, z)| (n.to_string(), z.to_string()))
+            .collect();
+        let before = compute(
+            &site,
+            &obs,
+            &Plan::default(),
+            &Outcomes::default(),
+            &now(100),
+        );
+        assert_eq!(before.availability.as_ref().unwrap().zones, 3);
+        assert_eq!(get(&before, HIGHLY_AVAILABLE).status, "True");
+        // Two of them were removed by this reconcile: one force-deleted, one evicted.
+        let outcomes = Outcomes {
+            pods_deleted: vec![crate::plan::Orphan {
+                pod: "a".into(),
+                node: "n1".into(),
+            }],
+            eviction: Some(EvictionOutcome::Evicted(crate::ha::Restart {
+                pod: "b".into(),
+                reason: Reason::CrashLoopBackOff,
+                message: "crash-looping".into(),
+            })),
+            ..Outcomes::default()
+        };
+        let after = compute(&site, &obs, &Plan::default(), &outcomes, &now(100));
+        let a = after.availability.as_ref().unwrap();
+        assert_eq!((a.zones, a.nodes, a.pod_restarts), (1, 1, 1));
+        assert_eq!(a.recent_restarts, vec![now(100)]);
+        let ha = get(&after, HIGHLY_AVAILABLE);
+        assert_eq!(
+            (ha.status.as_str(), ha.reason.as_str()),
+            ("False", "TooFewReadyReplicas")
         );
     }
 
     #[test]
-    fn ready_events_only_on_transitions() {
-        let site = site("news");
-        let (d, s) = (deployment(&site, 3), statefulset(&site, 1));
-        let obs = Observed {
-            deployment: Some(&d),
-            statefulset: Some(&s),
-            problems: &[],
-            paused: false,
-            cluster_domain: "cluster.local",
+    fn a_paused_site_keeps_its_recorded_rollback() {
+        let mut site = site3();
+        let failed = crate::crd::FailedRollout {
+            image: "bad:1".into(),
+            template_hash: "h".into(),
+            restored_revision: "abc".into(),
         };
-        let st = compute(&site, &obs, &now(100));
-        assert_eq!(transitions(None, &st).len(), 1);
-        assert!(transitions(Some(&st), &st).is_empty());
+        site.status = Some(ArticleSiteStatus {
+            availability: Some(AvailabilityStatus {
+                failed_rollout: Some(failed.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let obs = observed(Some(deployment(&site, 3)), Some(statefulset(&site, 1)));
+        let paused = Plan {
+            paused: true,
+            ..Plan::default()
+        };
+        let st = compute(&site, &obs, &paused, &Outcomes::default(), &now(100));
+        assert_eq!(
+            st.availability.unwrap().failed_rollout,
+            Some(failed.clone())
+        );
+        assert_eq!(
+            get(
+                &compute(&site, &obs, &paused, &Outcomes::default(), &now(1)),
+                PROGRESSING
+            )
+            .reason,
+            "Paused"
+        );
+        let restored = Plan {
+            rollout: Rollout::Restored(failed.clone()),
+            ..Plan::default()
+        };
+        let st = compute(&site, &obs, &restored, &Outcomes::default(), &now(100));
+        assert_eq!(st.availability.unwrap().failed_rollout, Some(failed));
     }
 }

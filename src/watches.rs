@@ -58,6 +58,7 @@ pub fn children<K>(
 ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
         + DeserializeOwned
         + Clone
         + Debug
@@ -70,7 +71,7 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let kind = crate::apply::kind_of::<K>();
+    let kind = K::KIND;
     watcher::watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
         .backoff(watch_backoff())
         .filter_map(move |item| future::ready(absorb(kind, &metrics, item).map(Ok)))

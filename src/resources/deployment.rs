@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     Lifecycle, LifecycleHandler, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, SleepAction, Toleration, TopologySpreadConstraint, Volume, VolumeMount,
+    SecretKeySelector, SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
     WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -174,25 +174,6 @@ pub fn affinity(site: &ArticleSite, component: Component) -> Option<Affinity> {
         }),
         ..Default::default()
     })
-}
-
-/// Leave a NotReady or unreachable node after `nodeLossTolerationSeconds` instead of the
-/// default 300 s.
-pub fn tolerations(site: &ArticleSite) -> Vec<Toleration> {
-    let seconds = site.spec.high_availability.node_loss_toleration_seconds;
-    [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
-    ]
-    .into_iter()
-    .map(|key| Toleration {
-        key: Some(key.into()),
-        operator: Some("Exists".into()),
-        effect: Some("NoExecute".into()),
-        toleration_seconds: Some(seconds),
-        ..Default::default()
-    })
-    .collect()
 }
 
 pub fn empty_dir(name: &str, limit: &str) -> Volume {

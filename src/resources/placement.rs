@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Toleration;
 
-use super::deployment;
 use crate::crd::ArticleSite;
 
 /// The pods' `nodeSelector`: the spec's, or none (an empty map would only add noise to the
@@ -17,10 +16,29 @@ pub fn node_selector(site: &ArticleSite) -> Option<BTreeMap<String, String>> {
         .filter(|m| !m.is_empty())
 }
 
+/// Leave a NotReady or unreachable node after `nodeLossTolerationSeconds` instead of the
+/// default 300 s.
+pub fn node_loss_tolerations(site: &ArticleSite) -> Vec<Toleration> {
+    let seconds = site.spec.high_availability.node_loss_toleration_seconds;
+    [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ]
+    .into_iter()
+    .map(|key| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoExecute".into()),
+        toleration_seconds: Some(seconds),
+        ..Default::default()
+    })
+    .collect()
+}
+
 /// The operator's tolerations of node loss, then the spec's. Without a placement the list is
 /// exactly the operator's, so sites that never set one see no change of their pod templates.
 pub fn tolerations(site: &ArticleSite) -> Vec<Toleration> {
-    let mut all = deployment::tolerations(site);
+    let mut all = node_loss_tolerations(site);
     if let Some(extra) = site
         .spec
         .placement
@@ -66,7 +84,7 @@ mod tests {
         let site = site("news");
         for pod in pods(&site) {
             assert_eq!(pod.node_selector, None);
-            assert_eq!(pod.tolerations, Some(deployment::tolerations(&site)));
+            assert_eq!(pod.tolerations, Some(node_loss_tolerations(&site)));
         }
         // An empty placement is no placement.
         let mut empty = site.clone();
@@ -97,7 +115,7 @@ mod tests {
     #[test]
     fn a_toleration_the_operator_has_already_is_not_repeated() {
         let mut site = site("news");
-        let own = deployment::tolerations(&site);
+        let own = node_loss_tolerations(&site);
         site.spec.placement = Some(PlacementSpec {
             node_selector: None,
             tolerations: Some(vec![own[0].clone()]),

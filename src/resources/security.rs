@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, PodSecurityContext, PodTemplateSpec, SeccompProfile, SecurityContext,
     ServiceAccount,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
@@ -22,8 +23,9 @@ pub const APP_GID: i64 = 65532;
 pub const POSTGRES_UID: i64 = 999;
 pub const POSTGRES_GID: i64 = 999;
 
-/// Pod template annotation that changes when the app's credentials change (a version, never a
-/// value), so that a rotation rolls the pods.
+/// Pod template annotation that changes when a Secret the app reads changes (a version, never a
+/// value), so that a rotation or a recreated Secret rolls the pods. The one mechanism that rolls
+/// the app on a change of its inputs.
 pub const CREDENTIALS_VERSION_ANNOTATION: &str = "articlesite.io/credentials-version";
 
 fn runtime_default() -> SeccompProfile {
@@ -98,11 +100,22 @@ pub fn service_account(site: &ArticleSite) -> ServiceAccount {
     }
 }
 
-/// Version of a generated credential from what identifies it, never from its value: the
-/// Secret's uid (a recreated Secret is a new credential) and the rotation it was made for.
-pub fn credentials_version(secret_uid: &str, rotation: &str) -> String {
-    let digest = Sha256::digest(format!("{secret_uid}/{rotation}").as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+/// Version of the Secrets the app reads, from their metadata only, never from their data: the
+/// uid (a recreated Secret is a new credential) and the resourceVersion (any change of the
+/// object, a rotation among them). A missing Secret counts as absent.
+pub fn credentials_version(secrets: &[Option<&ObjectMeta>]) -> String {
+    let mut h = Sha256::new();
+    for meta in secrets {
+        match meta {
+            Some(m) => h.update(format!(
+                "{}/{};",
+                m.uid.as_deref().unwrap_or_default(),
+                m.resource_version.as_deref().unwrap_or_default()
+            )),
+            None => h.update("-;"),
+        }
+    }
+    hex::encode(&h.finalize()[..8])
 }
 
 /// Stamps the credentials version on a pod template (a change rolls the pods).
@@ -164,11 +177,21 @@ mod tests {
     }
 
     #[test]
-    fn credentials_versions_change_with_uid_and_rotation() {
-        let a = credentials_version("uid-1", "");
+    fn credentials_versions_follow_uid_and_resource_version() {
+        let meta = |uid: &str, rv: &str| ObjectMeta {
+            uid: Some(uid.into()),
+            resource_version: Some(rv.into()),
+            ..Default::default()
+        };
+        let (c, t) = (meta("c", "1"), meta("t", "2"));
+        let a = credentials_version(&[Some(&c), Some(&t)]);
         assert_eq!(a.len(), 16);
-        assert_eq!(a, credentials_version("uid-1", ""));
-        assert_ne!(a, credentials_version("uid-2", ""));
-        assert_ne!(a, credentials_version("uid-1", "2026-01"));
+        assert_eq!(a, credentials_version(&[Some(&c), Some(&t)]));
+        // A rotation (new resourceVersion), a recreated Secret (new uid), a missing one.
+        assert_ne!(a, credentials_version(&[Some(&c), Some(&meta("t", "3"))]));
+        assert_ne!(a, credentials_version(&[Some(&meta("c2", "1")), Some(&t)]));
+        assert_ne!(a, credentials_version(&[None, Some(&t)]));
+        // The order of the Secrets matters (credentials, then token).
+        assert_ne!(a, credentials_version(&[Some(&t), Some(&c)]));
     }
 }

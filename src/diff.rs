@@ -1,4 +1,5 @@
-//! The thin server-side-apply layer with its zero-write guard.
+//! The zero-write guard: whether a desired child differs from its live object. Pure; the plan
+//! uses it to list only the applies that change something.
 //!
 //! A PATCH is a write request even when it changes nothing, so a child is applied only when
 //! (a) it does not exist, (b) the hash of the desired object differs from the hash annotation on
@@ -6,24 +7,16 @@
 //! object no longer contains the desired fields (someone edited or removed them by hand).
 //! Fields the API server defaults are extra fields in the live object and never count as drift.
 
-use std::fmt::Debug;
-
-use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-use crate::MANAGER;
-use crate::error::{Error, Result};
 
 /// Annotation holding the hash of the last applied desired object.
 pub const HASH_ANNOTATION: &str = "articlesite.io/applied-hash";
 
-/// What happened to one child.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a desired child compares with its live object: why it is applied, or that it is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
 pub enum Outcome {
     Unchanged,
     Created,
@@ -36,8 +29,7 @@ pub enum Outcome {
 /// Hash of the desired object: sha256 over its JSON (serde_json maps are sorted, so the
 /// encoding is canonical), first 16 bytes as hex.
 pub fn desired_hash(desired: &Value) -> String {
-    let digest = Sha256::digest(desired.to_string().as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&Sha256::digest(desired.to_string().as_bytes())[..16])
 }
 
 /// What to do with a child, given the desired JSON (hash annotation already set) and the live
@@ -81,10 +73,7 @@ pub fn contains(live: &Value, desired: &Value, key: &str) -> bool {
                 })
         }
         (Value::String(l), Value::String(d)) if l != d && is_quantity_key(key) => {
-            match (parse_quantity(l), parse_quantity(d)) {
-                (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()),
-                _ => false,
-            }
+            crate::quantity::compare(l, d) == Some(std::cmp::Ordering::Equal)
         }
         (l, d) => l == d,
     }
@@ -102,126 +91,31 @@ fn is_zero(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::Bool(b) => !b,
-        Value::Number(n) => n.as_f64() == Some(0.0),
+        // `0`, `0.0`: integers and floats alike.
+        Value::Number(n) => {
+            n.as_i64() == Some(0) || n.as_u64() == Some(0) || n.as_f64() == Some(0.0)
+        }
         Value::String(s) => s.is_empty(),
         Value::Array(a) => a.is_empty(),
         Value::Object(o) => o.is_empty(),
     }
 }
 
-/// Numeric value of a Kubernetes quantity (`500m`, `1.5Gi`, `2e3`), or `None` when malformed.
-pub fn parse_quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let n: f64 = number.parse().ok()?;
-    let factor = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024f64,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some(n * factor)
+/// Stamps the hash annotation on a desired child and returns its JSON (annotation included) and
+/// the hash, which covers the object as built.
+pub fn stamp<K: kube::Resource + Serialize>(
+    desired: &mut K,
+) -> Result<(Value, String), serde_json::Error> {
+    let hash = desired_hash(&serde_json::to_value(&*desired)?);
+    desired
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(HASH_ANNOTATION.into(), hash.clone());
+    Ok((serde_json::to_value(&*desired)?, hash))
 }
 
-/// Serialises `desired`, stamps the hash annotation, and applies it only when `decide` says so.
-/// Returns the resulting (or unchanged live) object.
-pub async fn apply<K>(api: &Api<K>, desired: &K, live: Option<K>) -> Result<(K, Outcome)>
-where
-    K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + Debug,
-    K::DynamicType: Default,
-{
-    let kind = kind_of::<K>();
-    let name = desired
-        .meta()
-        .name
-        .clone()
-        .ok_or(Error::MissingField("metadata.name"))?;
-    let mut body =
-        serde_json::to_value(desired).map_err(|source| Error::Serialize { kind, source })?;
-    let hash = desired_hash(&body);
-    set_annotation(&mut body, HASH_ANNOTATION, &hash);
-    let live_json = live
-        .as_ref()
-        .map(serde_json::to_value)
-        .transpose()
-        .map_err(|source| Error::Serialize { kind, source })?;
-    let outcome = decide(&body, &hash, live_json.as_ref());
-    if outcome == Outcome::Unchanged
-        && let Some(live) = live
-    {
-        return Ok((live, outcome));
-    }
-    let pp = PatchParams::apply(MANAGER).force();
-    let applied = api
-        .patch(&name, &pp, &Patch::Apply(&body))
-        .await
-        .map_err(Error::kube("apply", kind))?;
-    Ok((applied, outcome))
-}
-
-/// Deletes a child that the spec no longer asks for (e.g. the Ingress), if it is ours.
-pub async fn delete_if_owned<K>(api: &Api<K>, live: Option<K>, owner_uid: &str) -> Result<bool>
-where
-    K: Resource<Scope = NamespaceResourceScope> + DeserializeOwned + Clone + Debug,
-    K::DynamicType: Default,
-{
-    let Some(live) = live else { return Ok(false) };
-    let ours = live.owner_references().iter().any(|o| o.uid == owner_uid);
-    if !ours {
-        return Ok(false);
-    }
-    api.delete(&live.name_any(), &DeleteParams::background())
-        .await
-        .map_err(Error::kube("delete", kind_of::<K>()))?;
-    Ok(true)
-}
-
-/// GET that maps 404 to `None`.
-pub async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>>
-where
-    K: Resource + DeserializeOwned + Clone + Debug,
-    K::DynamicType: Default,
-{
-    api.get_opt(name)
-        .await
-        .map_err(Error::kube("get", kind_of::<K>()))
-}
-
-pub fn kind_of<K: Resource>() -> &'static str
-where
-    K::DynamicType: Default,
-{
-    // Kinds of k8s-openapi types are static strings; leak-free match on the common ones.
-    match K::kind(&Default::default()).as_ref() {
-        "Deployment" => "Deployment",
-        "StatefulSet" => "StatefulSet",
-        "Service" => "Service",
-        "Secret" => "Secret",
-        "PodDisruptionBudget" => "PodDisruptionBudget",
-        "NetworkPolicy" => "NetworkPolicy",
-        "Ingress" => "Ingress",
-        "PersistentVolumeClaim" => "PersistentVolumeClaim",
-        "ServiceAccount" => "ServiceAccount",
-        "ArticleSite" => "ArticleSite",
-        _ => "object",
-    }
-}
-
+#[cfg(test)]
 fn set_annotation(body: &mut Value, key: &str, value: &str) {
     if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
         let annotations = meta
@@ -300,12 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn quantities() {
-        assert_eq!(parse_quantity("500m"), Some(0.5));
-        assert_eq!(parse_quantity("1Gi"), Some(1073741824.0));
-        assert_eq!(parse_quantity("2e3"), Some(2000.0));
-        assert_eq!(parse_quantity("1.5"), Some(1.5));
-        assert_eq!(parse_quantity("1x"), None);
+    fn quantities_compare_by_value() {
         assert!(contains(&json!({"cpu": "1"}), &json!({"cpu": "1000m"}), ""));
         assert!(!contains(&json!({"cpu": "1"}), &json!({"cpu": "100m"}), ""));
         assert!(!contains(

@@ -1,0 +1,381 @@
+//! Act: carries out a `Plan` and returns what the API server answered. The only module that
+//! writes to the cluster (the status is written by the controller). Nothing is decided here:
+//! every write is in the plan, in the order below.
+//!
+//! 1. the generated Secrets (create; the write token's rotation is an update with the
+//!    resourceVersion that was read, so a concurrent change is a 409 and a retry);
+//! 2. deletion costs on the pods a scale-down should remove, before the Deployment shrinks;
+//! 3. the ServiceAccount (the pods name it), then every other child at once (server-side apply);
+//! 4. the rest at once: the Ingress no longer asked for, storage expansion, force deletion of
+//!    orphaned pods, the eviction of an unhealthy pod.
+//!
+//! A refusal the user must fix (invalid, forbidden) is recorded and the other writes go on; any
+//! other error fails the reconcile, which is retried with backoff.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::MANAGER;
+use crate::crd::ArticleSite;
+use crate::diff::Outcome;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::plan::{Apply, Child, Eviction, Expansion, Orphan, Plan, Rollout, Rotation};
+use crate::secrets::{self, Generated};
+
+/// What the API server answered to the writes of one plan.
+#[derive(Clone, Debug, Default)]
+pub struct Outcomes {
+    /// Secrets this reconcile created (a 409 means another writer was first: not ours).
+    pub secrets_created: Vec<Generated>,
+    /// The rotation request a new write token was written for.
+    pub rotated: Option<String>,
+    pub children: Vec<ChildOutcome>,
+    /// The Deployment and StatefulSet as the API server returned them, when applied.
+    pub deployment: Option<Deployment>,
+    pub statefulset: Option<StatefulSet>,
+    pub ingress_deleted: Option<String>,
+    pub expansions: Vec<ExpansionOutcome>,
+    pub pods_marked: Vec<String>,
+    pub pods_deleted: Vec<Orphan>,
+    pub eviction: Option<EvictionOutcome>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ChildOutcome {
+    pub kind: &'static str,
+    pub name: String,
+    pub why: Outcome,
+    /// The API server's message when it refused the object.
+    pub rejected: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum ExpansionOutcome {
+    Requested(Expansion),
+    Refused(Expansion, String),
+}
+
+#[derive(Clone, Debug)]
+pub enum EvictionOutcome {
+    Evicted(Eviction),
+    /// The budget refused it (429) or the pod is gone (404): look again shortly.
+    Refused(Eviction),
+}
+
+impl Outcomes {
+    pub fn rolled_back(&self, plan: &Plan) -> bool {
+        matches!(plan.rollout, Rollout::RollBack(_))
+            && self.children.iter().any(|c| {
+                c.kind == <Deployment as k8s_openapi::Resource>::KIND && c.rejected.is_none()
+            })
+    }
+}
+
+/// Typed API of one namespace.
+fn api<K>(client: &Client, ns: &str) -> Api<K>
+where
+    K: kube::Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    Api::namespaced(client.clone(), ns)
+}
+
+/// Creates and replaces carry the operator's field manager, like its applies.
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+pub async fn act(
+    client: &Client,
+    metrics: &Metrics,
+    site: &ArticleSite,
+    plan: &Plan,
+) -> Result<Outcomes> {
+    let ns = site
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let mut out = Outcomes::default();
+    let secrets: Api<Secret> = api(client, &ns);
+    let pods: Api<Pod> = api(client, &ns);
+
+    // 1. Secrets.
+    let created = futures::future::try_join_all(
+        plan.create_secrets
+            .iter()
+            .map(|&which| create_secret(&secrets, metrics, site, which)),
+    )
+    .await?;
+    out.secrets_created = created.into_iter().flatten().collect();
+    if let Some(rotation) = &plan.rotate_write_token {
+        rotate_write_token(&secrets, metrics, site, rotation).await?;
+        out.rotated = Some(rotation.request.clone());
+    }
+
+    // 2. Deletion costs before the scale-down.
+    for name in &plan.pods.mark_for_scale_down {
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            crate::plan::DELETION_COST_ANNOTATION: crate::plan::SCALE_DOWN_COST}}});
+        metrics.write("patch", "Pod");
+        match pods
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => out.pods_marked.push(name.clone()),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube("patch", "Pod")(e)),
+        }
+    }
+
+    // 3. Children: the ServiceAccount first, then the rest concurrently.
+    let (first, rest): (Vec<&Apply>, Vec<&Apply>) = plan
+        .applies
+        .iter()
+        .partition(|a| matches!(a.child, Child::ServiceAccount(_)));
+    for a in first {
+        out.children
+            .push(apply_child(client, &ns, metrics, a, &mut None, &mut None).await?);
+    }
+    let mut deployment = None;
+    let mut statefulset = None;
+    let answers = futures::future::try_join_all(rest.into_iter().map(|a| async {
+        let mut d = None;
+        let mut s = None;
+        let outcome = apply_child(client, &ns, metrics, a, &mut d, &mut s).await?;
+        Ok::<_, Error>((outcome, d, s))
+    }))
+    .await?;
+    for (outcome, d, s) in answers {
+        out.children.push(outcome);
+        deployment = deployment.or(d);
+        statefulset = statefulset.or(s);
+    }
+    out.deployment = deployment;
+    out.statefulset = statefulset;
+    if out.rolled_back(plan) {
+        metrics.rollbacks.inc();
+    }
+
+    // 4. Deletions, expansions, evictions.
+    let (ingress_deleted, expansions, deleted, eviction) = futures::try_join!(
+        delete_ingress(client, &ns, metrics, plan.delete_ingress.as_deref()),
+        futures::future::try_join_all(
+            plan.expand_claims
+                .iter()
+                .map(|e| expand_claim(client, &ns, metrics, e))
+        ),
+        futures::future::try_join_all(
+            plan.pods
+                .force_delete
+                .iter()
+                .map(|o| force_delete(&pods, metrics, o))
+        ),
+        evict(&pods, metrics, plan.pods.evict.as_ref()),
+    )?;
+    out.ingress_deleted = ingress_deleted;
+    out.expansions = expansions;
+    out.pods_deleted = deleted.into_iter().flatten().collect();
+    out.eviction = eviction;
+    Ok(out)
+}
+
+/// Creates one generated Secret; `Some` when this reconcile created it.
+async fn create_secret(
+    api: &Api<Secret>,
+    metrics: &Metrics,
+    site: &ArticleSite,
+    which: Generated,
+) -> Result<Option<Generated>> {
+    let secret = secrets::build(site, which, secrets::generate()?, None);
+    metrics.write("create", "Secret");
+    match api.create(&post_params(), &secret).await {
+        Ok(_) => {
+            info!(secret = %which.name(&site.name_any()), "created generated Secret");
+            Ok(Some(which))
+        }
+        // Another writer (a previous leader) was first: the existing value stays.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        // The error of a create never echoes the body, so it carries no secret value.
+        Err(e) => Err(Error::kube("create", "Secret")(e)),
+    }
+}
+
+async fn rotate_write_token(
+    api: &Api<Secret>,
+    metrics: &Metrics,
+    site: &ArticleSite,
+    rotation: &Rotation,
+) -> Result<()> {
+    let name = Generated::WriteToken.name(&site.name_any());
+    let mut secret = secrets::build(
+        site,
+        Generated::WriteToken,
+        secrets::generate()?,
+        Some(&rotation.request),
+    );
+    secret.metadata.resource_version = Some(rotation.resource_version.clone());
+    metrics.write("update", "Secret");
+    // The answer holds the new value: drop it unread.
+    api.replace(&name, &post_params(), &secret)
+        .await
+        .map_err(Error::kube("rotate", "Secret"))?;
+    info!(secret = %name, "rotated the write token");
+    Ok(())
+}
+
+/// Server-side apply of one child. The Deployment's and StatefulSet's answers are kept for the
+/// status.
+async fn apply_child(
+    client: &Client,
+    ns: &str,
+    metrics: &Metrics,
+    a: &Apply,
+    deployment: &mut Option<Deployment>,
+    statefulset: &mut Option<StatefulSet>,
+) -> Result<ChildOutcome> {
+    let kind = a.child.kind();
+    let name = a.child.name().to_string();
+    metrics.write("apply", kind);
+    let result = match &a.child {
+        Child::ServiceAccount(o) => ssa(&api(client, ns), o).await.map(drop),
+        Child::Deployment(o) => ssa(&api(client, ns), o)
+            .await
+            .map(|d| *deployment = Some(d)),
+        Child::StatefulSet(o) => ssa(&api(client, ns), o)
+            .await
+            .map(|s| *statefulset = Some(s)),
+        Child::Service(o) => ssa(&api(client, ns), o).await.map(drop),
+        Child::PodDisruptionBudget(o) => ssa(&api(client, ns), o).await.map(drop),
+        Child::NetworkPolicy(o) => ssa(&api(client, ns), o).await.map(drop),
+        Child::Ingress(o) => ssa(&api(client, ns), o).await.map(drop),
+    };
+    let outcome = |rejected| ChildOutcome {
+        kind,
+        name: name.clone(),
+        why: a.why,
+        rejected,
+    };
+    match result.map_err(Error::kube("apply", kind)) {
+        Ok(()) => {
+            let why: &'static str = a.why.into();
+            metrics.child(kind, why);
+            info!(kind, name = %name, outcome = why, "applied child");
+            Ok(outcome(None))
+        }
+        Err(e) if e.is_permanent() => {
+            metrics.child(kind, "rejected");
+            warn!(kind, name = %name, error = %e, "child rejected by the API server");
+            Ok(outcome(Some(e.api_message())))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn ssa<K>(api: &Api<K>, desired: &K) -> Result<K, kube::Error>
+where
+    K: kube::Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(desired),
+    )
+    .await
+}
+
+async fn delete_ingress(
+    client: &Client,
+    ns: &str,
+    metrics: &Metrics,
+    name: Option<&str>,
+) -> Result<Option<String>> {
+    let Some(name) = name else { return Ok(None) };
+    metrics.write("delete", "Ingress");
+    match api::<Ingress>(client, ns)
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(Some(name.to_string())),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(Error::kube("delete", "Ingress")(e)),
+    }
+}
+
+async fn expand_claim(
+    client: &Client,
+    ns: &str,
+    metrics: &Metrics,
+    e: &Expansion,
+) -> Result<ExpansionOutcome> {
+    let patch = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": e.claim},
+        "spec": {"resources": {"requests": {"storage": e.to}}},
+    });
+    metrics.write("apply", "PersistentVolumeClaim");
+    match api::<PersistentVolumeClaim>(client, ns)
+        .patch(
+            &e.claim,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("expand", "PersistentVolumeClaim"))
+    {
+        Ok(_) => Ok(ExpansionOutcome::Requested(e.clone())),
+        Err(err) if err.is_permanent() => {
+            Ok(ExpansionOutcome::Refused(e.clone(), err.api_message()))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+async fn force_delete(pods: &Api<Pod>, metrics: &Metrics, o: &Orphan) -> Result<Option<Orphan>> {
+    metrics.write("delete", "Pod");
+    match pods
+        .delete(&o.pod, &DeleteParams::default().grace_period(0))
+        .await
+    {
+        Ok(_) => {
+            metrics.orphaned_pods_deleted.inc();
+            info!(pod = %o.pod, node = %o.node, "force-deleted pod of a deleted node");
+            Ok(Some(o.clone()))
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(Error::kube("delete", "Pod")(e)),
+    }
+}
+
+async fn evict(
+    pods: &Api<Pod>,
+    metrics: &Metrics,
+    eviction: Option<&Eviction>,
+) -> Result<Option<EvictionOutcome>> {
+    let Some(e) = eviction else { return Ok(None) };
+    metrics.write("create", "Pod/eviction");
+    match pods.evict(&e.pod, &EvictParams::default()).await {
+        Ok(_) => {
+            metrics.pod_restart(e.reason);
+            info!(pod = %e.pod, reason = %e.reason, "restarted pod");
+            Ok(Some(EvictionOutcome::Evicted((*e).clone())))
+        }
+        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 429) => {
+            Ok(Some(EvictionOutcome::Refused((*e).clone())))
+        }
+        Err(err) => Err(Error::kube("evict", "Pod")(err)),
+    }
+}

@@ -1,0 +1,221 @@
+//! Report, the Event half: one function, `transitions`, decides every Event of a reconcile: one
+//! per condition transition and one per action the API server accepted. `publish` sends them in
+//! the background (Events are best-effort, a reconcile never waits for them). No Event carries
+//! a secret value.
+
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use tracing::warn;
+
+use crate::act::{EvictionOutcome, ExpansionOutcome, Outcomes};
+use crate::crd::{ArticleSite, ArticleSiteStatus};
+use crate::diff::Outcome;
+use crate::metrics::Metrics;
+use crate::observe::Observed;
+use crate::plan::{Plan, Rollout};
+use crate::reason::Reason;
+use crate::secrets::{self, Generated};
+use crate::status::{DEGRADED, HIGHLY_AVAILABLE, PROGRESSING, READY};
+
+/// An Event about the site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteEvent {
+    pub warning: bool,
+    pub reason: Reason,
+    pub note: String,
+    /// A condition transition (rather than an action).
+    condition: bool,
+}
+
+impl SiteEvent {
+    fn normal(reason: Reason, note: String) -> Self {
+        Self {
+            warning: false,
+            reason,
+            note,
+            condition: false,
+        }
+    }
+    fn warning(reason: Reason, note: String) -> Self {
+        Self {
+            warning: true,
+            ..Self::normal(reason, note)
+        }
+    }
+    pub fn is_condition(&self) -> bool {
+        self.condition
+    }
+}
+
+/// The condition's (status, reason) in `status`.
+fn state<'a>(status: Option<&'a ArticleSiteStatus>, type_: &str) -> Option<(&'a str, &'a str)> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+/// The Events of one reconcile: `new` is the status it computed (`site.status` is the old one).
+pub fn transitions(
+    site: &ArticleSite,
+    observed: &Observed,
+    plan: &Plan,
+    outcomes: &Outcomes,
+    new: &ArticleSiteStatus,
+) -> Vec<SiteEvent> {
+    let mut events = conditions(site.status.as_ref(), new);
+    let name = site.name_any();
+    for which in &outcomes.secrets_created {
+        let secret = which.name(&name);
+        events.push(
+            if *which == Generated::DatabaseCredentials && observed.statefulset.is_some() {
+                SiteEvent::warning(
+                    Reason::CredentialsRecreated,
+                    format!(
+                        "Secret {secret} was missing and has been generated anew; the existing database keeps its old password until it is reset"
+                    ),
+                )
+            } else {
+                SiteEvent::normal(
+                    Reason::SecretCreated,
+                    format!("created Secret {secret} with a generated value"),
+                )
+            },
+        );
+    }
+    if let Some(request) = &outcomes.rotated {
+        events.push(SiteEvent::normal(
+            Reason::CredentialsRotated,
+            format!(
+                "generated a new write token in Secret {} for {} {request:?}; the app pods roll to it",
+                Generated::WriteToken.name(&name),
+                secrets::ROTATE_ANNOTATION,
+            ),
+        ));
+    }
+    for c in &outcomes.children {
+        if c.why == Outcome::Restored && c.rejected.is_none() {
+            events.push(SiteEvent::normal(
+                Reason::DriftCorrected,
+                format!(
+                    "restored {} {} after a change made outside the operator",
+                    c.kind, c.name
+                ),
+            ));
+        }
+    }
+    if outcomes.ingress_deleted.is_some() {
+        events.push(SiteEvent::normal(
+            Reason::IngressDeleted,
+            "spec.ingress was removed".into(),
+        ));
+    }
+    for e in &outcomes.expansions {
+        if let ExpansionOutcome::Requested(e) = e {
+            events.push(SiteEvent::normal(
+                Reason::StorageExpanding,
+                format!("requested {} for PVC {} (was {})", e.to, e.claim, e.from),
+            ));
+        }
+    }
+    if let (true, Rollout::RollBack(failed)) = (outcomes.rolled_back(plan), &plan.rollout) {
+        events.push(SiteEvent::warning(
+            Reason::RolledBack,
+            format!(
+                "the rollout of image {} made no progress within {}s; rolled back to the last ready pod template (ReplicaSet {name}-{})",
+                failed.image,
+                site.spec.high_availability.rollout_deadline_seconds,
+                failed.restored_revision
+            ),
+        ));
+    }
+    if let Some(EvictionOutcome::Evicted(e)) = &outcomes.eviction {
+        events.push(SiteEvent::warning(
+            Reason::PodRestarted,
+            format!("evicted pod {} ({}): {}", e.pod, e.reason, e.message),
+        ));
+    }
+    for o in &outcomes.pods_deleted {
+        events.push(SiteEvent::warning(
+            Reason::OrphanedPodDeleted,
+            format!(
+                "pod {} was bound to node {}, which no longer exists; deleted it so that it is replaced",
+                o.pod, o.node
+            ),
+        ));
+    }
+    events
+}
+
+/// Events for condition transitions. Not-ready on creation is expected: only a loss of
+/// readiness (or of high availability) is a warning.
+fn conditions(old: Option<&ArticleSiteStatus>, new: &ArticleSiteStatus) -> Vec<SiteEvent> {
+    let mut events = Vec::new();
+    for type_ in [READY, DEGRADED, PROGRESSING, HIGHLY_AVAILABLE] {
+        let before = state(old, type_);
+        let Some(c) = new.conditions.iter().find(|c| c.type_ == type_) else {
+            continue;
+        };
+        if before == Some((c.status.as_str(), c.reason.as_str())) {
+            continue;
+        }
+        let was_true = before.is_some_and(|(s, _)| s == "True");
+        // Written by `status::compute` from a `Reason`, so it always parses.
+        let Ok(reason) = c.reason.parse::<Reason>() else {
+            continue;
+        };
+        let message = c.message.clone();
+        match (type_, c.status.as_str()) {
+            (READY, "True") => events.push(SiteEvent::normal(reason, message)),
+            (READY, _) if was_true => events.push(SiteEvent::warning(reason, message)),
+            (DEGRADED, "True") => events.push(SiteEvent::warning(reason, message)),
+            (DEGRADED, _) if was_true => events.push(SiteEvent::normal(
+                Reason::Recovered,
+                "the reported problems are resolved".into(),
+            )),
+            (PROGRESSING, _) if reason == Reason::Paused => {
+                events.push(SiteEvent::normal(Reason::Paused, message))
+            }
+            (PROGRESSING, _) if before.is_some_and(|(_, r)| r == Reason::Paused.as_str()) => events
+                .push(SiteEvent::normal(
+                    Reason::Resumed,
+                    "reconciliation resumed".into(),
+                )),
+            (HIGHLY_AVAILABLE, "True") => {
+                events.push(SiteEvent::normal(Reason::HighlyAvailable, message))
+            }
+            (HIGHLY_AVAILABLE, _) if was_true => events.push(SiteEvent::warning(reason, message)),
+            _ => {}
+        }
+    }
+    for e in &mut events {
+        e.condition = true;
+    }
+    events
+}
+
+/// Publishes `events` on the site in the background.
+pub fn publish(recorder: &Recorder, metrics: &Metrics, site: &ArticleSite, events: Vec<SiteEvent>) {
+    for e in events {
+        let ev = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.as_str().into(),
+            note: Some(e.note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        metrics.write("create", "Event");
+        let recorder = recorder.clone();
+        let object = site.object_ref(&());
+        tokio::spawn(async move {
+            if let Err(err) = recorder.publish(&ev, &object).await {
+                warn!(error = %err, reason = %e.reason, "could not publish event");
+            }
+        });
+    }
+}

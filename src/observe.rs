@@ -1,0 +1,303 @@
+//! Observe: everything one reconcile reads, in one round of concurrent requests, into a plain
+//! value. Nothing after this stage reads the API again (except the answers to its own writes),
+//! so the plan and the status see one consistent snapshot and a steady reconcile costs one round
+//! trip.
+//!
+//! Secrets are read as metadata only: the operator never reads a Secret's data after creating it.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use k8s_openapi::Resource as _;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    Event, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::admission;
+use crate::crd::ArticleSite;
+use crate::error::{Error, Result};
+use crate::ha;
+use crate::resources::{self, Component, Names, statefulset};
+
+/// What the cluster looked like at the start of a reconcile.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The cluster's DNS domain (a setting of the operator), for in-cluster URLs.
+    pub cluster_domain: String,
+    pub deployment: Option<Deployment>,
+    pub statefulset: Option<StatefulSet>,
+    pub service_account: Option<ServiceAccount>,
+    /// The site's Services, budgets and policies that exist (looked up by their names).
+    pub services: Vec<Service>,
+    pub pdbs: Vec<PodDisruptionBudget>,
+    pub network_policies: Vec<NetworkPolicy>,
+    pub ingress: Option<Ingress>,
+    /// Metadata of the generated Secrets (never their data).
+    pub credentials: Option<ObjectMeta>,
+    pub write_token: Option<ObjectMeta>,
+    /// Whether `spec.ingress.tls.secretName` exists; `None` when the spec names none to check.
+    pub tls_secret_exists: Option<bool>,
+    pub storage_class: StorageClassSeen,
+    /// The database's data claims that exist.
+    pub claims: Vec<PersistentVolumeClaim>,
+    /// The app's ReplicaSets (by label; owners are checked where they are used).
+    pub replica_sets: Vec<ReplicaSet>,
+    /// The site's pods, app and database.
+    pub pods: Vec<Pod>,
+    /// node → zone ("" without a zone label), of every node of the cluster.
+    pub nodes: BTreeMap<String, String>,
+    /// The newest fresh admission refusal of a database pod, when the StatefulSet lacks pods
+    /// (a refusal shows only in a `FailedCreate` Event; see `admission`).
+    pub database_refusal: Option<String>,
+}
+
+/// What the cluster offers for `spec.database.storage.storageClass`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StorageClassSeen {
+    /// The named class exists, or a default class exists for a spec without one.
+    #[default]
+    Available,
+    /// The named class does not exist.
+    NamedMissing(String),
+    /// No class is named and the cluster has no default class.
+    NoDefault,
+}
+
+fn namespaced<K>(client: &Client, ns: &str) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    Api::namespaced(client.clone(), ns)
+}
+
+/// GET that maps 404 to `None`.
+async fn get_opt<K>(api: Api<K>, name: String) -> Result<Option<K>>
+where
+    K: k8s_openapi::Resource + kube::Resource + DeserializeOwned + Clone + Debug,
+{
+    api.get_opt(&name)
+        .await
+        .map_err(Error::kube("get", K::KIND))
+}
+
+/// The objects of `names` that exist, read concurrently.
+async fn get_named<K>(api: Api<K>, names: Vec<String>) -> Result<Vec<K>>
+where
+    K: k8s_openapi::Resource + kube::Resource + DeserializeOwned + Clone + Debug,
+{
+    let found =
+        futures::future::try_join_all(names.into_iter().map(|n| get_opt(api.clone(), n))).await?;
+    Ok(found.into_iter().flatten().collect())
+}
+
+async fn list<K>(api: Api<K>, selector: &str) -> Result<Vec<K>>
+where
+    K: k8s_openapi::Resource + kube::Resource + DeserializeOwned + Clone + Debug,
+{
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(Error::kube("list", K::KIND))?
+        .items)
+}
+
+/// One round of concurrent reads (plus, only while the StatefulSet lacks pods, its Events).
+pub async fn observe(
+    client: &Client,
+    site: &ArticleSite,
+    cluster_domain: &str,
+) -> Result<Observed> {
+    let ns = site
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = site.name_any();
+    let secrets: Api<Secret> = namespaced(client, &ns);
+    let app_selector =
+        resources::selector_string(&resources::selector_labels(site, Component::App));
+    let instance_selector = format!(
+        "app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={}",
+        resources::MANAGED_BY
+    );
+    let secret_meta = |secret: String| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_metadata_opt(&secret)
+                .await
+                .map(|m| m.map(|m| m.metadata))
+                .map_err(Error::kube("get", Secret::KIND))
+        }
+    };
+    let tls_secret = site
+        .spec
+        .ingress
+        .as_ref()
+        .and_then(|i| i.tls.as_ref())
+        .filter(|t| t.issuer.is_none() && t.cluster_issuer.is_none())
+        .and_then(|t| t.secret_name.clone());
+
+    let (
+        deployment,
+        statefulset,
+        service_account,
+        services,
+        pdbs,
+        network_policies,
+        ingress,
+        credentials,
+        write_token,
+        tls_secret_exists,
+        storage_class,
+        claims,
+        replica_sets,
+        pods,
+        nodes,
+    ) = futures::try_join!(
+        get_opt(namespaced::<Deployment>(client, &ns), Names::app(&name)),
+        get_opt(
+            namespaced::<StatefulSet>(client, &ns),
+            Names::database(&name)
+        ),
+        get_opt(
+            namespaced::<ServiceAccount>(client, &ns),
+            Names::service_account(&name)
+        ),
+        get_named(
+            namespaced::<Service>(client, &ns),
+            vec![
+                Names::app(&name),
+                Names::database_headless(&name),
+                Names::database(&name)
+            ]
+        ),
+        get_named(
+            namespaced::<PodDisruptionBudget>(client, &ns),
+            vec![Names::app(&name), Names::database(&name)]
+        ),
+        get_named(
+            namespaced::<NetworkPolicy>(client, &ns),
+            vec![Names::database(&name), Names::app(&name)]
+        ),
+        get_opt(namespaced::<Ingress>(client, &ns), Names::app(&name)),
+        secret_meta(Names::database_credentials(&name)),
+        secret_meta(Names::write_token(&name)),
+        async {
+            match &tls_secret {
+                Some(s) => secret_meta(s.clone()).await.map(|m| Some(m.is_some())),
+                None => Ok(None),
+            }
+        },
+        storage_class(client, site),
+        get_named(
+            namespaced::<PersistentVolumeClaim>(client, &ns),
+            vec![statefulset::pvc_name(&name, 0)]
+        ),
+        list(namespaced::<ReplicaSet>(client, &ns), &app_selector),
+        list(namespaced::<Pod>(client, &ns), &instance_selector),
+        nodes(client),
+    )?;
+
+    let database_refusal = match &statefulset {
+        Some(sts) if admission::missing_pods(sts) => {
+            let events = statefulset_events(&namespaced::<Event>(client, &ns), sts).await?;
+            admission::latest_failure(&events, k8s_openapi::jiff::Timestamp::now().as_second())
+        }
+        _ => None,
+    };
+
+    Ok(Observed {
+        cluster_domain: cluster_domain.to_string(),
+        deployment,
+        statefulset,
+        service_account,
+        services,
+        pdbs,
+        network_policies,
+        ingress,
+        credentials,
+        write_token,
+        tls_secret_exists,
+        storage_class,
+        claims,
+        replica_sets,
+        pods,
+        nodes,
+        database_refusal,
+    })
+}
+
+/// Whether the StorageClass the database claims would use exists.
+async fn storage_class(client: &Client, site: &ArticleSite) -> Result<StorageClassSeen> {
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    match &site.spec.database.storage.storage_class {
+        Some(class) => Ok(
+            match classes
+                .get_metadata_opt(class)
+                .await
+                .map_err(Error::kube("get", StorageClass::KIND))?
+            {
+                Some(_) => StorageClassSeen::Available,
+                None => StorageClassSeen::NamedMissing(class.clone()),
+            },
+        ),
+        None => {
+            let list = classes
+                .list_metadata(&ListParams::default())
+                .await
+                .map_err(Error::kube("list", StorageClass::KIND))?;
+            let is_default = |c: &kube::api::PartialObjectMeta<StorageClass>| {
+                let a = c.annotations();
+                [
+                    "storageclass.kubernetes.io/is-default-class",
+                    "storageclass.beta.kubernetes.io/is-default-class",
+                ]
+                .iter()
+                .any(|k| a.get(*k).map(String::as_str) == Some("true"))
+            };
+            Ok(if list.items.iter().any(is_default) {
+                StorageClassSeen::Available
+            } else {
+                StorageClassSeen::NoDefault
+            })
+        }
+    }
+}
+
+/// node → zone, from node metadata.
+async fn nodes(client: &Client) -> Result<BTreeMap<String, String>> {
+    Ok(Api::<Node>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+        .map_err(Error::kube("list", Node::KIND))?
+        .items
+        .into_iter()
+        .map(|n| (n.name_any(), ha::zone_of(n.metadata.labels.as_ref())))
+        .collect())
+}
+
+/// The `FailedCreate` Events of this StatefulSet (its uid, not only its name).
+async fn statefulset_events(events: &Api<Event>, sts: &StatefulSet) -> Result<Vec<Event>> {
+    let fields = format!(
+        "involvedObject.kind=StatefulSet,involvedObject.name={},reason=FailedCreate",
+        sts.name_any()
+    );
+    let list = events
+        .list(&ListParams::default().fields(&fields))
+        .await
+        .map_err(Error::kube("list", Event::KIND))?;
+    let uid = sts.uid();
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.uid == uid)
+        .collect())
+}

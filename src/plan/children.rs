@@ -1,0 +1,223 @@
+//! The desired children, each compared with its live object: only those that differ are
+//! applied (the zero-write guard, `diff`).
+
+use std::cmp::Ordering;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+
+use super::{Apply, Child, Expansion, Rollout};
+use crate::crd::ArticleSite;
+use crate::diff::{self, Outcome};
+use crate::ha::{self, RolloutPlan};
+use crate::observe::Observed;
+use crate::problem::Problem;
+use crate::quantity;
+use crate::reason::Reason;
+use crate::resources::{self, security, statefulset};
+
+pub struct ChildrenPlan {
+    pub applies: Vec<Apply>,
+    pub delete_ingress: Option<String>,
+    pub rollout: Rollout,
+    pub problems: Vec<Problem>,
+}
+
+/// `problems` are those found so far (a missing StorageClass holds the StatefulSet back);
+/// `waiting_for_secrets` holds back both workloads.
+pub fn plan(
+    site: &ArticleSite,
+    observed: &Observed,
+    problems: &[Problem],
+    waiting_for_secrets: bool,
+) -> ChildrenPlan {
+    let mut applies = Vec::new();
+    let mut push = |child: Child, why: Outcome| {
+        if why != Outcome::Unchanged {
+            applies.push(Apply { child, why });
+        }
+    };
+
+    // First: the pods name the ServiceAccount.
+    let (sa, why) = compare(
+        resources::security::service_account(site),
+        observed.service_account.as_ref(),
+    );
+    push(Child::ServiceAccount(sa), why);
+
+    let (deployment, rollout) = deployment(site, observed);
+    if !waiting_for_secrets {
+        let (d, why) = compare(deployment, observed.deployment.as_ref());
+        push(Child::Deployment(d), why);
+    }
+    let storage_blocked = problems.iter().any(|p| p.blocks_database);
+    if !waiting_for_secrets && !storage_blocked {
+        let claim_size = observed
+            .statefulset
+            .as_ref()
+            .and_then(statefulset::claim_template_size)
+            .unwrap_or_else(|| site.spec.database.storage.size.clone());
+        let (s, why) = compare(
+            statefulset::build(site, &claim_size),
+            observed.statefulset.as_ref(),
+        );
+        push(Child::StatefulSet(s), why);
+    }
+    for desired in [
+        resources::service::app(site),
+        resources::service::database_headless(site),
+        resources::service::database_client(site),
+    ] {
+        let live = named(&observed.services, &desired.name_any());
+        let (s, why) = compare(desired, live);
+        push(Child::Service(s), why);
+    }
+    for desired in [resources::pdb::app(site), resources::pdb::database(site)] {
+        let live = named(&observed.pdbs, &desired.name_any());
+        let (p, why) = compare(desired, live);
+        push(Child::PodDisruptionBudget(p), why);
+    }
+    for desired in [
+        resources::network_policy::database(site),
+        resources::network_policy::app(site),
+    ] {
+        let live = named(&observed.network_policies, &desired.name_any());
+        let (p, why) = compare(desired, live);
+        push(Child::NetworkPolicy(p), why);
+    }
+    let mut delete_ingress = None;
+    match resources::ingress::build(site) {
+        Some(desired) => {
+            let (i, why) = compare(desired, observed.ingress.as_ref());
+            push(Child::Ingress(i), why);
+        }
+        None => {
+            let uid = site.uid().unwrap_or_default();
+            delete_ingress = observed
+                .ingress
+                .as_ref()
+                .filter(|i| i.owner_references().iter().any(|o| o.uid == uid))
+                .map(|i| i.name_any());
+        }
+    }
+
+    let problems = rollout
+        .failed()
+        .map(|failed| {
+            Problem::new(
+                Reason::RolloutFailed,
+                format!(
+                    "the rollout of image {} never became ready and was rolled back; change spec.app to roll out again",
+                    failed.image
+                ),
+            )
+        })
+        .into_iter()
+        .collect();
+    ChildrenPlan {
+        applies,
+        delete_ingress,
+        rollout,
+        problems,
+    }
+}
+
+/// The Deployment with its final annotations: the credentials version on the pod template
+/// (a new version of either Secret rolls the pods), the hash of the spec's template, and the
+/// restored template when a rollout of this spec failed.
+fn deployment(site: &ArticleSite, observed: &Observed) -> (Deployment, Rollout) {
+    let mut desired = resources::deployment::build(site, &observed.cluster_domain);
+    let Some(spec) = desired.spec.as_mut() else {
+        return (desired, Rollout::Spec);
+    };
+    let version = security::credentials_version(&[
+        observed.credentials.as_ref(),
+        observed.write_token.as_ref(),
+    ]);
+    security::set_credentials_version(&mut spec.template, &version);
+    let spec_hash = ha::template_hash(&spec.template);
+    let live = observed.deployment.as_ref();
+    let owned: Vec<ReplicaSet> = match live.and_then(|d| d.uid()) {
+        Some(uid) => observed
+            .replica_sets
+            .iter()
+            .filter(|rs| rs.owner_references().iter().any(|o| o.uid == uid))
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    let rollout = match ha::plan_rollout(site, &spec_hash, live, &owned) {
+        RolloutPlan::Spec => Rollout::Spec,
+        RolloutPlan::Restored(template, failed) => {
+            spec.template = *template;
+            Rollout::Restored(failed)
+        }
+        RolloutPlan::RollBack(template, failed) => {
+            spec.template = *template;
+            Rollout::RollBack(failed)
+        }
+    };
+    desired
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(ha::TEMPLATE_HASH_ANNOTATION.into(), spec_hash);
+    (desired, rollout)
+}
+
+/// Stamps the applied-hash annotation on `desired` and compares it with `live`.
+fn compare<K: Resource + Serialize>(mut desired: K, live: Option<&K>) -> (K, Outcome) {
+    // Serialising a k8s-openapi object cannot fail (no maps with non-string keys); should it
+    // ever, applying is the safe choice: the API server validates the object.
+    let Ok((body, hash)) = diff::stamp(&mut desired) else {
+        return (desired, Outcome::Updated);
+    };
+    let live = live.and_then(|l| serde_json::to_value(l).ok());
+    let why = diff::decide(&body, &hash, live.as_ref());
+    (desired, why)
+}
+
+fn named<'a, K: Resource>(objects: &'a [K], name: &str) -> Option<&'a K> {
+    objects
+        .iter()
+        .find(|o| o.meta().name.as_deref() == Some(name))
+}
+
+/// Claim templates are immutable, so a larger `storage.size` is applied to the claims
+/// themselves (when their StorageClass allows expansion; the API server says otherwise).
+pub fn expansions(site: &ArticleSite, observed: &Observed, problems: &[Problem]) -> Vec<Expansion> {
+    let Some(sts) = &observed.statefulset else {
+        return Vec::new();
+    };
+    if problems.iter().any(|p| p.blocks_database) {
+        return Vec::new();
+    }
+    let wanted = &site.spec.database.storage.size;
+    let bigger = |than: &str| quantity::compare(wanted, than) == Some(Ordering::Greater);
+    let template = statefulset::claim_template_size(sts).unwrap_or_default();
+    if !bigger(&template) {
+        return Vec::new();
+    }
+    observed
+        .claims
+        .iter()
+        .filter_map(|claim| {
+            let current = claim
+                .spec
+                .as_ref()?
+                .resources
+                .as_ref()?
+                .requests
+                .as_ref()?
+                .get("storage")?
+                .0
+                .clone();
+            bigger(&current).then(|| Expansion {
+                claim: claim.name_any(),
+                from: current,
+                to: wanted.clone(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,128 @@
+//! Pod actions of high availability: what Kubernetes alone would leave broken. The decisions
+//! themselves are in `ha`; this picks them for one reconcile.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::crd::ArticleSite;
+use crate::ha::{self, Restart, RestartPlan};
+use crate::observe::Observed;
+
+/// The ReplicaSet controller removes pods with the lowest cost first on a scale-down.
+pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// The cost given to the pods a scale-down should remove.
+pub const SCALE_DOWN_COST: &str = "-1000";
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodActions {
+    /// App pods to mark with a low deletion cost before the Deployment scales down, so that the
+    /// pods that remain stay spread over zones and nodes.
+    pub mark_for_scale_down: Vec<String>,
+    /// Pods bound to a node that no longer exists: only a force delete lets them be replaced.
+    pub force_delete: Vec<Orphan>,
+    /// At most one unhealthy app pod to restart through the Eviction API (which honours the
+    /// disruption budget).
+    pub evict: Option<Eviction>,
+}
+
+impl PodActions {
+    pub fn is_empty(&self) -> bool {
+        self.mark_for_scale_down.is_empty() && self.force_delete.is_empty() && self.evict.is_none()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Orphan {
+    pub pod: String,
+    pub node: String,
+}
+
+pub type Eviction = Restart;
+
+pub struct PodsPlan {
+    pub actions: PodActions,
+    pub recheck: Option<Duration>,
+}
+
+pub fn is_app_pod(p: &Pod) -> bool {
+    p.labels()
+        .get("app.kubernetes.io/component")
+        .map(String::as_str)
+        == Some("app")
+}
+
+pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> PodsPlan {
+    let app_pods: Vec<Pod> = observed
+        .pods
+        .iter()
+        .filter(|p| is_app_pod(p))
+        .cloned()
+        .collect();
+    let deployment = observed.deployment.as_ref();
+
+    let current = deployment
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let desired = site.spec.app.replicas;
+    let mark_for_scale_down = if desired >= 1 && desired < current {
+        let keep = usize::try_from(desired).unwrap_or(0);
+        let marked = |name: &str| {
+            app_pods.iter().any(|p| {
+                p.name_any() == name
+                    && p.annotations()
+                        .get(DELETION_COST_ANNOTATION)
+                        .map(String::as_str)
+                        == Some(SCALE_DOWN_COST)
+            })
+        };
+        ha::scale_down_victims(&app_pods, &observed.nodes, keep)
+            .into_iter()
+            .filter(|name| !marked(name))
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    let force_delete = ha::orphaned(&observed.pods, &observed.nodes)
+        .into_iter()
+        .map(|p| Orphan {
+            pod: p.name_any(),
+            node: p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+        })
+        .collect();
+
+    let database_ready = observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+        >= 1;
+    let restarts = site
+        .status
+        .as_ref()
+        .and_then(|s| s.availability.as_ref())
+        .map(|a| a.recent_restarts.clone())
+        .unwrap_or_default();
+    let (evict, recheck) =
+        match ha::plan_restart(site, &app_pods, deployment, database_ready, &restarts, now) {
+            RestartPlan::Now(restart) => (Some(restart), None),
+            RestartPlan::Later(recheck) => (None, recheck),
+        };
+    PodsPlan {
+        actions: PodActions {
+            mark_for_scale_down,
+            force_delete,
+            evict,
+        },
+        recheck,
+    }
+}

@@ -1,0 +1,441 @@
+//! The plan as a table of inputs and plans: no client, no cluster.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+
+use super::*;
+use crate::ha;
+use crate::observe::StorageClassSeen;
+use crate::reason::Reason;
+use crate::resources::testing::site;
+use crate::secrets;
+
+fn now() -> Timestamp {
+    Timestamp::from_second(10_000).unwrap()
+}
+
+fn secret(uid: &str) -> ObjectMeta {
+    ObjectMeta {
+        uid: Some(uid.into()),
+        resource_version: Some("1".into()),
+        ..Default::default()
+    }
+}
+
+/// A cluster where the site's Secrets exist but none of its other children.
+fn with_secrets() -> Observed {
+    Observed {
+        cluster_domain: "cluster.local".into(),
+        credentials: Some(secret("c")),
+        write_token: Some(secret("t")),
+        nodes: [("n1", "zone-a"), ("n2", "zone-b"), ("n3", "zone-c")]
+            .into_iter()
+            .map(|(n, z)| (n.to_string(), z.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The cluster after `plan` was applied: its children live as planned, the workloads rolled
+/// out with their pods ready.
+fn applied(mut observed: Observed, plan: &Plan) -> Observed {
+    for a in &plan.applies {
+        match a.child.clone() {
+            Child::ServiceAccount(o) => observed.service_account = Some(o),
+            Child::Deployment(mut d) => {
+                d.metadata.uid = Some("deployment-uid".into());
+                d.metadata.generation = Some(1);
+                let replicas = d.spec.as_ref().and_then(|s| s.replicas);
+                d.status = Some(
+                    serde_json::from_value(json!({
+                    "observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                    "readyReplicas": replicas, "availableReplicas": replicas}))
+                    .unwrap(),
+                );
+                observed.deployment = Some(d);
+            }
+            Child::StatefulSet(mut s) => {
+                s.metadata.generation = Some(1);
+                s.status = Some(
+                    serde_json::from_value(json!({
+                    "observedGeneration": 1, "replicas": 1, "readyReplicas": 1,
+                    "updatedReplicas": 1, "currentRevision": "r1", "updateRevision": "r1"}))
+                    .unwrap(),
+                );
+                observed.statefulset = Some(s);
+            }
+            Child::Service(o) => observed.services.push(o),
+            Child::PodDisruptionBudget(o) => observed.pdbs.push(o),
+            Child::NetworkPolicy(o) => observed.network_policies.push(o),
+            Child::Ingress(o) => observed.ingress = Some(o),
+        }
+    }
+    observed
+}
+
+/// A site that has converged: planning it again must write nothing.
+fn steady(site: &ArticleSite) -> Observed {
+    let first = plan(site, &with_secrets(), now());
+    applied(with_secrets(), &first)
+}
+
+fn kinds(plan: &Plan) -> Vec<(&'static str, String, Outcome)> {
+    plan.applies
+        .iter()
+        .map(|a| (a.child.kind(), a.child.name().to_string(), a.why))
+        .collect()
+}
+
+fn app_pod(name: &str, node: &str, ready: bool, waiting: Option<&str>) -> Pod {
+    let mut status = json!({"phase": "Running", "conditions": [{"type": "Ready",
+        "status": if ready { "True" } else { "False" },
+        "lastTransitionTime": "1970-01-01T00:00:00Z"}]});
+    if let Some(reason) = waiting {
+        status["containerStatuses"] = json!([{"name": "article-server", "image": "i",
+            "ready": false, "restartCount": 4, "state": {"waiting": {"reason": reason}}}]);
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "app",
+            "app.kubernetes.io/instance": "news"}},
+        "spec": {"nodeName": node, "containers": [{"name": "article-server"}]},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_fresh_site_creates_its_secrets_first_and_the_workloads_wait() {
+    let s = site("news");
+    let observed = Observed {
+        cluster_domain: "cluster.local".into(),
+        ..Default::default()
+    };
+    let p = plan(&s, &observed, now());
+    assert_eq!(
+        p.create_secrets,
+        [Generated::DatabaseCredentials, Generated::WriteToken]
+    );
+    assert!(p.waiting_for_secrets);
+    let planned = kinds(&p);
+    assert_eq!(planned[0].0, "ServiceAccount", "the pods name it: first");
+    assert!(planned.iter().all(|(_, _, why)| *why == Outcome::Created));
+    let names: Vec<&str> = planned.iter().map(|(k, _, _)| *k).collect();
+    assert!(!names.contains(&"Deployment") && !names.contains(&"StatefulSet"));
+    assert_eq!(names.iter().filter(|k| **k == "Service").count(), 3);
+    assert_eq!(
+        names
+            .iter()
+            .filter(|k| **k == "PodDisruptionBudget")
+            .count(),
+        2
+    );
+    assert_eq!(names.iter().filter(|k| **k == "NetworkPolicy").count(), 2);
+    assert!(p.pods.is_empty() && p.problems.is_empty());
+}
+
+#[test]
+fn with_its_secrets_a_fresh_site_creates_everything_with_final_annotations() {
+    let s = site("news");
+    let p = plan(&s, &with_secrets(), now());
+    assert!(p.create_secrets.is_empty() && !p.waiting_for_secrets);
+    let Some(Child::Deployment(d)) = p
+        .applies
+        .iter()
+        .map(|a| &a.child)
+        .find(|c| matches!(c, Child::Deployment(_)))
+    else {
+        panic!("no Deployment in {:?}", kinds(&p));
+    };
+    let annotations = d.metadata.annotations.as_ref().unwrap();
+    assert!(annotations.contains_key(crate::diff::HASH_ANNOTATION));
+    assert!(annotations.contains_key(ha::TEMPLATE_HASH_ANNOTATION));
+    let template = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+    let version = &template.annotations.as_ref().unwrap()
+        [crate::resources::security::CREDENTIALS_VERSION_ANNOTATION];
+    assert_eq!(
+        version,
+        &crate::resources::security::credentials_version(&[Some(&secret("c")), Some(&secret("t"))])
+    );
+    assert!(kinds(&p).iter().any(|(k, _, _)| *k == "StatefulSet"));
+}
+
+#[test]
+fn a_steady_site_gets_an_empty_plan() {
+    let s = site("news");
+    let observed = steady(&s);
+    let p = plan(&s, &observed, now());
+    assert!(p.is_empty(), "{:?}", kinds(&p));
+    assert!(p.problems.is_empty());
+    assert_eq!(p.rollout, Rollout::Spec);
+}
+
+#[test]
+fn a_hand_edit_is_restored_and_a_spec_change_is_an_update() {
+    let mut s = site("news");
+    let mut observed = steady(&s);
+    if let Some(spec) = observed.deployment.as_mut().and_then(|d| d.spec.as_mut()) {
+        spec.replicas = Some(7);
+    }
+    assert_eq!(
+        kinds(&plan(&s, &observed, now())),
+        [("Deployment", "news".to_string(), Outcome::Restored)]
+    );
+    let observed = steady(&s);
+    s.spec.app.log_level = "debug".into();
+    assert_eq!(
+        kinds(&plan(&s, &observed, now())),
+        [("Deployment", "news".to_string(), Outcome::Updated)]
+    );
+}
+
+#[test]
+fn a_paused_site_plans_nothing() {
+    let mut s = site("news");
+    s.spec.paused = true;
+    let p = plan(&s, &with_secrets(), now());
+    assert!(p.paused && p.is_empty());
+}
+
+#[test]
+fn a_crash_looping_pod_is_evicted() {
+    let mut s = site("news");
+    s.spec.app.replicas = 3;
+    let mut observed = steady(&s);
+    observed.pods = vec![
+        app_pod("news-a", "n1", true, None),
+        app_pod("news-b", "n2", false, Some("CrashLoopBackOff")),
+        app_pod("news-c", "n3", true, None),
+    ];
+    let p = plan(&s, &observed, now());
+    let evict = p.pods.evict.as_ref().expect("an eviction");
+    assert_eq!(
+        (evict.pod.as_str(), evict.reason),
+        ("news-b", Reason::CrashLoopBackOff)
+    );
+    assert!(p.applies.is_empty() && p.pods.force_delete.is_empty());
+}
+
+#[test]
+fn a_failed_rollout_rolls_back_to_the_last_ready_template() {
+    let s = site("news");
+    let mut observed = steady(&s);
+    let live = observed.deployment.as_mut().unwrap();
+    live.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert("deployment.kubernetes.io/revision".into(), "2".into());
+    live.status.as_mut().unwrap().conditions = Some(vec![
+        serde_json::from_value(json!({"type": "Progressing", "status": "False",
+            "reason": "ProgressDeadlineExceeded", "message": "timed out"}))
+        .unwrap(),
+    ]);
+    let good_template = json!({"metadata": {"labels": {"app": "old", "pod-template-hash": "good"}},
+        "spec": {"containers": [{"name": "article-server", "image": "article-server:0.9"}]}});
+    let rs = |name: &str, revision: &str, hash: &str, ready: i32| -> ReplicaSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"pod-template-hash": hash},
+                "annotations": {"deployment.kubernetes.io/revision": revision},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                    "name": "news", "uid": "deployment-uid"}]},
+            "spec": {"selector": {}, "template": good_template.clone()},
+            "status": {"replicas": ready, "readyReplicas": ready},
+        }))
+        .unwrap()
+    };
+    observed.replica_sets = vec![
+        rs("news-good", "1", "good", 2),
+        rs("news-new", "2", "new", 0),
+    ];
+    let p = plan(&s, &observed, now());
+    let Rollout::RollBack(failed) = &p.rollout else {
+        panic!("{:?}", p.rollout);
+    };
+    assert_eq!(failed.restored_revision, "good");
+    assert_eq!(failed.image, s.spec.app.image);
+    let Some(Child::Deployment(d)) = p.applies.first().map(|a| &a.child) else {
+        panic!("{:?}", kinds(&p));
+    };
+    let labels = d
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref();
+    assert_eq!(labels.unwrap().get("app").map(String::as_str), Some("old"));
+    assert!(!labels.unwrap().contains_key("pod-template-hash"));
+    assert_eq!(p.problems[0].reason, Reason::RolloutFailed);
+}
+
+#[test]
+fn pods_of_a_deleted_node_are_force_deleted() {
+    let s = site("news");
+    let mut observed = steady(&s);
+    observed.pods = vec![
+        app_pod("news-a", "n1", true, None),
+        app_pod("news-b", "gone", true, None),
+    ];
+    let p = plan(&s, &observed, now());
+    assert_eq!(
+        p.pods.force_delete,
+        [Orphan {
+            pod: "news-b".into(),
+            node: "gone".into()
+        }]
+    );
+}
+
+#[test]
+fn a_rotation_request_replaces_the_token_once() {
+    let mut s = site("news");
+    let observed = steady(&s);
+    s.metadata.annotations = Some(BTreeMap::from([(
+        secrets::ROTATE_ANNOTATION.to_string(),
+        "r1".to_string(),
+    )]));
+    let p = plan(&s, &observed, now());
+    assert_eq!(
+        p.rotate_write_token,
+        Some(Rotation {
+            request: "r1".into(),
+            resource_version: "1".into()
+        })
+    );
+    // The pods roll when the new token's version is observed (the next reconcile).
+    assert!(p.applies.is_empty(), "{:?}", kinds(&p));
+
+    let mut rotated = observed.clone();
+    let token = rotated.write_token.as_mut().unwrap();
+    token.resource_version = Some("2".into());
+    token.annotations = Some(BTreeMap::from([(
+        secrets::HANDLED_ANNOTATION.to_string(),
+        "r1".to_string(),
+    )]));
+    let p = plan(&s, &rotated, now());
+    assert_eq!(p.rotate_write_token, None, "handled: no second rotation");
+    assert_eq!(
+        kinds(&p),
+        [("Deployment", "news".to_string(), Outcome::Updated)]
+    );
+}
+
+#[test]
+fn a_larger_storage_size_expands_the_claim() {
+    let mut s = site("news");
+    let mut observed = steady(&s);
+    observed.claims = vec![
+        serde_json::from_value::<PersistentVolumeClaim>(json!({
+            "metadata": {"name": "data-news-postgresql-0"},
+            "spec": {"resources": {"requests": {"storage": "1Gi"}}},
+        }))
+        .unwrap(),
+    ];
+    assert!(plan(&s, &observed, now()).expand_claims.is_empty());
+    s.spec.database.storage.size = "2Gi".into();
+    let p = plan(&s, &observed, now());
+    assert_eq!(
+        p.expand_claims,
+        [Expansion {
+            claim: "data-news-postgresql-0".into(),
+            from: "1Gi".into(),
+            to: "2Gi".into()
+        }]
+    );
+    // The claim template is immutable: the StatefulSet keeps its size.
+    assert!(p.applies.is_empty(), "{:?}", kinds(&p));
+}
+
+#[test]
+fn a_refused_database_pod_degrades_and_is_looked_at_again_soon() {
+    let s = site("news");
+    let mut observed = steady(&s);
+    observed.database_refusal = Some(
+        r#"pods "news-postgresql-0" is forbidden: violates PodSecurity "restricted:latest""#.into(),
+    );
+    let p = plan(&s, &observed, now());
+    assert_eq!(p.problems.len(), 1);
+    assert_eq!(p.problems[0].reason, Reason::PodSecurityRejected);
+    assert!(
+        p.problems[0]
+            .message
+            .starts_with("StatefulSet news-postgresql:")
+    );
+    assert_eq!(p.recheck, Some(Duration::from_secs(5)));
+}
+
+#[test]
+fn a_missing_storage_class_holds_the_database_back() {
+    let s = site("news");
+    let observed = Observed {
+        storage_class: StorageClassSeen::NoDefault,
+        ..with_secrets()
+    };
+    let p = plan(&s, &observed, now());
+    assert!(!kinds(&p).iter().any(|(k, _, _)| *k == "StatefulSet"));
+    assert!(kinds(&p).iter().any(|(k, _, _)| *k == "Deployment"));
+    assert_eq!(p.problems[0].reason, Reason::NoDefaultStorageClass);
+    assert!(p.problems[0].blocks_database);
+}
+
+#[test]
+fn a_scale_down_marks_the_pods_to_remove_once() {
+    let mut s = site("news");
+    s.spec.app.replicas = 4;
+    let mut observed = steady(&s);
+    observed.pods = vec![
+        app_pod("news-a", "n1", true, None),
+        app_pod("news-b", "n1", true, None),
+        app_pod("news-c", "n2", true, None),
+        app_pod("news-d", "n3", true, None),
+    ];
+    s.spec.app.replicas = 3;
+    let p = plan(&s, &observed, now());
+    assert_eq!(
+        p.pods.mark_for_scale_down,
+        ["news-a"],
+        "zone-a had two pods"
+    );
+    assert_eq!(
+        kinds(&p),
+        [("Deployment", "news".to_string(), Outcome::Updated)]
+    );
+    // Marked already (a retry): not patched again.
+    observed.pods[0]
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(DELETION_COST_ANNOTATION.into(), SCALE_DOWN_COST.into());
+    assert!(
+        plan(&s, &observed, now())
+            .pods
+            .mark_for_scale_down
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_ingress_that_is_no_longer_asked_for_is_deleted_if_it_is_ours() {
+    let s = site("news");
+    let mut observed = steady(&s);
+    let owned = |uid: &str| -> k8s_openapi::api::networking::v1::Ingress {
+        serde_json::from_value(json!({"metadata": {"name": "news", "ownerReferences": [{
+            "apiVersion": "articlesite.io/v1alpha1", "kind": "ArticleSite", "name": "news",
+            "uid": uid}]}}))
+        .unwrap()
+    };
+    observed.ingress = Some(owned(&s.metadata.uid.clone().unwrap_or_default()));
+    assert_eq!(
+        plan(&s, &observed, now()).delete_ingress.as_deref(),
+        Some("news")
+    );
+    observed.ingress = Some(owned("someone-else"));
+    assert_eq!(plan(&s, &observed, now()).delete_ingress, None);
+}
