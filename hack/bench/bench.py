@@ -532,6 +532,79 @@ def operator_run(args, kube, n, workdir):
         oplog.close()
 
 
+
+# The kinds the operator creates for a site, as `kubectl get` names them.
+REFERENCE_KINDS = "serviceaccounts,secrets,services,deployments.apps,statefulsets.apps,poddisruptionbudgets.policy,networkpolicies.networking.k8s.io"
+# Metadata the API server sets; a manifest to apply elsewhere carries none of it.
+SERVER_SET = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields",
+              "ownerReferences", "namespace", "selfLink")
+
+
+def exported(obj, ns):
+    """`obj` as a manifest for namespace `ns`: no owner references, status or server-set fields."""
+    obj = json.loads(json.dumps(obj))
+    obj.pop("status", None)
+    meta = obj["metadata"]
+    for key in SERVER_SET:
+        meta.pop(key, None)
+    meta["namespace"] = ns
+    annotations = meta.get("annotations") or {}
+    annotations.pop("deployment.kubernetes.io/revision", None)
+    if not annotations:
+        meta.pop("annotations", None)
+    spec = obj.get("spec") or {}
+    if obj["kind"] == "Service":
+        for key in ("clusterIP", "clusterIPs"):
+            if spec.get("clusterIP") != "None":
+                spec.pop(key, None)
+    if obj["kind"] == "StatefulSet":
+        for claim in spec.get("volumeClaimTemplates") or []:
+            claim.pop("status", None)
+    return obj
+
+
+def reference_run(args, kube, source_ns, n, workdir):
+    """The reference point of the same run: the children the operator created for `n` sites,
+    exported and applied with `kubectl apply --server-side` to a fresh namespace, and the time
+    until all of their pods are Ready."""
+    k = [os.environ["K8S_BIN"] + "/kubectl", "--kubeconfig", os.environ["KUBECONFIG"]]
+    ns = f"reference-{n}-{int(time.time())}"
+    listed = json.loads(subprocess.run(
+        k + ["get", REFERENCE_KINDS, "-n", source_ns, "-l", "app.kubernetes.io/managed-by=articlesite-operator",
+             "-o", "json"], check=True, capture_output=True, text=True).stdout)
+    items = [exported(o, ns) for o in listed["items"]]
+    pods_expected = len(kube.req("GET", f"/api/v1/namespaces/{source_ns}/pods?resourceVersion=0")["items"])
+    manifest = workdir / f"reference-{n}.json"
+    # Holds the bench's generated Secrets (of a throw-away cluster): written next to its logs.
+    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    kube.req("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    log(f"reference: applying {len(items)} objects of {n} sites to {ns} with kubectl apply --server-side")
+    t0 = time.time()
+    subprocess.run(k + ["apply", "--server-side", "--field-manager=articlesite-bench-reference", "-f", str(manifest)],
+                   check=True, stdout=subprocess.DEVNULL)
+    t_applied = time.time()
+    deadline = t0 + args.converge_timeout
+    ready = 0
+    while True:
+        pods = kube.req("GET", f"/api/v1/namespaces/{ns}/pods?resourceVersion=0")["items"]
+        ready = sum(1 for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                           for c in (p.get("status") or {}).get("conditions") or []))
+        if ready >= pods_expected or time.time() > deadline:
+            break
+        time.sleep(2)
+    t_ready = time.time()
+    converged = ready >= pods_expected
+    result = {
+        "objects": len(items),
+        "pods": pods_expected,
+        "apply_seconds": round(t_applied - t0, 1),
+        "pods_ready_seconds": round(t_ready - t0, 1) if converged else None,
+        "ready_pods": ready,
+    }
+    log("reference: " + json.dumps(result))
+    return result
+
+
 def ms(seconds):
     return None if seconds is None else round(1000 * seconds, 1)
 
@@ -544,7 +617,15 @@ def operator_part(args, workdir):
                         "-f", str(ROOT / "crds" / "articlesite.yaml")], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(k + ["wait", "--for=condition=Established", "--timeout=60s",
                         "crd/articlesites.articlesite.io"], check=True, stdout=subprocess.DEVNULL)
-    runs = [operator_run(args, kube, n, workdir) for n in args.sites]
+    runs = []
+    for n in args.sites:
+        run = operator_run(args, kube, n, workdir)
+        # Measured in the same run, on the same cluster, right after the operator's.
+        ref = reference_run(args, kube, run["namespace"], n, workdir)
+        run["reference"] = ref
+        if run.get("converge_seconds") and ref.get("pods_ready_seconds"):
+            run["converge_vs_reference"] = round(run["converge_seconds"] / ref["pods_ready_seconds"], 2)
+        runs.append(run)
     out = {"runs": runs, "nodes": args.nodes, "resync_seconds": args.resync_seconds,
            "concurrency": args.concurrency, "site_spec": site_manifest("site-0000")["spec"]}
     if len(runs) >= 2:
@@ -883,7 +964,11 @@ def markdown(report):
                  f"{report['args']['settle_seconds']} s after convergence and lasts longer than the resync "
                  "period, so every site is re-checked in it. RSS and CPU are sampled from /proc every second; "
                  "peak RSS is the kernel's high-water mark (VmHWM). Reconcile durations are "
-                 "interpolated from the operator's own histogram.\n")
+                 "interpolated from the operator's own histogram. The reference, measured in the same run right "
+                 "after each operator run: every child the operator created (ServiceAccount, Secrets, Services, "
+                 "Deployment, StatefulSet, budgets, policies), exported without owner references, status and "
+                 "server-set fields, applied to a fresh namespace with one `kubectl apply --server-side`, "
+                 "until all of its pods are Ready: what the same objects cost without an operator.\n")
         runs = op["runs"]
         head = "| | " + " | ".join(f"{r['sites']:,} sites" for r in runs) + " |"
         L.append(head)
@@ -891,6 +976,9 @@ def markdown(report):
         rows = [
             ("create all sites (s)", "create_seconds"),
             ("all Ready after (s)", "converge_seconds"),
+            ("reference: the same children by `kubectl apply --server-side`, all pods Ready after (s)",
+             lambda r: (r.get("reference") or {}).get("pods_ready_seconds")),
+            ("operator's convergence / reference", "converge_vs_reference"),
             ("Ready sites at the end of the wait / waited (s)", ("ready_sites", "observed_seconds")),
             ("operator's last convergence write after (s)", "last_convergence_write_seconds"),
             ("reconciles to converge", "reconciles_to_converge"),
@@ -909,7 +997,9 @@ def markdown(report):
             ("write requests per minute, steady", "steady_writes_per_minute"),
         ]
         for label, key in rows:
-            if isinstance(key, tuple):
+            if callable(key):
+                cells = [fmt(key(r)) for r in runs]
+            elif isinstance(key, tuple):
                 cells = [" / ".join(fmt(r.get(k)) for k in key) for r in runs]
             else:
                 cells = [fmt(r.get(key)) for r in runs]
