@@ -203,16 +203,7 @@ pub fn expansions(site: &ArticleSite, observed: &Observed, problems: &[Problem])
         .claims
         .iter()
         .filter_map(|claim| {
-            let current = claim
-                .spec
-                .as_ref()?
-                .resources
-                .as_ref()?
-                .requests
-                .as_ref()?
-                .get("storage")?
-                .0
-                .clone();
+            let current = statefulset::claim_size(claim)?;
             bigger(&current).then(|| Expansion {
                 claim: claim.name_any(),
                 from: current,

@@ -189,12 +189,19 @@ pub fn build(site: &ArticleSite, claim_size: &str) -> StatefulSet {
 
 /// The storage request of the live StatefulSet's claim template.
 pub fn claim_template_size(sts: &StatefulSet) -> Option<String> {
-    sts.spec
-        .as_ref()?
-        .volume_claim_templates
-        .as_ref()?
-        .iter()
-        .find(|t| t.metadata.name.as_deref() == Some(DATA_VOLUME))?
+    claim_size(
+        sts.spec
+            .as_ref()?
+            .volume_claim_templates
+            .as_ref()?
+            .iter()
+            .find(|t| t.metadata.name.as_deref() == Some(DATA_VOLUME))?,
+    )
+}
+
+/// The storage request of a claim (or claim template).
+pub fn claim_size(claim: &PersistentVolumeClaim) -> Option<String> {
+    claim
         .spec
         .as_ref()?
         .resources
