@@ -11,6 +11,7 @@ pub mod apply;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod fence;
 pub mod ha;
 pub mod leader;
 pub mod metrics;
