@@ -106,3 +106,72 @@ pub async fn describe(client: &Client, lease_ns: &str, lease: &str) -> String {
     };
     format!("{api}; {lease_text}")
 }
+
+/// Prints, when the test panics (a step timed out, an assertion failed), what the control plane
+/// was doing (`describe`) and who held Lease `ns/name` when, by the audit log since the guard
+/// was made: so that a failure after a stall or a change of leader says what happened.
+pub struct DescribeOnPanic {
+    lease_ns: String,
+    lease: String,
+    audit_offset: u64,
+}
+
+impl DescribeOnPanic {
+    pub fn new(lease_ns: &str, lease: &str) -> Self {
+        let audit = super::cluster_dir().join("logs/audit.log");
+        Self {
+            lease_ns: lease_ns.into(),
+            lease: lease.into(),
+            audit_offset: super::audit::file_len(&audit),
+        }
+    }
+}
+
+/// A client of the local cluster that does not check the API server first (it may be down).
+async fn unchecked_client() -> Option<Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(super::kubeconfig_path()).ok()?;
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .ok()?;
+    config.default_retry = false;
+    Client::try_from(config).ok()
+}
+
+impl Drop for DescribeOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let (ns, lease, offset) = (self.lease_ns.clone(), self.lease.clone(), self.audit_offset);
+        super::block_on_own_runtime(move || async move {
+            let now = match unchecked_client().await {
+                Some(c) => describe(&c, &ns, &lease).await,
+                None => "no client for the local cluster".into(),
+            };
+            let audit = super::cluster_dir().join("logs/audit.log");
+            let events = if audit.exists() {
+                super::audit::audit_events(&audit, offset, super::audit::is_write)
+            } else {
+                Vec::new()
+            };
+            let terms: Vec<String> = super::audit::lease_terms(&events, &ns, &lease)
+                .iter()
+                .map(|t| format!("{} from {} (last renewal received {})", t.identity, t.from, t.last_write))
+                .collect();
+            let failed_renewals = events
+                .iter()
+                .filter(|e| {
+                    e["objectRef"]["resource"].as_str() == Some("leases")
+                        && e["objectRef"]["name"].as_str() == Some(lease.as_str())
+                        && !super::audit::succeeded(e)
+                })
+                .count();
+            eprintln!(
+                "--- control plane at the failure ---\n{now}\nLease holders by the audit log: {terms:?}; {failed_renewals} Lease writes refused or failed"
+            );
+        });
+    }
+}
