@@ -272,6 +272,38 @@ fn lease_seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
+/// The decision of one attempt, on what this replica read (client-go's): the holder when
+/// another holds a record that this replica has not seen unchanged for its lease duration;
+/// else the merge patch that takes or renews it, preconditioned on the version read.
+fn take_or_wait(
+    record: &Observed,
+    s: &ElectionSettings,
+    now: Instant,
+    now_wall: MicroTime,
+) -> Result<serde_json::Value, String> {
+    let holder = record.holder();
+    let ours = holder == s.identity;
+    if !holder.is_empty() && !ours && record.changed_at + record.duration(s.lease_duration) > now {
+        return Err(holder.to_string());
+    }
+    let transitions = record.spec.lease_transitions.unwrap_or(0);
+    let (acquire_time, transitions) = match &record.spec.acquire_time {
+        Some(t) if ours => (t.clone(), transitions),
+        _ if ours => (now_wall.clone(), transitions),
+        _ => (now_wall.clone(), transitions.saturating_add(1)),
+    };
+    Ok(json!({
+        "metadata": {"resourceVersion": record.resource_version},
+        "spec": {
+            "holderIdentity": s.identity,
+            "leaseDurationSeconds": lease_seconds(s.lease_duration),
+            "acquireTime": acquire_time,
+            "renewTime": now_wall,
+            "leaseTransitions": transitions,
+        },
+    }))
+}
+
 impl Elector {
     /// `client` should bypass the request throttle (`api_health`): renewals must not queue
     /// behind the reconciler's requests. `fence` is opened while this replica leads.
@@ -359,31 +391,10 @@ impl Elector {
                 }
             }
         };
-        let holder = record.holder().to_string();
-        let ours = holder == s.identity;
-        if !holder.is_empty()
-            && !ours
-            && record.changed_at + record.duration(s.lease_duration) > Instant::now()
-        {
-            return Ok(Attempt::Held { holder });
-        }
-        let now = micro_now();
-        let transitions = record.spec.lease_transitions.unwrap_or(0);
-        let (acquire_time, transitions) = if ours {
-            (record.spec.acquire_time.clone().unwrap_or(now.clone()), transitions)
-        } else {
-            (now.clone(), transitions.saturating_add(1))
+        let patch = match take_or_wait(&record, s, Instant::now(), micro_now()) {
+            Err(holder) => return Ok(Attempt::Held { holder }),
+            Ok(patch) => patch,
         };
-        let patch = json!({
-            "metadata": {"resourceVersion": record.resource_version},
-            "spec": {
-                "holderIdentity": s.identity,
-                "leaseDurationSeconds": lease_seconds(s.lease_duration),
-                "acquireTime": acquire_time,
-                "renewTime": now,
-                "leaseTransitions": transitions,
-            },
-        });
         let sent = Instant::now();
         let sent_wall = SystemTime::now();
         match self
@@ -646,6 +657,53 @@ mod tests {
         assert!(e.contains("--lease-retry-period-seconds"), "{e}");
         let e = settings(1, 0, 0).validate().unwrap_err().to_string();
         assert!(e.contains(">= 2"), "{e}");
+    }
+
+    fn record(holder: &str, seen_ago: Duration, duration: i32) -> (Observed, Instant) {
+        let now = Instant::now() + Duration::from_secs(3600);
+        let observed = Observed {
+            resource_version: "42".into(),
+            spec: LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(duration),
+                lease_transitions: Some(3),
+                acquire_time: Some(micro_now()),
+                ..Default::default()
+            },
+            changed_at: now - seen_ago,
+        };
+        (observed, now)
+    }
+
+    #[test]
+    fn another_holder_is_waited_out_for_its_duration_on_the_local_clock() {
+        let s = settings(15, 10, 2);
+        // Seen unchanged for 14 s of a 15 s lease: wait.
+        let (r, now) = record("other", Duration::from_secs(14), 15);
+        assert_eq!(take_or_wait(&r, &s, now, micro_now()), Err("other".into()));
+        // 15 s: take it, preconditioned on the version read, one more transition.
+        let (r, now) = record("other", Duration::from_secs(15), 15);
+        let p = take_or_wait(&r, &s, now, micro_now()).unwrap();
+        assert_eq!(p["metadata"]["resourceVersion"], "42");
+        assert_eq!(p["spec"]["holderIdentity"], "i");
+        assert_eq!(p["spec"]["leaseTransitions"], 4);
+        assert_eq!(p["spec"]["leaseDurationSeconds"], 15);
+        // A released Lease (no holder, 1 s) is taken at once.
+        let (r, now) = record("", Duration::ZERO, 1);
+        assert!(take_or_wait(&r, &s, now, micro_now()).is_ok());
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_acquire_time_and_the_transitions() {
+        let s = settings(15, 10, 2);
+        let (r, now) = record("i", Duration::ZERO, 15);
+        let p = take_or_wait(&r, &s, now, micro_now()).unwrap();
+        assert_eq!(p["spec"]["leaseTransitions"], 3);
+        assert_eq!(
+            p["spec"]["acquireTime"],
+            serde_json::to_value(r.spec.acquire_time.as_ref().unwrap()).unwrap()
+        );
+        assert_eq!(p["metadata"]["resourceVersion"], "42");
     }
 
     #[test]
