@@ -96,13 +96,11 @@ impl Fence {
         }
         let now = Instant::now();
         let wall = SystemTime::now();
-        Some(match *self.lock() {
-            Some(u) if self.open_at(now, wall) => u
-                .at
-                .saturating_duration_since(now)
-                .min(u.wall.duration_since(wall).unwrap_or_default()),
-            _ => Duration::ZERO,
-        })
+        let until = *self.lock();
+        Some(until.map_or(Duration::ZERO, |u| {
+            u.at.saturating_duration_since(now)
+                .min(u.wall.duration_since(wall).unwrap_or_default())
+        }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Until>> {
@@ -256,8 +254,11 @@ mod tests {
             !f.open_at(now, wall + Duration::from_secs(10)),
             "wall clock (a suspended machine)"
         );
+        let left = f.remaining().expect("election fence");
+        assert!(left > Duration::from_secs(9) && left <= Duration::from_secs(10));
         f.close();
         assert!(!f.open_at(now, wall));
+        assert_eq!(f.remaining(), Some(Duration::ZERO));
         assert!(Fence::always_open().open_now());
         assert_eq!(Fence::always_open().remaining(), None);
     }
@@ -276,7 +277,11 @@ mod tests {
         };
         let out = while_open(f.clone(), req).await;
         assert!(out.is_err());
-        assert_eq!(start.elapsed(), Duration::from_secs(2), "dropped at the deadline");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(2),
+            "dropped at the deadline"
+        );
         assert!(!polled_late.load(std::sync::atomic::Ordering::SeqCst));
         // Closed: not even polled once (tokio's timeout with no time left polls once).
         let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -163,7 +163,9 @@ impl LeaderMetrics {
             return;
         }
         if let Some(old) = last.take() {
-            self.holder.get_or_create(&HolderLabels { holder: old }).set(0);
+            self.holder
+                .get_or_create(&HolderLabels { holder: old })
+                .set(0);
         }
         self.holder
             .get_or_create(&HolderLabels {
@@ -589,7 +591,9 @@ impl Elector {
                     self.metrics.transition("released");
                     info!(lease = %s.lease_name, "leader election: released the lease on shutdown");
                 }
-                Ok(Err(e)) => warn!(lease = %s.lease_name, error = %e, "could not release the lease"),
+                Ok(Err(e)) => {
+                    warn!(lease = %s.lease_name, error = %e, "could not release the lease")
+                }
                 Err(e) => warn!(lease = %s.lease_name, error = %e, "did not release the lease"),
             }
         } else {

@@ -196,10 +196,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             listener,
             leader::metrics_router(metrics.clone(), leader_metrics.clone()),
         )
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .into_future(),
+        .with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        })
+        .into_future(),
     );
 
     let settings = Settings {

@@ -24,8 +24,8 @@ use kube::{Client, Config};
 use serde_json::{Value, json};
 
 use common::audit::{
-    Term, agent_identity, audit_events, audit_log, by_operator, check_one_writer, file_len, in_namespace,
-    is_write, lease_terms, received, shortest_takeover,
+    Term, agent_identity, audit_events, audit_log, by_operator, check_one_writer, file_len,
+    in_namespace, is_write, lease_terms, received, shortest_takeover,
 };
 use common::control_plane::{Paused, describe};
 use common::crd::install_crd;
@@ -508,67 +508,120 @@ async fn three_candidates_race_through_a_paused_and_slowed_api_server() {
     let rounds: usize = std::env::var("LEADER_RACE_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(3);
     let proxy = SlowProxy::start(apiserver_port()).await;
     let mut recoveries = Vec::new();
     for round in 0..rounds {
         let lease = format!("race-{round}");
         // Answers always a little slow (up to 300 ms a chunk), so requests overlap.
         proxy.slow_down(Duration::from_millis(300));
-        let candidates: Vec<_> = ["a", "b", "c"]
-            .iter()
-            .map(|c| spawn_candidate(ns.name.clone(), lease.clone(), format!("r{round}-{c}"), proxy.port))
-            .collect();
-        let before = wait_working(&client, &ns.name, &lease, None, Duration::from_secs(30)).await;
+        let spawn = |c: &str| {
+            let identity = format!("r{round}-{c}");
+            let task =
+                spawn_candidate(ns.name.clone(), lease.clone(), identity.clone(), proxy.port);
+            (identity, task)
+        };
+        let mut candidates: Vec<(String, tokio::task::JoinHandle<()>)> = Vec::new();
         let disturbed = Instant::now();
-        let what = if round % 2 == 0 {
-            // The whole control plane stalls: every request waits, renewals time out.
-            let paused = Paused::apiserver();
-            tokio::time::sleep(PAUSE).await;
-            paused.resume();
-            format!("API server paused {PAUSE:?}")
-        } else {
+        let (what, before) = match round % 3 {
+            // The three start while the whole control plane stalls: their reads and creates
+            // queue, and race when it resumes.
+            0 => {
+                let paused = Paused::apiserver();
+                candidates.extend(["a", "b", "c"].map(spawn));
+                tokio::time::sleep(PAUSE).await;
+                paused.resume();
+                (
+                    format!("three candidates started during a {PAUSE:?} pause"),
+                    None,
+                )
+            }
+            // The leader dies in the middle of a stall: after it, the two standbys race for the
+            // expired Lease with the same resourceVersion.
+            1 => {
+                candidates.extend(["a", "b", "c"].map(spawn));
+                let before =
+                    wait_working(&client, &ns.name, &lease, None, Duration::from_secs(30)).await;
+                let paused = Paused::apiserver();
+                tokio::time::sleep(PAUSE / 2).await;
+                for (identity, task) in &candidates {
+                    if *identity == before.0 {
+                        task.abort();
+                    }
+                }
+                tokio::time::sleep(PAUSE / 2).await;
+                paused.resume();
+                (
+                    format!("API server paused {PAUSE:?}, the leader killed meanwhile"),
+                    Some(before),
+                )
+            }
             // Answers slower than the renew deadline: renewals fail, standbys take over.
-            proxy.slow_down(RACE_RENEW_DEADLINE + Duration::from_millis(500));
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            proxy.slow_down(Duration::from_millis(300));
-            "answers slowed by up to 2.5 s for 10 s".to_string()
+            _ => {
+                candidates.extend(["a", "b", "c"].map(spawn));
+                let before =
+                    wait_working(&client, &ns.name, &lease, None, Duration::from_secs(30)).await;
+                proxy.slow_down(RACE_RENEW_DEADLINE + Duration::from_millis(500));
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                proxy.slow_down(Duration::from_millis(300));
+                (
+                    "answers slowed by up to 2.5 s for 10 s".to_string(),
+                    Some(before),
+                )
+            }
         };
         let resumed = Instant::now();
         let after = wait_working(
             &client,
             &ns.name,
             &lease,
-            Some(before.clone()),
+            before.clone(),
             Duration::from_secs(60),
         )
         .await;
         recoveries.push(resumed.elapsed());
+        if round % 3 == 1 {
+            let dead = before.as_ref().map(|b| b.0.as_str());
+            assert_ne!(
+                Some(after.0.as_str()),
+                dead,
+                "round {round}: the killed leader wrote"
+            );
+        }
         println!(
-            "round {round}: {what}; leader before {} after {} (writing again {:.1}s after the disturbance ended, {:.1}s after it began)",
-            before.0,
+            "round {round}: {what}; leader before {:?}, after {} (writing again {:.1}s after the disturbance ended, {:.1}s after it began)",
+            before.map(|b| b.0),
             after.0,
             resumed.elapsed().as_secs_f64(),
             disturbed.elapsed().as_secs_f64()
         );
-        for c in candidates {
-            c.abort();
+        for (_, task) in candidates {
+            task.abort();
         }
     }
     drop(proxy);
-    // Let requests still in flight reach the audit log: wait until the last round's lease
-    // sees no more writes for 2 s (the aborted candidates sent their last).
-    let quiet = |len: u64| async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        if file_len(&audit_log()) == len {
-            Ok(())
-        } else {
-            Err("audit log still growing".to_string())
-        }
-    };
-    wait_for("the audit log to settle", Duration::from_secs(30), || {
-        quiet(file_len(&audit_log()))
-    })
+    // Let requests still in flight reach the audit log: wait until the namespace has seen no
+    // new write for 2 s (8 polls; the aborted candidates sent their last).
+    let writes_here =
+        || audit_events(&audit, offset, |e| is_write(e) && in_namespace(e, &ns.name)).len();
+    let (mut seen, mut stable) = (usize::MAX, 0);
+    wait_for(
+        "the namespace's writes to settle",
+        Duration::from_secs(30),
+        || {
+            let now = writes_here();
+            stable = if now == seen { stable + 1 } else { 0 };
+            seen = now;
+            let settled = stable >= 8;
+            async move {
+                if settled {
+                    Ok(())
+                } else {
+                    Err(format!("{now} writes, still growing"))
+                }
+            }
+        },
+    )
     .await;
 
     let events = audit_events(&audit, offset, |e| is_write(e) && in_namespace(e, &ns.name));
@@ -586,8 +639,8 @@ async fn three_candidates_race_through_a_paused_and_slowed_api_server() {
             })
             .cloned()
             .collect();
-        let blocks = check_one_writer(&writes, &terms)
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let blocks =
+            check_one_writer(&writes, &terms).unwrap_or_else(|e| panic!("round {round}: {e}"));
         if let Some(gap) = shortest_takeover(&terms) {
             assert!(
                 gap >= jiff::SignedDuration::try_from(RACE_LEASE).expect("duration")

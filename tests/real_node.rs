@@ -292,12 +292,7 @@ async fn operator_metrics(ip: &str) -> Result<String, String> {
 
 /// The operator's writes in the site's namespace since `offset`, checked against the terms of
 /// its Lease in `lease_ns`: exactly one replica wrote at any time, whichever led.
-fn one_writer(
-    audit: &Path,
-    offset: u64,
-    lease_ns: &str,
-    site_ns: &str,
-) -> (Vec<Term>, Vec<Block>) {
+fn one_writer(audit: &Path, offset: u64, lease_ns: &str, site_ns: &str) -> (Vec<Term>, Vec<Block>) {
     let events = audit_events(audit, offset, |e| {
         is_write(e) && by_operator(e) && (in_namespace(e, lease_ns) || in_namespace(e, site_ns))
     });
@@ -1128,7 +1123,10 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     println!(
         "audit log: {} Lease terms ({:?}), the site's writes in {} blocks, none overlapping",
         terms.len(),
-        terms.iter().map(|t| t.identity.as_str()).collect::<Vec<_>>(),
+        terms
+            .iter()
+            .map(|t| t.identity.as_str())
+            .collect::<Vec<_>>(),
         blocks.len()
     );
 

@@ -72,10 +72,7 @@ pub async fn describe(client: &Client, lease_ns: &str, lease: &str) -> String {
         let req = http::Request::get("/readyz")
             .body(Vec::new())
             .map_err(|e| e.to_string())?;
-        client
-            .request_text(req)
-            .await
-            .map_err(|e| e.to_string())
+        client.request_text(req).await.map_err(|e| e.to_string())
     };
     let api = match tokio::time::timeout(Duration::from_secs(3), readyz).await {
         Ok(Ok(body)) if body.trim() == "ok" => "API server ready".to_string(),
@@ -90,7 +87,12 @@ pub async fn describe(client: &Client, lease_ns: &str, lease: &str) -> String {
             let spec = l.spec.unwrap_or_default();
             let renewed = spec.renew_time.map(|t| t.0);
             let ago = renewed
-                .map(|t| format!("{:.1}s ago", jiff::Timestamp::now().duration_since(t).as_secs_f64()))
+                .map(|t| {
+                    format!(
+                        "{:.1}s ago",
+                        jiff::Timestamp::now().duration_since(t).as_secs_f64()
+                    )
+                })
                 .unwrap_or_else(|| "never".into());
             format!(
                 "Lease {lease_ns}/{lease}: holder {:?}, last renewal {} ({ago}), duration {:?}s, transitions {:?}",
@@ -159,7 +161,12 @@ impl Drop for DescribeOnPanic {
             };
             let terms: Vec<String> = super::audit::lease_terms(&events, &ns, &lease)
                 .iter()
-                .map(|t| format!("{} from {} (last renewal received {})", t.identity, t.from, t.last_write))
+                .map(|t| {
+                    format!(
+                        "{} from {} (last renewal received {})",
+                        t.identity, t.from, t.last_write
+                    )
+                })
                 .collect();
             let failed_renewals = events
                 .iter()
