@@ -627,6 +627,7 @@ async fn three_candidates_race_through_a_paused_and_slowed_api_server() {
     let events = audit_events(&audit, offset, |e| is_write(e) && in_namespace(e, &ns.name));
     let mut total_terms = 0;
     let mut total_writes = 0;
+    let mut total_refused = 0;
     let mut shortest: Option<jiff::SignedDuration> = None;
     for round in 0..rounds {
         let lease = format!("race-{round}");
@@ -653,12 +654,22 @@ async fn three_candidates_race_through_a_paused_and_slowed_api_server() {
             .iter()
             .map(|t| format!("{} from {}", t.identity, t.from))
             .collect();
+        // Lost races: Lease writes refused because another candidate wrote first.
+        let refused = events
+            .iter()
+            .filter(|e| {
+                e["objectRef"]["resource"].as_str() == Some("leases")
+                    && e["objectRef"]["name"].as_str() == Some(lease.as_str())
+                    && e["responseStatus"]["code"].as_u64() == Some(409)
+            })
+            .count();
         println!(
-            "round {round}: {} terms {summary:?}, {} work writes in {} blocks, none overlapping",
+            "round {round}: {} terms {summary:?}, {refused} Lease writes refused with 409, {} work writes in {} blocks, none overlapping",
             terms.len(),
             writes.len(),
             blocks.len()
         );
+        total_refused += refused;
         assert!(!writes.is_empty(), "round {round}: no work written");
         total_terms += terms.len();
         total_writes += writes.len();
@@ -668,7 +679,7 @@ async fn three_candidates_race_through_a_paused_and_slowed_api_server() {
         "the disturbances made no leader change at all ({total_terms} terms in {rounds} rounds): nothing was tested"
     );
     println!(
-        "{rounds} rounds: {total_terms} leadership terms, {total_writes} work writes, 0 overlaps; shortest takeover after a last renewal {shortest:?} (lease {RACE_LEASE:?}); recovery times {:?}",
+        "{rounds} rounds: {total_terms} leadership terms, {total_refused} Lease writes refused (409), {total_writes} work writes, 0 overlaps; shortest takeover after a last renewal {shortest:?} (lease {RACE_LEASE:?}); recovery times {:?}",
         recoveries
             .iter()
             .map(|d| format!("{:.1}s", d.as_secs_f64()))
