@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use http::{Method, Request, Response};
+use http::{Method, Request};
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
@@ -168,15 +169,12 @@ fn is_read(method: &Method) -> bool {
 #[derive(Clone)]
 pub struct FenceLayer {
     fence: Arc<Fence>,
-    refused: Option<prometheus_client::metrics::counter::Counter>,
+    refused: Option<Counter>,
 }
 
 impl FenceLayer {
     /// `refused` counts the writes the fence dropped.
-    pub fn new(
-        fence: Arc<Fence>,
-        refused: Option<prometheus_client::metrics::counter::Counter>,
-    ) -> Self {
+    pub fn new(fence: Arc<Fence>, refused: Option<Counter>) -> Self {
         Self { fence, refused }
     }
 }
@@ -197,43 +195,61 @@ pub struct FenceService<S> {
     layer: FenceLayer,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for FenceService<S>
+impl<S, B> Service<Request<B>> for FenceService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<B>>,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    ResBody: Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Response<ResBody>, BoxError>>;
+    type Future = Fenced<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let read = is_read(req.method());
         // Lazy: nothing is sent before the first poll, which `while_open` makes only when open.
         let sent = self.inner.call(req);
         if read || self.layer.fence.always_open {
-            return Box::pin(async move { sent.await.map_err(Into::into) });
+            Fenced::Read(Box::pin(sent))
+        } else {
+            Fenced::Write(
+                while_open(self.layer.fence.clone(), sent),
+                self.layer.refused.clone(),
+            )
         }
-        let fence = self.layer.fence.clone();
-        let refused = self.layer.refused.clone();
-        Box::pin(async move {
-            match while_open(fence, sent).await {
-                Ok(res) => res.map_err(Into::into),
-                Err(closed) => {
+    }
+}
+
+/// The answer of a request through `FenceService`: reads as they are, writes while open.
+pub enum Fenced<F> {
+    Read(Pin<Box<F>>),
+    Write(WhileOpen<F>, Option<Counter>),
+}
+
+impl<F, T, E> Future for Fenced<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Fenced::Read(sent) => sent.as_mut().poll(cx).map_err(Into::into),
+            Fenced::Write(sent, refused) => match Pin::new(sent).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(answer)) => Poll::Ready(answer.map_err(Into::into)),
+                Poll::Ready(Err(closed)) => {
                     if let Some(c) = refused {
                         c.inc();
                     }
-                    Err(closed.into())
+                    Poll::Ready(Err(closed.into()))
                 }
-            }
-        })
+            },
+        }
     }
 }
 

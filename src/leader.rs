@@ -181,35 +181,32 @@ impl LeaderMetrics {
     }
 }
 
-/// The operator's `metrics::router` with `/metrics` serving the election's series too.
+/// The operator's `metrics::router` with `/metrics` serving the election's series too (after
+/// the operator's, before the closing `# EOF`).
 pub fn metrics_router(
     metrics: Arc<crate::metrics::Metrics>,
     leader: Arc<LeaderMetrics>,
 ) -> axum::Router {
-    use axum::http::{StatusCode, header};
-    use axum::response::IntoResponse;
     let rest = crate::metrics::router(metrics.clone());
     let page = move || {
         let (metrics, leader) = (metrics.clone(), leader.clone());
         async move {
-            let body = metrics.encode().and_then(|m| {
+            let text = metrics.encode().and_then(|m| {
                 let mut out = m.strip_suffix("# EOF\n").unwrap_or(&m).to_string();
                 leader.encode_registry(&mut out)?;
                 prometheus_client::encoding::text::encode_eof(&mut out)?;
                 Ok(out)
             });
-            match body {
-                Ok(body) => (
-                    StatusCode::OK,
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    body,
-                )
-                    .into_response(),
-                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-            }
+            let builder = axum::http::Response::builder();
+            let res = match text {
+                Ok(_) => builder.header(
+                    axum::http::header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+                Err(_) => builder.status(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+            };
+            res.body(axum::body::Body::from(text.unwrap_or_default()))
+                .unwrap_or_default()
         }
     };
     axum::Router::new()

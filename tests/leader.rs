@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use common::audit::{
     Term, agent_identity, audit_events, audit_log, by_operator, check_one_writer, file_len,
-    in_namespace, is_write, lease_terms, received, shortest_takeover,
+    in_namespace, is_write, lease_terms, on_object, received, shortest_takeover,
 };
 use common::control_plane::{Paused, describe};
 use common::crd::install_crd;
@@ -116,6 +116,20 @@ async fn scale_and_wait(client: &kube::Client, ns: &str, replicas: i32) -> Durat
     start.elapsed()
 }
 
+/// Waits until `who` takes the Lease after its holder went (expiry, then an attempt or two)
+/// and reconciles a change to `replicas`: the two times.
+async fn take_over_and_scale(
+    client: &Client,
+    leases: &Api<Lease>,
+    who: &str,
+    replicas: i32,
+) -> (Duration, Duration) {
+    let limit = Duration::from_secs(LEASE_SECONDS + 3 * RETRY_SECONDS + 4);
+    let takeover = wait_holder(leases, who, limit).await;
+    let ns = leases.namespace().unwrap_or_default().to_string();
+    (takeover, scale_and_wait(client, &ns, replicas).await)
+}
+
 /// The standby reconciles nothing and is Ready (so that rollouts of the operator proceed).
 async fn assert_standby(op: &OperatorProcess, who: &str) {
     let (code, body) = op.get("/readyz").await.expect("standby /readyz");
@@ -145,6 +159,18 @@ fn operator_writes(audit: &Path, offset: u64, ns: &str) -> Vec<(jiff::Timestamp,
     .iter()
     .map(|e| (received(e), agent_identity(e).unwrap_or_else(|| "?".into())))
     .collect()
+}
+
+/// The CRD installed, a namespace `<prefix>-…`, the audit log with the offset from which this
+/// test's writes follow, and the namespace's Leases.
+async fn operator_namespace(prefix: &str) -> (Client, TestNamespace, PathBuf, u64, Api<Lease>) {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    let audit = audit_log();
+    let offset = file_len(&audit);
+    let leases = Api::namespaced(client.clone(), &ns.name);
+    (client, ns, audit, offset, leases)
 }
 
 /// op-a and op-b started, one of them leading and Ready: (leader, standby, their identities).
@@ -178,6 +204,16 @@ async fn two_candidates(
     })
     .await;
     (leader, standby, first, second)
+}
+
+/// `two_candidates`, then site `news` created and Ready (reconciled by the leader).
+async fn two_candidates_and_a_site(
+    client: &Client,
+    ns: &str,
+) -> (OperatorProcess, OperatorProcess, String, &'static str) {
+    let elected = two_candidates(client, ns).await;
+    create_site_and_wait_ready(client, ns).await;
+    elected
 }
 
 async fn create_site_and_wait_ready(client: &Client, ns: &str) {
@@ -237,15 +273,9 @@ fn assert_one_writer(audit: &Path, offset: u64, ns: &str) -> (Vec<Term>, Vec<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_reconciles_and_a_standby_takes_over() {
     let _serial = SERIAL.lock().await;
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "leader").await;
-    let audit = audit_log();
-    let offset = file_len(&audit);
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let (client, ns, audit, offset, leases) = operator_namespace("leader").await;
+    let (mut leader, standby, first, second) = two_candidates_and_a_site(&client, &ns.name).await;
 
-    let (mut leader, standby, first, second) = two_candidates(&client, &ns.name).await;
-    create_site_and_wait_ready(&client, &ns.name).await;
     assert!(
         leader
             .metric("articlesite_operator_reconciles_total")
@@ -259,13 +289,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over() {
     // 1. The leader dies (no chance to release the Lease): the standby waits for it to expire.
     let killed_at = jiff::Timestamp::now();
     leader.signal_and_wait("KILL", Duration::from_secs(5));
-    let takeover = wait_holder(
-        &leases,
-        second,
-        Duration::from_secs(LEASE_SECONDS + 3 * RETRY_SECONDS + 4),
-    )
-    .await;
-    let reconciled = scale_and_wait(&client, &ns.name, 3).await;
+    let (takeover, reconciled) = take_over_and_scale(&client, &leases, second, 3).await;
     println!(
         "leader {first} killed: {second} took the lease after {:.2}s (lease {LEASE_SECONDS}s, retry {RETRY_SECONDS}s), reconciled a change {:.2}s later",
         takeover.as_secs_f64(),
@@ -634,10 +658,7 @@ async fn three_candidates_race_through_a_paused_and_slowed_api_server() {
         let terms = lease_terms(&events, &ns.name, &lease);
         let writes: Vec<Value> = events
             .iter()
-            .filter(|e| {
-                e["objectRef"]["resource"].as_str() == Some("configmaps")
-                    && e["objectRef"]["name"].as_str() == Some(&format!("work-{lease}"))
-            })
+            .filter(|e| on_object(e, "configmaps", &format!("work-{lease}")))
             .cloned()
             .collect();
         let blocks =
@@ -657,11 +678,8 @@ async fn three_candidates_race_through_a_paused_and_slowed_api_server() {
         // Lost races: Lease writes refused because another candidate wrote first.
         let refused = events
             .iter()
-            .filter(|e| {
-                e["objectRef"]["resource"].as_str() == Some("leases")
-                    && e["objectRef"]["name"].as_str() == Some(lease.as_str())
-                    && e["responseStatus"]["code"].as_u64() == Some(409)
-            })
+            .filter(|e| on_object(e, "leases", &lease))
+            .filter(|e| e["responseStatus"]["code"].as_u64() == Some(409))
             .count();
         println!(
             "round {round}: {} terms {summary:?}, {refused} Lease writes refused with 409, {} work writes in {} blocks, none overlapping",
@@ -701,26 +719,14 @@ fn apiserver_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_sends_nothing_after_it_resumes_and_rejoins_as_a_standby() {
     let _serial = SERIAL.lock().await;
-    let client = client().await;
-    install_crd(&client).await;
-    let ns = TestNamespace::create(&client, "leader-pause").await;
-    let audit = audit_log();
-    let offset = file_len(&audit);
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
-    let (mut leader, standby, first, second) = two_candidates(&client, &ns.name).await;
-    create_site_and_wait_ready(&client, &ns.name).await;
+    let (client, ns, audit, offset, leases) = operator_namespace("leader-pause").await;
+    let (mut leader, standby, first, second) = two_candidates_and_a_site(&client, &ns.name).await;
 
     // The leader's process stops (as in a stalled machine or a long GC pause) past the lease
     // duration; the site changes meanwhile, so the leader has work waiting when it resumes.
     let paused = Paused::stop(leader.pid());
     let stopped_at = jiff::Timestamp::now();
-    let takeover = wait_holder(
-        &leases,
-        second,
-        Duration::from_secs(LEASE_SECONDS + 3 * RETRY_SECONDS + 4),
-    )
-    .await;
-    let reconciled = scale_and_wait(&client, &ns.name, 3).await;
+    let (takeover, reconciled) = take_over_and_scale(&client, &leases, second, 3).await;
     assert!(
         takeover >= Duration::from_secs(LEASE_SECONDS - RETRY_SECONDS),
         "{second} took the Lease {takeover:?} after {first} stopped: before it could expire"

@@ -52,6 +52,12 @@ pub fn by_operator(e: &Value) -> bool {
         .is_some_and(|ua| ua.starts_with(USER_AGENT_PREFIX))
 }
 
+/// A request on object `name` of `resource` (plural, as in the URL: `leases`).
+pub fn on_object(e: &Value, resource: &str, name: &str) -> bool {
+    e["objectRef"]["resource"].as_str() == Some(resource)
+        && e["objectRef"]["name"].as_str() == Some(name)
+}
+
 /// A request on an object of namespace `ns`.
 pub fn in_namespace(e: &Value, ns: &str) -> bool {
     e["objectRef"]["namespace"].as_str() == Some(ns)
@@ -108,8 +114,7 @@ pub fn lease_terms(events: &[Value], ns: &str, name: &str) -> Vec<Term> {
             is_write(e)
                 && succeeded(e)
                 && in_namespace(e, ns)
-                && e["objectRef"]["resource"].as_str() == Some("leases")
-                && e["objectRef"]["name"].as_str() == Some(name)
+                && on_object(e, "leases", name)
                 && e["stage"].as_str() == Some("ResponseComplete")
         })
         .collect();

@@ -170,11 +170,8 @@ impl Drop for DescribeOnPanic {
                 .collect();
             let failed_renewals = events
                 .iter()
-                .filter(|e| {
-                    e["objectRef"]["resource"].as_str() == Some("leases")
-                        && e["objectRef"]["name"].as_str() == Some(lease.as_str())
-                        && !super::audit::succeeded(e)
-                })
+                .filter(|e| super::audit::on_object(e, "leases", &lease))
+                .filter(|e| !super::audit::succeeded(e))
                 .count();
             eprintln!(
                 "--- control plane at the failure ---\n{now}\nLease holders by the audit log: {terms:?}; {failed_renewals} Lease writes refused or failed"
