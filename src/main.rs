@@ -191,15 +191,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("bind metrics address {}", args.metrics_addr))?;
     info!(%addr, manager = MANAGER, "serving /healthz, /readyz and /metrics");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = leader::metrics_router(metrics.clone(), leader_metrics.clone());
     let server = tokio::spawn(
-        axum::serve(
-            listener,
-            leader::metrics_router(metrics.clone(), leader_metrics.clone()),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        })
-        .into_future(),
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .into_future(),
     );
 
     let settings = Settings {
