@@ -567,12 +567,33 @@ impl Elector {
     /// release itself goes only before the renew deadline.
     pub async fn release(&self) {
         let s = &self.settings;
+        let left = self.fence.remaining().unwrap_or_default();
+        self.fence.close();
+        self.state().leading = false;
+        if left.is_zero() {
+            warn!(lease = %s.lease_name, "did not release the lease: not holding it");
+            return;
+        }
         let gate = Fence::closed();
-        let record = self.state().observed.clone();
-        if let (Some(record), Some(left)) = (record, self.fence.remaining()) {
-            gate.open_until(Instant::now(), SystemTime::now(), left);
-            self.fence.close();
-            self.state().leading = false;
+        gate.open_until(Instant::now(), SystemTime::now(), left);
+        // A renewal cut off by the shutdown may have reached the server after all (409): read
+        // the Lease again and release the version that is there, while it is still ours.
+        for _ in 0..3 {
+            let cached = self.state().observed.clone();
+            let record = match cached {
+                Some(r) => r,
+                None => match while_open(gate.clone(), self.api.get_opt(&s.lease_name)).await {
+                    Ok(Ok(Some(lease))) => self.observe(&lease),
+                    other => {
+                        warn!(lease = %s.lease_name, answer = ?other.map(|r| r.map(|_| ())), "did not release the lease: could not read it");
+                        return;
+                    }
+                },
+            };
+            if record.holder() != s.identity {
+                info!(lease = %s.lease_name, holder = %record.holder(), "did not release the lease: another replica holds it");
+                return;
+            }
             let now = micro_now();
             let patch = json!({
                 "metadata": {"resourceVersion": record.resource_version},
@@ -583,20 +604,24 @@ impl Elector {
                     "renewTime": now,
                 },
             });
-            match self.patch_lease(gate, &patch).await {
+            match self.patch_lease(gate.clone(), &patch).await {
                 Ok(Ok(_)) => {
                     self.metrics.transition("released");
                     info!(lease = %s.lease_name, "leader election: released the lease on shutdown");
+                    return;
                 }
+                Ok(Err(kube::Error::Api(e))) if e.code == 409 => self.state().observed = None,
                 Ok(Err(e)) => {
-                    warn!(lease = %s.lease_name, error = %e, "could not release the lease")
+                    warn!(lease = %s.lease_name, error = %e, "could not release the lease");
+                    return;
                 }
-                Err(e) => warn!(lease = %s.lease_name, error = %e, "did not release the lease"),
+                Err(e) => {
+                    warn!(lease = %s.lease_name, error = %e, "did not release the lease");
+                    return;
+                }
             }
-        } else {
-            self.fence.close();
-            warn!(lease = %s.lease_name, "did not release the lease: not holding it");
         }
+        warn!(lease = %s.lease_name, "did not release the lease: it kept changing");
     }
 }
 
