@@ -13,6 +13,7 @@ pub mod crd;
 pub mod diff;
 pub mod error;
 pub mod events;
+pub mod fence;
 pub mod ha;
 pub mod leader;
 pub mod metrics;

@@ -12,7 +12,8 @@ use tracing::info;
 
 use articlesite_operator::api_health::{self, ApiHealth};
 use articlesite_operator::controller::{self, Settings};
-use articlesite_operator::leader::{self, ElectionSettings, Elector};
+use articlesite_operator::fence::{Fence, FenceLayer};
+use articlesite_operator::leader::{self, ElectionSettings, Elector, LeaderMetrics};
 use articlesite_operator::metrics::{self, Metrics};
 use articlesite_operator::telemetry::{self, LogFormat};
 use articlesite_operator::{MANAGER, crd};
@@ -170,19 +171,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let health = ApiHealth::new(metrics.clone());
     // The probe has a client of its own, outside the guard: its timeout measures the API
     // server, not the operator's own throttling queue.
+    // The elector uses it too: renewals must not queue behind throttled reconcile requests.
     let probe_client = Client::try_from(config.clone()).context("build Kubernetes client")?;
+    // Writes go only while this replica holds the Lease (innermost layer: checked last).
+    let fence = match &election {
+        Some(_) => Fence::closed(),
+        None => Fence::always_open(),
+    };
+    let leader_metrics = Arc::new(LeaderMetrics::default());
+    let fence_layer = FenceLayer::new(fence.clone(), Some(leader_metrics.fenced_writes.clone()));
     let client: Client = ClientBuilder::try_from(config)
         .context("build Kubernetes client")?
+        .with_layer(&fence_layer)
         .with_layer(&health.layer())
         .build();
-    tokio::spawn(api_health::probe(probe_client, metrics.clone()));
+    tokio::spawn(api_health::probe(probe_client.clone(), metrics.clone()));
     let (listener, addr) = metrics::bind(args.metrics_addr)
         .await
         .with_context(|| format!("bind metrics address {}", args.metrics_addr))?;
     info!(%addr, manager = MANAGER, "serving /healthz, /readyz and /metrics");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = leader::metrics_router(metrics.clone(), leader_metrics.clone());
     let server = tokio::spawn(
-        axum::serve(listener, metrics::router(metrics.clone()))
+        axum::serve(listener, router)
             .with_graceful_shutdown(async {
                 let _ = stop_rx.await;
             })
@@ -207,7 +218,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             controller::run(client, settings, metrics).await;
         }
         Some(election) => {
-            let elector = Elector::new(client.clone(), election);
+            let elector = Elector::new(probe_client, election, fence, leader_metrics);
             metrics.set_standby(true);
             let signalled = tokio::select! {
                 _ = elector.acquire() => false,
@@ -220,9 +231,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         elector.release().await;
                     }
                     lost = elector.hold() => {
-                        // Dropping the controller stops every reconcile before another replica
-                        // can take the Lease (renew deadline < lease duration). A restart makes
-                        // this replica a standby again.
+                        // The fence already refuses every write; dropping the controller stops
+                        // the reconciles too. A restart makes this replica a standby again.
                         metrics.set_standby(true);
                         tracing::error!(error = %lost, "lost leadership, exiting");
                         return Err(lost.into());

@@ -28,7 +28,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use common::audit::{
+    Block, Term, audit_events, audit_log, by_operator, check_one_writer, file_len, in_namespace,
+    is_write, lease_terms,
+};
 use common::chart::{Release, adopt_crd, chart, helm};
+use common::control_plane::DescribeOnPanic;
 use common::http::metric_in;
 use common::operator::lease_holder;
 use common::pods::{is_live, is_ready, node_of};
@@ -285,6 +290,53 @@ async fn operator_metrics(ip: &str) -> Result<String, String> {
     }
 }
 
+/// The operator's writes in the site's namespace since `offset`, checked against the terms of
+/// its Lease in `lease_ns`: exactly one replica wrote at any time, whichever led.
+fn one_writer(audit: &Path, offset: u64, lease_ns: &str, site_ns: &str) -> (Vec<Term>, Vec<Block>) {
+    let events = audit_events(audit, offset, |e| {
+        is_write(e) && by_operator(e) && (in_namespace(e, lease_ns) || in_namespace(e, site_ns))
+    });
+    let terms = lease_terms(&events, lease_ns, LEASE);
+    let writes: Vec<Value> = events
+        .into_iter()
+        .filter(|e| in_namespace(e, site_ns))
+        .collect();
+    let blocks = check_one_writer(&writes, &terms).unwrap_or_else(|e| panic!("{e}"));
+    (terms, blocks)
+}
+
+/// The replica that leads now, by the Lease and by its own metrics (exactly one pod says 1),
+/// and the other: a stall may have moved the Lease since the install.
+async fn current_leader(
+    leases: &Api<Lease>,
+    operator_ips: &BTreeMap<String, String>,
+) -> (String, String) {
+    wait_for(
+        "exactly one operator pod leading, by the Lease and by its metrics",
+        Duration::from_secs(30),
+        || async {
+            let holder = lease_holder(leases, LEASE).await.unwrap_or_default();
+            let mut leading = Vec::new();
+            for (pod, ip) in operator_ips {
+                let page = operator_metrics(ip).await?;
+                if metric(&page, "articlesite_operator_leader") == Some(1.0) {
+                    leading.push(pod.clone());
+                }
+            }
+            match leading.as_slice() {
+                [one] if *one == holder => {
+                    let other = operator_ips.keys().find(|p| **p != holder).cloned();
+                    Ok((holder, other.unwrap_or_default()))
+                }
+                _ => Err(format!(
+                    "Lease holder {holder:?}, pods whose metrics say they lead: {leading:?}"
+                )),
+            }
+        },
+    )
+    .await
+}
+
 fn ip_of(p: &Pod) -> Option<String> {
     p.status.as_ref().and_then(|s| s.pod_ip.clone())
 }
@@ -363,6 +415,10 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     let client = client().await;
     let op_ns = TestNamespace::create(&client, "e2e-operator").await;
     let ns = TestNamespace::create(&client, "e2e-site").await;
+    // A failing step says what the control plane was doing and who led when.
+    let _report = DescribeOnPanic::new(&op_ns.name, LEASE);
+    let audit = audit_log();
+    let offset = file_len(&audit);
     let pp = PostParams::default();
 
     // A local volume on the real node for PostgreSQL, bound through a StorageClass of this
@@ -489,32 +545,11 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
         assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
         operator_ips.insert(p.name_any(), ip);
     }
-    let standby = operators
-        .iter()
-        .map(|p| p.name_any())
-        .find(|n| *n != leader)
-        .expect("a standby");
-    // Each pod's own view, from its metrics: the leader says 1, the standby 0.
-    for (pod, want) in [(&leader, 1.0), (&standby, 0.0)] {
-        let ip = operator_ips[pod].clone();
-        wait_for(
-            &format!("{pod}'s articlesite_operator_leader to be {want}"),
-            Duration::from_secs(30),
-            || {
-                let ip = ip.clone();
-                async move {
-                    let page = operator_metrics(&ip).await?;
-                    match metric(&page, "articlesite_operator_leader") {
-                        Some(v) if v == want => Ok(()),
-                        v => Err(format!("{v:?}")),
-                    }
-                }
-            },
-        )
-        .await;
-    }
+    // Each pod's own view, from its metrics: exactly one says 1, the Lease's holder (the
+    // Lease may have moved since: whoever leads now).
+    let (now_leading, _) = current_leader(&leases, &operator_ips).await;
     println!(
-        "helm install: 2 operator pods Ready on {REAL_NODE} {:.1}s after the install started, {leader} leads (Lease held {:.1}s after)",
+        "helm install: 2 operator pods Ready on {REAL_NODE} {:.1}s after the install started, {leader} took the Lease {:.1}s after, {now_leading} leads now",
         installed.as_secs_f64(),
         leader_elected.as_secs_f64()
     );
@@ -561,8 +596,8 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
         ready_site.status.as_ref().and_then(|s| s.url.clone())
     );
 
-    // Reconciled by the leader pod: it applied the site's Deployment and counted the work;
-    // the standby did nothing.
+    // Reconciled by whichever replica led, one at a time (the audit log): it applied the
+    // site's Deployment and counted the work; a replica that never held the Lease did nothing.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let d = deployments.get(&name).await.expect("the site's Deployment");
     assert!(
@@ -571,24 +606,20 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
             .any(|m| m.manager.as_deref() == Some("articlesite-operator")),
         "the Deployment is applied by the operator"
     );
-    let leader_page = operator_metrics(&operator_ips[&leader])
-        .await
-        .expect("leader metrics");
-    let standby_page = operator_metrics(&operator_ips[&standby])
-        .await
-        .expect("standby metrics");
-    let leader_children =
-        metric(&leader_page, "articlesite_operator_children_total").unwrap_or(0.0);
-    let standby_reconciles =
-        metric(&standby_page, "articlesite_operator_reconciles_total").unwrap_or(0.0);
-    assert!(
-        leader_children > 0.0,
-        "the leader {leader} applied the site's children: {leader_page}"
-    );
-    assert_eq!(
-        standby_reconciles, 0.0,
-        "the standby {standby} reconciles nothing"
-    );
+    let (terms, _) = one_writer(&audit, offset, &op_ns.name, &ns.name);
+    let mut children = 0.0;
+    for (pod, ip) in &operator_ips {
+        let page = operator_metrics(ip).await.expect("operator metrics");
+        children += metric(&page, "articlesite_operator_children_total").unwrap_or(0.0);
+        if !terms.iter().any(|t| t.identity == *pod) {
+            assert_eq!(
+                metric(&page, "articlesite_operator_reconciles_total").unwrap_or(0.0),
+                0.0,
+                "{pod} never held the Lease ({terms:?}) but reconciled"
+            );
+        }
+    }
+    assert!(children > 0.0, "the leader applied the site's children");
 
     // Every pod of the site runs on the real node, Ready, with an address of its bridge's subnet;
     // the app finds PostgreSQL by its Service name (no hostAliases: the node's cluster DNS).
@@ -1003,6 +1034,7 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     // Lease back); another replica takes over and reconciles: the site's deleted budgets
     // return. Usually the standby wins; the Deployment's replacement pod may start in time
     // and win the race instead, which is as good.
+    let (leader, standby) = current_leader(&leases, &operator_ips).await;
     let t = Instant::now();
     op_pods
         .delete(&leader, &Default::default())
@@ -1084,6 +1116,18 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
         "leader pod {leader} deleted: {which} {new_leader} held the Lease {:.1}s later and recreated the deleted budgets in {:.1}s",
         takeover.as_secs_f64(),
         healed.as_secs_f64()
+    );
+
+    // Over the whole test, exactly one replica wrote at any time, whoever it was.
+    let (terms, blocks) = one_writer(&audit, offset, &op_ns.name, &ns.name);
+    println!(
+        "audit log: {} Lease terms ({:?}), the site's writes in {} blocks, none overlapping",
+        terms.len(),
+        terms
+            .iter()
+            .map(|t| t.identity.as_str())
+            .collect::<Vec<_>>(),
+        blocks.len()
     );
 
     // helm uninstall: the operator goes, the CRD and the site stay (crd.keep).

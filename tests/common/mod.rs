@@ -4,11 +4,13 @@
 
 pub mod audit;
 pub mod chart;
+pub mod control_plane;
 pub mod crd;
 pub mod gitops;
 pub mod http;
 pub mod operator;
 pub mod pods;
+pub mod proxy;
 pub mod site;
 pub mod tools;
 

@@ -91,6 +91,11 @@ impl OperatorProcess {
         Ok(metric_in(&body, name, label).unwrap_or(0.0))
     }
 
+    /// The pid of the current run (to pause it with SIGSTOP, say).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Still running (not exited, not killed).
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
