@@ -639,7 +639,7 @@ pub fn default_identity() -> String {
         .unwrap_or_else(|| "articlesite-operator".into());
     let mut bytes = [0u8; 4];
     let suffix = match getrandom::fill(&mut bytes) {
-        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        Ok(()) => hex::encode(bytes),
         Err(_) => std::process::id().to_string(),
     };
     format!("{host}_{suffix}")
