@@ -96,6 +96,8 @@ pub struct Config {
     pub pool_size: u32,
     pub db_timeout: Duration,
     pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
     pub max_body_bytes: usize,
     pub drain_delay: Duration,
     pub shutdown_timeout: Duration,
@@ -173,6 +175,15 @@ impl Config {
             10,
             600_000,
         );
+        let header_read_timeout = millis(
+            &get,
+            &mut p,
+            "ARTICLES_HEADER_READ_TIMEOUT_MS",
+            10_000,
+            10,
+            600_000,
+        );
+        let max_connections = int(&get, &mut p, "ARTICLES_MAX_CONNECTIONS", 1000, 1, 1_000_000);
         let max_body_bytes = int(
             &get,
             &mut p,
@@ -245,6 +256,8 @@ impl Config {
             pool_size,
             db_timeout,
             request_timeout,
+            header_read_timeout,
+            max_connections,
             max_body_bytes,
             drain_delay,
             shutdown_timeout,
@@ -262,6 +275,8 @@ impl Config {
                 Some(pool_size),
                 Some(db_timeout),
                 Some(request_timeout),
+                Some(header_read_timeout),
+                Some(max_connections),
                 Some(max_body_bytes),
                 Some(drain_delay),
                 Some(shutdown_timeout),
@@ -278,6 +293,8 @@ impl Config {
                 pool_size: pool_size as u32,
                 db_timeout,
                 request_timeout,
+                header_read_timeout,
+                max_connections: max_connections as usize,
                 max_body_bytes: max_body_bytes as usize,
                 drain_delay,
                 shutdown_timeout,
@@ -487,6 +504,8 @@ mod tests {
         assert_eq!(c.db_timeout, Duration::from_millis(2000));
         assert_eq!(c.request_timeout, Duration::from_millis(10_000));
         assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 1000);
         assert_eq!(c.drain_delay, Duration::from_secs(5));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
         assert!(c.cache.enabled);

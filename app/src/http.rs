@@ -15,10 +15,9 @@ pub const CACHE_PUBLIC: &str = "public, max-age=0, must-revalidate";
 pub const CACHE_PRIVATE: &str = "private, no-store";
 pub const CACHE_NONE: &str = "no-store";
 
-/// The strong ETag of one article version. The id makes a deleted-and-recreated slug's
-/// ETags differ.
+/// The strong ETag of one article version.
 pub fn article_etag(a: &Article) -> String {
-    format!("\"a{}.{}\"", a.id, a.version)
+    a.etag()
 }
 
 /// The strong ETag of a rendered body.
@@ -42,40 +41,27 @@ pub fn none_match(headers: &HeaderMap, etag: &str) -> bool {
         .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum IfMatch {
-    Absent,
-    Expect(Precondition),
-    /// Present but names no version of any article (weak or malformed tags): cannot match.
-    NeverMatches,
-}
-
-/// Reads `If-Match` (strong comparison only: weak tags never match).
-pub fn if_match(headers: &HeaderMap) -> IfMatch {
+/// Reads `If-Match`. The tags are kept as sent and later compared character for
+/// character with the current ETag (the strong comparison of RFC 9110 §8.8.3.2): a weak
+/// tag, or one that merely parses to the same numbers (`"a07.3"`), never matches.
+pub fn if_match(headers: &HeaderMap) -> Precondition {
+    let mut tags = Vec::new();
     let mut present = false;
     for value in headers.get_all(header::IF_MATCH) {
         present = true;
         let Ok(value) = value.to_str() else { continue };
         for tag in opaque_tags(value) {
             if tag == "*" {
-                return IfMatch::Expect(Precondition::Any);
+                return Precondition::Exists;
             }
-            if let Some((id, version)) = parse_article_etag(tag) {
-                return IfMatch::Expect(Precondition::Exact { id, version });
-            }
+            tags.push(tag.to_owned());
         }
     }
     if present {
-        IfMatch::NeverMatches
+        Precondition::Tags(tags)
     } else {
-        IfMatch::Absent
+        Precondition::None
     }
-}
-
-fn parse_article_etag(tag: &str) -> Option<(i64, i64)> {
-    let inner = tag.strip_prefix("\"a")?.strip_suffix('"')?;
-    let (id, version) = inner.split_once('.')?;
-    Some((id.parse().ok()?, version.parse().ok()?))
 }
 
 /// A 200 with the body, or a 304 if the client already has it.
@@ -140,23 +126,15 @@ mod tests {
     }
 
     #[test]
-    fn if_match_parses_article_tags_and_rejects_weak_ones() {
-        assert_eq!(if_match(&HeaderMap::new()), IfMatch::Absent);
+    fn if_match_keeps_tags_as_sent() {
+        assert_eq!(if_match(&HeaderMap::new()), Precondition::None);
         assert_eq!(
-            if_match(&headers(header::IF_MATCH, "\"a7.3\"")),
-            IfMatch::Expect(Precondition::Exact { id: 7, version: 3 })
+            if_match(&headers(header::IF_MATCH, "\"a7.3\", W/\"a7.3\"")),
+            Precondition::Tags(vec!["\"a7.3\"".into(), "W/\"a7.3\"".into()])
         );
         assert_eq!(
             if_match(&headers(header::IF_MATCH, "*")),
-            IfMatch::Expect(Precondition::Any)
-        );
-        assert_eq!(
-            if_match(&headers(header::IF_MATCH, "W/\"a7.3\"")),
-            IfMatch::NeverMatches
-        );
-        assert_eq!(
-            if_match(&headers(header::IF_MATCH, "garbage")),
-            IfMatch::NeverMatches
+            Precondition::Exists
         );
     }
 

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod render;
 pub mod routes;
+pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod validate;
@@ -85,26 +86,28 @@ pub async fn run(
     let mut migrator = tokio::spawn(migrate_until_done(state.clone(), stop_rx.clone()));
     let mut worker = tokio::spawn(jobs::run_worker(state.clone(), stop_rx.clone()));
     let app = routes::router(state.clone());
-    let mut server_stop = stop_rx.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let limits = server::ConnectionLimits {
+        header_read_timeout: state.config.header_read_timeout,
+        max_connections: state.config.max_connections,
+    };
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        app,
+        limits,
+        state.metrics.connections.clone(),
+        stop_rx.clone(),
+    ));
     tracing::info!(addr = ?state.config.listen_addr, cache = state.cache.enabled(), "article server started");
 
     tokio::select! {
         _ = shutdown => {}
         result = &mut server => {
-            // Only a broken listener gets here.
+            // The accept loop only returns early if its task failed.
             let _ = stop_tx.send(true);
             pool.close().await;
-            return match result {
-                Ok(r) => r.map_err(RunError::Serve),
-                Err(e) => Err(RunError::Serve(std::io::Error::other(e))),
-            };
+            return Err(RunError::Serve(std::io::Error::other(format!(
+                "the accept loop stopped: {result:?}"
+            ))));
         }
     }
 

@@ -2,6 +2,11 @@
 //! Pure functions of their inputs, so they are unit-tested without a server.
 
 use std::fmt::Write;
+use std::sync::LazyLock;
+
+use axum::http::StatusCode;
+use base64::Engine;
+use sha2::{Digest, Sha256};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use pulldown_cmark::{Options, Parser, html};
@@ -63,6 +68,64 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:42rem;margi
 a{color:#0645ad}header a{color:inherit;text-decoration:none}.meta{color:#666;font-size:.9rem}\
 .tag{background:#eee;border-radius:3px;padding:0 .3rem;margin-right:.3rem;font-size:.85rem}\
 article img{max-width:100%}pre{overflow-x:auto;background:#f6f6f6;padding:.5rem}";
+
+pub const HTML: &str = "text/html; charset=utf-8";
+
+/// The Content-Security-Policy of every response. The pages' only style sheet is inline
+/// and constant, so its hash allows it (a nonce would defeat cached bodies); there is no
+/// script at all.
+pub fn content_security_policy() -> &'static str {
+    static CSP: LazyLock<String> = LazyLock::new(|| {
+        let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(STYLE));
+        format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; img-src 'self' https:; \
+             form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+        )
+    });
+    &CSP
+}
+
+/// What a reader is told for each error status.
+fn reader_message(status: StatusCode, detail: &str) -> (String, String) {
+    let (title, text) = match status.as_u16() {
+        400 => (
+            "Bad request",
+            format!("This address is not valid ({detail})."),
+        ),
+        401 => (
+            "Not authorized",
+            "The request carried credentials that are not valid. Reading needs none.".into(),
+        ),
+        404 => (
+            "Page not found",
+            "There is no such page or article. It may have moved or been unpublished.".into(),
+        ),
+        405 => ("Not allowed", "This page cannot be used that way.".into()),
+        503 => (
+            "Briefly unavailable",
+            "The site cannot reach its database just now. Please try again in a moment.".into(),
+        ),
+        _ => (
+            "Something went wrong",
+            "The server could not answer this request.".into(),
+        ),
+    };
+    (title.to_owned(), text)
+}
+
+/// A readable error page for reader paths.
+pub fn error_page(site_title: &str, status: StatusCode, detail: &str) -> String {
+    let (title, text) = reader_message(status, detail);
+    layout(
+        site_title,
+        &title,
+        &format!(
+            "<h2>{}</h2><p>{}</p><p><a href=\"/\">Back to the front page</a></p>",
+            escape(&title),
+            escape(&text)
+        ),
+    )
+}
 
 fn layout(site_title: &str, title: &str, body: &str) -> String {
     let site = escape(site_title);
@@ -168,12 +231,18 @@ pub fn article_page(site_title: &str, a: &Article) -> String {
     layout(site_title, &a.title, &body)
 }
 
-pub fn not_found_page(site_title: &str) -> String {
-    layout(
-        site_title,
-        "Not found",
-        "<h2>Not found</h2><p>There is no such article.</p>",
-    )
+/// Escapes text for XML and drops what XML 1.0 cannot carry (validation rejects it on
+/// write; this keeps older rows from breaking the feed).
+fn xml_text(s: &str) -> String {
+    if s.chars().any(crate::validate::is_xml_forbidden) {
+        let clean: String = s
+            .chars()
+            .filter(|c| !crate::validate::is_xml_forbidden(*c))
+            .collect();
+        escape(&clean)
+    } else {
+        escape(s)
+    }
 }
 
 /// An Atom 1.0 feed (RFC 4287) of the given articles, newest first.
@@ -183,36 +252,36 @@ pub fn atom_feed(site_title: &str, public_url: &str, articles: &[Article]) -> St
         .map(|a| a.updated_at)
         .max()
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-    let base = escape(public_url);
+    let base = xml_text(public_url);
     let mut out = format!(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">\
          <title>{title}</title><id>{base}/</id><updated>{updated}</updated>\
          <link rel=\"self\" type=\"application/atom+xml\" href=\"{base}/feed.xml\"/>\
          <link rel=\"alternate\" type=\"text/html\" href=\"{base}/\"/>\
          <author><name>{title}</name></author>",
-        title = escape(site_title),
+        title = xml_text(site_title),
         updated = rfc3339(updated),
     );
     for a in articles {
-        let url = format!("{base}/articles/{}", escape(&a.slug));
+        let url = format!("{base}/articles/{}", xml_text(&a.slug));
         let _ = write!(
             out,
             "<entry><title>{title}</title><id>{url}</id><link rel=\"alternate\" type=\"text/html\" href=\"{url}\"/>\
              <published>{published}</published><updated>{updated}</updated>",
-            title = escape(&a.title),
+            title = xml_text(&a.title),
             published = rfc3339(a.published_at.unwrap_or(a.updated_at)),
             updated = rfc3339(a.updated_at),
         );
         for t in &a.tags {
-            let _ = write!(out, "<category term=\"{}\"/>", escape(t));
+            let _ = write!(out, "<category term=\"{}\"/>", xml_text(t));
         }
         if !a.summary.is_empty() {
-            let _ = write!(out, "<summary>{}</summary>", escape(&a.summary));
+            let _ = write!(out, "<summary>{}</summary>", xml_text(&a.summary));
         }
         let _ = write!(
             out,
             "<content type=\"html\">{}</content></entry>",
-            escape(&markdown_to_safe_html(&a.body))
+            xml_text(&markdown_to_safe_html(&a.body))
         );
     }
     out.push_str("</feed>\n");
@@ -297,6 +366,19 @@ mod tests {
         assert!(feed.contains("&lt;strong&gt;b&lt;/strong&gt;"), "{feed}");
         assert!(!feed.contains("script"), "{feed}");
         assert!(feed.contains("<updated>2023-11-14T22:13:20Z</updated>"));
+    }
+
+    #[test]
+    fn the_feed_drops_characters_xml_cannot_carry() {
+        let feed = atom_feed(
+            "S",
+            "https://x.example",
+            &[article("a", "bad \u{FFFF}\u{1}title", "body \u{FFFE}")],
+        );
+        assert!(
+            !feed.contains('\u{FFFF}') && !feed.contains('\u{FFFE}') && !feed.contains('\u{1}')
+        );
+        assert!(feed.contains("<title>bad title</title>"), "{feed}");
     }
 
     #[test]

@@ -27,6 +27,12 @@ impl Article {
     pub fn is_published(&self) -> bool {
         self.status == STATUS_PUBLISHED
     }
+
+    /// The strong ETag of this version. The id makes a deleted-and-recreated slug's ETags
+    /// differ.
+    pub fn etag(&self) -> String {
+        format!("\"a{}.{}\"", self.id, self.version)
+    }
 }
 
 pub const STATUS_PUBLISHED: &str = "published";
@@ -63,6 +69,9 @@ impl From<sqlx::Error> for RepoError {
     }
 }
 
+/// 9999-12-31T23:59:59.999999Z: the latest time a cursor may carry.
+const MAX_CURSOR_MICROS: i64 = 253_402_300_799_999_999;
+
 /// Position after the last item of a page: newest first by (published_at, id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -84,7 +93,9 @@ impl Cursor {
         let (micros, id) = s.split_once('_')?;
         let micros: i64 = micros.parse().ok()?;
         let id: i64 = id.parse().ok()?;
-        if id <= 0 {
+        // Beyond these bounds PostgreSQL cannot store the time (and no article has it):
+        // refuse here rather than fail in the query.
+        if id <= 0 || !(0..=MAX_CURSOR_MICROS).contains(&micros) {
             return None;
         }
         Some(Cursor {
@@ -94,20 +105,34 @@ impl Cursor {
     }
 }
 
-/// The expected state of an article, from `If-Match`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The expected state of an article, from `If-Match` (RFC 9110 §13.1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Precondition {
-    /// No `If-Match`, or `If-Match: *`: any existing version.
-    Any,
-    /// The article with this id, at this version.
-    Exact { id: i64, version: i64 },
+    /// No `If-Match`: any state; a missing article is a 404.
+    None,
+    /// `If-Match: *`: the article must exist (412 if it does not).
+    Exists,
+    /// `If-Match` with entity tags: one of them must be, character for character, the
+    /// current version's ETag (the strong comparison; weak tags never match).
+    Tags(Vec<String>),
 }
 
 impl Precondition {
     fn holds(&self, a: &Article) -> bool {
-        match *self {
-            Precondition::Any => true,
-            Precondition::Exact { id, version } => a.id == id && a.version == version,
+        match self {
+            Precondition::None | Precondition::Exists => true,
+            Precondition::Tags(tags) => {
+                let current = a.etag();
+                tags.contains(&current)
+            }
+        }
+    }
+
+    /// A missing article fails any `If-Match` with 412, and is a 404 without one.
+    fn missing(&self) -> RepoError {
+        match self {
+            Precondition::None => RepoError::NotFound,
+            _ => RepoError::PreconditionFailed,
         }
     }
 }
@@ -251,6 +276,7 @@ pub struct ArticlePatch {
 async fn lock_by_slug(
     tx: &mut Transaction<'static, Postgres>,
     slug: &str,
+    pre: &Precondition,
 ) -> Result<Article, RepoError> {
     let sql = concat!(
         "SELECT ",
@@ -262,7 +288,7 @@ async fn lock_by_slug(
         .bind(slug)
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or(RepoError::NotFound)
+        .ok_or_else(|| pre.missing())
 }
 
 /// Applies `patch` if the article still matches `pre`; the version goes up by one.
@@ -273,7 +299,7 @@ pub async fn update(
     patch: &ArticlePatch,
 ) -> Result<Article, RepoError> {
     let mut tx = pool.begin().await.map_err(DbError::from)?;
-    let current = lock_by_slug(&mut tx, slug).await?;
+    let current = lock_by_slug(&mut tx, slug, &pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
     }
@@ -298,7 +324,7 @@ pub async fn update(
 
 pub async fn delete(pool: &PgPool, slug: &str, pre: Precondition) -> Result<(), RepoError> {
     let mut tx = pool.begin().await.map_err(DbError::from)?;
-    let current = lock_by_slug(&mut tx, slug).await?;
+    let current = lock_by_slug(&mut tx, slug, &pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
     }
@@ -306,6 +332,7 @@ pub async fn delete(pool: &PgPool, slug: &str, pre: Precondition) -> Result<(), 
         .bind(current.id)
         .execute(&mut *tx)
         .await?;
+    super::jobs::cancel_for_article(&mut tx, current.id).await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(())
 }
@@ -319,7 +346,7 @@ pub async fn publish(
     at: Option<DateTime<Utc>>,
 ) -> Result<Article, RepoError> {
     let mut tx = pool.begin().await.map_err(DbError::from)?;
-    let current = lock_by_slug(&mut tx, slug).await?;
+    let current = lock_by_slug(&mut tx, slug, &pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
     }
@@ -327,6 +354,7 @@ pub async fn publish(
     let article = match future {
         None if current.is_published() => current,
         None => {
+            super::jobs::cancel_for_article(&mut tx, current.id).await?;
             let sql = concat!(
                 "UPDATE articles SET status = 'published', published_at = now(), scheduled_at = NULL, \
                  version = version + 1, updated_at = now() WHERE id = $1 \
@@ -351,6 +379,8 @@ pub async fn publish(
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
+            // The new schedule replaces any earlier one.
+            super::jobs::cancel_for_article(&mut tx, a.id).await?;
             let payload = serde_json::json!({ "article_id": a.id, "scheduled_at": a.scheduled_at });
             super::jobs::enqueue(&mut tx, super::jobs::KIND_PUBLISH_ARTICLE, &payload, at).await?;
             a
@@ -403,6 +433,9 @@ mod tests {
             "99999999999999999999_1",
             "1_2_3",
             "1;DROP TABLE",
+            "-9223372036854775808_1",
+            "-210866803200000001_1",
+            "253402300800000000_1",
         ] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }

@@ -17,9 +17,7 @@ use crate::db::articles::{self, Article, Precondition, RepoError};
 use crate::db::timed;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, OptionalJsonBody};
-use crate::http::{
-    CACHE_NONE, CACHE_PRIVATE, IfMatch, article_etag, body_etag, conditional, if_match,
-};
+use crate::http::{CACHE_NONE, CACHE_PRIVATE, article_etag, body_etag, conditional, if_match};
 use crate::state::AppState;
 use crate::validate::{CreateArticle, PublishArticle, UpdateArticle, is_valid_slug};
 
@@ -93,10 +91,8 @@ fn written(status: StatusCode, a: &Article) -> Result<Response, ApiError> {
 
 fn precondition(headers: &HeaderMap, required: bool) -> Result<Precondition, ApiError> {
     match if_match(headers) {
-        IfMatch::Absent if required => Err(ApiError::PreconditionRequired),
-        IfMatch::Absent => Ok(Precondition::Any),
-        IfMatch::Expect(p) => Ok(p),
-        IfMatch::NeverMatches => Err(ApiError::PreconditionFailed),
+        Precondition::None if required => Err(ApiError::PreconditionRequired),
+        p => Ok(p),
     }
 }
 

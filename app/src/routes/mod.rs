@@ -42,6 +42,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(from_fn_with_state(
             state.clone(),
+            middleware::reject_wrong_token,
+        ))
+        .layer(from_fn_with_state(
+            state.clone(),
             middleware::require_schema,
         ))
         .layer(from_fn_with_state(state.clone(), middleware::timeout))
@@ -56,6 +60,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
+        .layer(from_fn_with_state(state.clone(), middleware::html_errors))
+        .layer(axum::middleware::from_fn(middleware::security_headers))
         .layer(from_fn_with_state(state.clone(), middleware::observe))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

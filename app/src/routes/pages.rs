@@ -4,20 +4,20 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 
 use super::{DEFAULT_PAGE, ListParams, cached_response};
 use crate::cache::Cached;
 use crate::db::articles::{self, Article};
 use crate::db::timed;
 use crate::error::ApiError;
-use crate::http::{CACHE_NONE, body_etag};
+use crate::http::body_etag;
 use crate::render::{self, IndexFilter};
 use crate::state::AppState;
 use crate::validate::is_valid_slug;
 
-const HTML: &str = "text/html; charset=utf-8";
+use crate::render::HTML;
 
 fn html(body: String) -> Cached {
     Cached {
@@ -25,20 +25,6 @@ fn html(body: String) -> Cached {
         body: body.into(),
         content_type: HTML,
     }
-}
-
-/// A readable 404 page rather than a problem document.
-fn not_found_page(state: &AppState) -> Response {
-    let mut res = (
-        StatusCode::NOT_FOUND,
-        render::not_found_page(&state.config.site_title),
-    )
-        .into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(HTML));
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_NONE));
-    res
 }
 
 pub async fn index(
@@ -77,9 +63,9 @@ pub async fn article(
 ) -> Result<Response, ApiError> {
     let slug = match path {
         Ok(Path(slug)) if is_valid_slug(&slug) => slug,
-        _ => return Ok(not_found_page(&state)),
+        _ => return Err(ApiError::NotFound),
     };
-    let result = cached_response(&state, format!("page:article|{slug}"), &headers, async {
+    cached_response(&state, format!("page:article|{slug}"), &headers, async {
         let a = timed(
             state.config.db_timeout,
             articles::get_by_slug(&state.pool, &slug),
@@ -89,9 +75,5 @@ pub async fn article(
         .ok_or(ApiError::NotFound)?;
         Ok(html(render::article_page(&state.config.site_title, &a)))
     })
-    .await;
-    match result {
-        Err(ApiError::NotFound) => Ok(not_found_page(&state)),
-        other => other,
-    }
+    .await
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod cache;
 mod concurrency;
 mod explain;
+mod hardening;
 mod harness;
 mod jobs;
 mod metrics;

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use crate::harness::{TestServer, fresh_database, postgres, wait_until};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
+pub enum Mode {
     Forward,
     /// Refuse: close each new connection at once.
     Down,
@@ -18,15 +18,15 @@ enum Mode {
     Stall,
 }
 
-struct Proxy {
-    port: u16,
+pub struct Proxy {
+    pub port: u16,
     mode: Arc<Mutex<Mode>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
+    pub async fn start(upstream: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let mode = Arc::new(Mutex::new(Mode::Forward));
@@ -59,7 +59,7 @@ impl Proxy {
     }
 
     /// Switches mode and cuts every open connection.
-    fn set(&self, mode: Mode) {
+    pub fn set(&self, mode: Mode) {
         *self.mode.lock().expect("lock") = mode;
         for c in self.conns.lock().expect("lock").drain(..) {
             c.abort();
