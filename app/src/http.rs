@@ -5,7 +5,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use std::time::Duration;
+
 use crate::cache::Cached;
+use crate::compress::{self, Encoding};
 use crate::db::articles::{Article, Precondition};
 
 /// Public reads: any cache may store them but must revalidate (cheap, thanks to 304),
@@ -14,6 +17,21 @@ pub const CACHE_PUBLIC: &str = "public, max-age=0, must-revalidate";
 /// Drafts seen with the write token, and write responses.
 pub const CACHE_PRIVATE: &str = "private, no-store";
 pub const CACHE_NONE: &str = "no-store";
+
+/// Served fresh from the cache or the database, or stale because the database is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Hit,
+    Miss,
+    /// Not cacheable (drafts seen with the token, or the cache is off).
+    Uncached,
+    Stale {
+        age: Duration,
+    },
+}
+
+/// How long a client or proxy may itself keep using a stale copy when we fail.
+const STALE_IF_ERROR: &str = "public, max-age=0, stale-if-error=3600";
 
 /// The strong ETag of one article version.
 pub fn article_etag(a: &Article) -> String {
@@ -31,14 +49,35 @@ fn opaque_tags(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
-/// `If-None-Match` uses the weak comparison: `W/"x"` matches `"x"`.
+/// The ETag of `base`'s representation in `encoding`: `"h1a2b"` becomes `"h1a2b-br"`.
+pub fn encoded_etag(base: &str, encoding: Encoding) -> String {
+    let suffix = encoding.etag_suffix();
+    match base.strip_suffix('"') {
+        Some(open) if !suffix.is_empty() => format!("{open}{suffix}\""),
+        _ => base.to_owned(),
+    }
+}
+
+/// The tag of the unencoded representation an (encoded) ETag names.
+fn base_tag(tag: &str) -> String {
+    for enc in [Encoding::Gzip, Encoding::Brotli] {
+        let end = format!("{}\"", enc.etag_suffix());
+        if let Some(open) = tag.strip_suffix(&end) {
+            return format!("{open}\"");
+        }
+    }
+    tag.to_owned()
+}
+
+/// `If-None-Match` uses the weak comparison: `W/"x"` matches `"x"`, and a tag of any
+/// encoding of the same body matches (the client holds a valid copy either way).
 pub fn none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(opaque_tags)
-        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        .any(|t| t == "*" || base_tag(t.strip_prefix("W/").unwrap_or(t)) == etag)
 }
 
 /// Reads `If-Match`. The tags are kept as sent and later compared character for
@@ -54,7 +93,8 @@ pub fn if_match(headers: &HeaderMap) -> Precondition {
             if tag == "*" {
                 return Precondition::Exists;
             }
-            tags.push(tag.to_owned());
+            // Each encoding's tag names the same version: compare its base.
+            tags.push(base_tag(tag));
         }
     }
     if present {
@@ -64,31 +104,71 @@ pub fn if_match(headers: &HeaderMap) -> Precondition {
     }
 }
 
-/// A 200 with the body, or a 304 if the client already has it.
+/// A 200 with the body in the best encoding the client accepts, or a 304 if it already
+/// has it. Stale answers say so (`Age`, `X-Cache: stale`, `stale-if-error`).
 pub fn conditional(
     req_headers: &HeaderMap,
     cached: &Cached,
     cache_control: &'static str,
+    freshness: Freshness,
 ) -> Response {
+    let wanted = compress::negotiate(req_headers);
+    let (body, encoding) = match wanted {
+        Encoding::Brotli => match &cached.br {
+            Some(b) => (Some(b.clone()), Encoding::Brotli),
+            None if freshness == Freshness::Uncached && cached.body.len() >= compress::MIN_SIZE => {
+                (compress::brotli(&cached.body), Encoding::Brotli)
+            }
+            None => (None, Encoding::Identity),
+        },
+        Encoding::Gzip => match &cached.gzip {
+            Some(b) => (Some(b.clone()), Encoding::Gzip),
+            None if freshness == Freshness::Uncached && cached.body.len() >= compress::MIN_SIZE => {
+                (compress::gzip(&cached.body), Encoding::Gzip)
+            }
+            None => (None, Encoding::Identity),
+        },
+        Encoding::Identity => (None, Encoding::Identity),
+    };
+    let (body, encoding) = match body {
+        Some(b) => (b, encoding),
+        None => (cached.body.clone(), Encoding::Identity),
+    };
+    let etag = encoded_etag(&cached.etag, encoding);
     let mut res = if none_match(req_headers, &cached.etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut r = cached.body.clone().into_response();
+        let mut r = body.into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(cached.content_type),
         );
+        if let Some(ce) = encoding.header_value() {
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static(ce));
+        }
         r
     };
     let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&cached.etag) {
+    if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
+    // A 304 repeats the 200's Vary (RFC 9110 §15.4.5).
     h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control),
+        header::VARY,
+        HeaderValue::from_static("Authorization, Accept-Encoding"),
     );
-    h.insert(header::VARY, HeaderValue::from_static("Authorization"));
+    let (control, x_cache) = match freshness {
+        Freshness::Hit => (cache_control, "hit"),
+        Freshness::Miss => (cache_control, "miss"),
+        Freshness::Uncached => (cache_control, "bypass"),
+        Freshness::Stale { age } => {
+            h.insert(header::AGE, HeaderValue::from(age.as_secs()));
+            (STALE_IF_ERROR, "stale")
+        }
+    };
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(control));
+    h.insert("x-cache", HeaderValue::from_static(x_cache));
     res
 }
 
@@ -135,6 +215,20 @@ mod tests {
         assert_eq!(
             if_match(&headers(header::IF_MATCH, "*")),
             Precondition::Exists
+        );
+    }
+
+    #[test]
+    fn encoded_tags_name_their_base() {
+        assert_eq!(encoded_etag("\"h1\"", Encoding::Brotli), "\"h1-br\"");
+        assert_eq!(encoded_etag("\"h1\"", Encoding::Identity), "\"h1\"");
+        assert!(none_match(
+            &headers(header::IF_NONE_MATCH, "\"h1-gz\""),
+            "\"h1\""
+        ));
+        assert_eq!(
+            if_match(&headers(header::IF_MATCH, "\"a7.3-br\"")),
+            Precondition::Tags(vec!["\"a7.3\"".into()])
         );
     }
 

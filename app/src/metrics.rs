@@ -47,6 +47,12 @@ pub struct Metrics {
     pub jobs_processed: Family<JobLabels, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    pub cache_stale: Counter,
+    pub cache_bytes: Gauge,
+    pub cache_entries: Gauge,
+    pub cache_invalidations: Counter,
+    pub cache_resyncs: Counter,
+    pub db_circuit_open: Gauge,
 }
 
 /// The method as a metric label: the standard ones by name, anything else as `other`, so
@@ -86,6 +92,42 @@ impl Metrics {
         let jobs_processed = Family::<JobLabels, Counter>::default();
         let cache_hits = Counter::default();
         let cache_misses = Counter::default();
+        let cache_stale = Counter::default();
+        let cache_bytes = Gauge::default();
+        let cache_entries = Gauge::default();
+        let cache_invalidations = Counter::default();
+        let cache_resyncs = Counter::default();
+        let db_circuit_open = Gauge::default();
+        registry.register(
+            "cache_stale_served",
+            "Cached responses served stale because the database was unreachable",
+            cache_stale.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes held by the response cache",
+            cache_bytes.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Entries in the response cache",
+            cache_entries.clone(),
+        );
+        registry.register(
+            "cache_invalidations",
+            "Article change notifications applied to the cache",
+            cache_invalidations.clone(),
+        );
+        registry.register(
+            "cache_resyncs",
+            "Times the cache was cleared because the change listener (re)connected",
+            cache_resyncs.clone(),
+        );
+        registry.register(
+            "db_circuit_open",
+            "1 while the database circuit breaker is open (failing fast)",
+            db_circuit_open.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -150,6 +192,12 @@ impl Metrics {
             jobs_processed,
             cache_hits,
             cache_misses,
+            cache_stale,
+            cache_bytes,
+            cache_entries,
+            cache_invalidations,
+            cache_resyncs,
+            db_circuit_open,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Server-side rendering: Markdown to sanitized HTML, the reader's pages and the Atom feed.
 //! Pure functions of their inputs, so they are unit-tested without a server.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::sync::LazyLock;
 
@@ -11,7 +12,7 @@ use sha2::{Digest, Sha256};
 use chrono::{DateTime, SecondsFormat, Utc};
 use pulldown_cmark::{Options, Parser, html};
 
-use crate::db::articles::{Article, Cursor};
+use crate::db::articles::{Article, Cursor, Rendered};
 
 /// Markdown to HTML with anything unsafe (scripts, event handlers, `javascript:` links,
 /// raw iframes...) removed by ammonia's allow-list.
@@ -21,6 +22,27 @@ pub fn markdown_to_safe_html(markdown: &str) -> String {
     let mut raw = String::with_capacity(markdown.len() * 3 / 2);
     html::push_html(&mut raw, Parser::new_ext(markdown, options));
     ammonia::clean(&raw)
+}
+
+/// The version of `markdown_to_safe_html`'s output. Bump it whenever the output changes:
+/// stored renderings of older versions are then rendered again.
+pub const RENDER_VERSION: i32 = 1;
+
+pub fn render_body(markdown: &str) -> Rendered {
+    Rendered {
+        html: markdown_to_safe_html(markdown),
+        version: RENDER_VERSION,
+    }
+}
+
+/// The article's body as HTML: the stored rendering, or a new one if it is missing or
+/// from an older renderer.
+pub fn body_html(a: &Article) -> Cow<'_, str> {
+    if a.render_version == RENDER_VERSION {
+        Cow::Borrowed(&a.body_html)
+    } else {
+        Cow::Owned(markdown_to_safe_html(&a.body))
+    }
 }
 
 /// Escapes text for HTML element content and quoted attribute values, and XML likewise.
@@ -226,7 +248,7 @@ pub fn article_page(site_title: &str, a: &Article) -> String {
         iso = a.published_at.map(rfc3339).unwrap_or_default(),
         date = date(a.published_at),
         tags = tags_html(&a.tags),
-        html = markdown_to_safe_html(&a.body),
+        html = body_html(a),
     );
     layout(site_title, &a.title, &body)
 }
@@ -281,7 +303,7 @@ pub fn atom_feed(site_title: &str, public_url: &str, articles: &[Article]) -> St
         let _ = write!(
             out,
             "<content type=\"html\">{}</content></entry>",
-            xml_text(&markdown_to_safe_html(&a.body))
+            xml_text(&body_html(a))
         );
     }
     out.push_str("</feed>\n");
@@ -307,6 +329,8 @@ mod tests {
             created_at: t,
             updated_at: t,
             version: 1,
+            body_html: String::new(),
+            render_version: 0,
         }
     }
 

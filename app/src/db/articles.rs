@@ -21,6 +21,12 @@ pub struct Article {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
+    /// The body rendered to sanitised HTML when it was written (see `render`).
+    #[serde(skip)]
+    pub body_html: String,
+    /// The renderer version that produced `body_html`; 0 means not rendered yet.
+    #[serde(skip)]
+    pub render_version: i32,
 }
 
 impl Article {
@@ -40,7 +46,7 @@ pub const STATUS_PUBLISHED: &str = "published";
 /// The columns of [`Article`], in one place for every statement.
 macro_rules! columns {
     () => {
-        "id, slug, title, summary, body, tags, status, scheduled_at, published_at, created_at, updated_at, version"
+        "id, slug, title, summary, body, tags, status, scheduled_at, published_at, created_at, updated_at, version, body_html, render_version"
     };
 }
 
@@ -56,6 +62,12 @@ pub enum RepoError {
     AlreadyPublished,
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl super::Outage for RepoError {
+    fn is_outage(&self) -> bool {
+        matches!(self, RepoError::Db(e) if e.is_outage())
+    }
 }
 
 impl From<sqlx::Error> for RepoError {
@@ -248,10 +260,17 @@ pub struct NewArticle {
     pub tags: Vec<String>,
 }
 
-pub async fn create(pool: &PgPool, a: &NewArticle) -> Result<Article, RepoError> {
+/// The body rendered to HTML, stored beside it, and the renderer's version.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub html: String,
+    pub version: i32,
+}
+
+pub async fn create(pool: &PgPool, a: &NewArticle, r: &Rendered) -> Result<Article, RepoError> {
     let sql = concat!(
-        "INSERT INTO articles (slug, title, summary, body, tags) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING ",
+        "INSERT INTO articles (slug, title, summary, body, tags, body_html, render_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
         columns!()
     );
     Ok(sqlx::query_as(sql)
@@ -260,6 +279,8 @@ pub async fn create(pool: &PgPool, a: &NewArticle) -> Result<Article, RepoError>
         .bind(&a.summary)
         .bind(&a.body)
         .bind(&a.tags)
+        .bind(&r.html)
+        .bind(r.version)
         .fetch_one(pool)
         .await?)
 }
@@ -297,6 +318,7 @@ pub async fn update(
     slug: &str,
     pre: Precondition,
     patch: &ArticlePatch,
+    rendered: Option<&Rendered>,
 ) -> Result<Article, RepoError> {
     let mut tx = pool.begin().await.map_err(DbError::from)?;
     let current = lock_by_slug(&mut tx, slug, &pre).await?;
@@ -305,7 +327,9 @@ pub async fn update(
     }
     let sql = concat!(
         "UPDATE articles SET title = COALESCE($2, title), summary = COALESCE($3, summary), \
-         body = COALESCE($4, body), tags = COALESCE($5, tags), version = version + 1, updated_at = now() \
+         body = COALESCE($4, body), tags = COALESCE($5, tags), \
+         body_html = COALESCE($6, body_html), render_version = COALESCE($7, render_version), \
+         version = version + 1, updated_at = now() \
          WHERE id = $1 \
          RETURNING ",
         columns!()
@@ -316,6 +340,8 @@ pub async fn update(
         .bind(&patch.summary)
         .bind(&patch.body)
         .bind(&patch.tags)
+        .bind(rendered.map(|r| r.html.as_str()))
+        .bind(rendered.map(|r| r.version))
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await.map_err(DbError::from)?;
@@ -390,22 +416,58 @@ pub async fn publish(
     Ok(article)
 }
 
-/// The scheduled-publication job's effect. A no-op (returns false) when the article was
-/// deleted, published by hand or rescheduled since the job was enqueued.
+/// Articles whose stored HTML is missing or from an older renderer, a batch at a time.
+pub const STALE_RENDER_SQL: &str =
+    "SELECT id, version, body FROM articles WHERE render_version < $1 ORDER BY id LIMIT $2";
+
+pub async fn stale_renders(
+    pool: &PgPool,
+    current: i32,
+    limit: i64,
+) -> Result<Vec<(i64, i64, String)>, DbError> {
+    Ok(sqlx::query_as(STALE_RENDER_SQL)
+        .bind(current)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Stores a rendering of version `version` of the article; a no-op if it changed since.
+/// The version number stays: the content did not change.
+pub async fn store_render(
+    pool: &PgPool,
+    id: i64,
+    version: i64,
+    r: &Rendered,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE articles SET body_html = $3, render_version = $4 WHERE id = $1 AND version = $2",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(&r.html)
+    .bind(r.version)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The scheduled-publication job's effect; returns the slug it published. A no-op
+/// (`None`) when the article was deleted, published by hand or rescheduled since the job
+/// was enqueued.
 pub async fn publish_scheduled(
     tx: &mut Transaction<'static, Postgres>,
     article_id: i64,
     scheduled_at: DateTime<Utc>,
-) -> Result<bool, DbError> {
+) -> Result<Option<String>, DbError> {
     let sql = "UPDATE articles SET status = 'published', published_at = scheduled_at, scheduled_at = NULL, \
          version = version + 1, updated_at = now() \
-         WHERE id = $1 AND status = 'scheduled' AND scheduled_at = $2";
-    let done = sqlx::query(sql)
+         WHERE id = $1 AND status = 'scheduled' AND scheduled_at = $2 RETURNING slug";
+    Ok(sqlx::query_scalar(sql)
         .bind(article_id)
         .bind(scheduled_at)
-        .execute(&mut **tx)
-        .await?;
-    Ok(done.rows_affected() == 1)
+        .fetch_optional(&mut **tx)
+        .await?)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::db::{jobs, timed};
+use crate::db::jobs;
 use crate::error::ApiError;
 use crate::metrics::StateLabels;
 use crate::state::AppState;
@@ -22,7 +22,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Api
         .get_or_create(&StateLabels { state: "in_use" })
         .set((size - idle).max(0));
     // A scrape while the database is away still answers, with the last known depth.
-    match timed(state.config.db_timeout, jobs::depth(&state.pool)).await {
+    match state.db(jobs::depth(&state.pool)).await {
         Ok(d) => {
             m.jobs_queue
                 .get_or_create(&StateLabels { state: "pending" })

@@ -18,10 +18,10 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use crate::cache::Cached;
+use crate::cache::{Cached, Scope};
 use crate::db::articles::{Cursor, ListQuery};
 use crate::error::ApiError;
-use crate::http::conditional;
+use crate::http::{CACHE_PUBLIC, Freshness, conditional};
 use crate::middleware;
 use crate::state::AppState;
 use crate::validate::{check_search, is_valid_tag};
@@ -77,10 +77,12 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Serves `key` from the cache, or builds it (reading the database), caches it and serves
-/// it; either way as a 200 or a 304.
+/// it; either way as a 200 or a 304. If the database is unreachable, an entry still held
+/// is served stale instead of the error.
 pub async fn cached_response<F>(
     state: &AppState,
     key: String,
+    scope: Scope,
     req_headers: &HeaderMap,
     build: F,
 ) -> Result<Response, ApiError>
@@ -89,16 +91,40 @@ where
 {
     if let Some(hit) = state.cache.get(&key) {
         state.metrics.cache_hits.inc();
-        return Ok(conditional(req_headers, &hit, crate::http::CACHE_PUBLIC));
+        return Ok(conditional(req_headers, &hit, CACHE_PUBLIC, Freshness::Hit));
     }
+    let caching = state.cache.enabled() && state.cache.coherent();
     if state.cache.enabled() {
         state.metrics.cache_misses.inc();
     }
     let ticket = state.cache.ticket();
-    let built = Arc::new(build.await?);
-    let res = conditional(req_headers, &built, crate::http::CACHE_PUBLIC);
-    state.cache.insert(ticket, key, built);
-    Ok(res)
+    match build.await {
+        Ok(built) if caching => {
+            let built = Arc::new(built.with_encodings());
+            let res = conditional(req_headers, &built, CACHE_PUBLIC, Freshness::Miss);
+            state.cache.insert(ticket, key, scope, built);
+            Ok(res)
+        }
+        Ok(built) => Ok(conditional(
+            req_headers,
+            &built,
+            CACHE_PUBLIC,
+            Freshness::Uncached,
+        )),
+        Err(ApiError::DatabaseUnavailable(e)) => match state.cache.get_stale(&key) {
+            Some(stale) => {
+                state.metrics.cache_stale.inc();
+                Ok(conditional(
+                    req_headers,
+                    &stale.value,
+                    CACHE_PUBLIC,
+                    Freshness::Stale { age: stale.age },
+                ))
+            }
+            None => Err(ApiError::DatabaseUnavailable(e)),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 /// List parameters shared by the API list and the index page.

@@ -8,9 +8,8 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::{DEFAULT_PAGE, ListParams, cached_response};
-use crate::cache::Cached;
+use crate::cache::{Cached, Scope, article_keys};
 use crate::db::articles::{self, Article};
-use crate::db::timed;
 use crate::error::ApiError;
 use crate::http::body_etag;
 use crate::render::{self, IndexFilter};
@@ -20,11 +19,8 @@ use crate::validate::is_valid_slug;
 use crate::render::HTML;
 
 fn html(body: String) -> Cached {
-    Cached {
-        etag: body_etag(body.as_bytes()),
-        body: body.into(),
-        content_type: HTML,
-    }
+    let etag = body_etag(body.as_bytes());
+    Cached::new(body, etag, HTML)
 }
 
 pub async fn index(
@@ -36,12 +32,10 @@ pub async fn index(
     params.limit = Some(DEFAULT_PAGE.to_string());
     let query = params.to_query()?;
     let key = ListParams::cache_key("page:index", &query);
-    cached_response(&state, key, &headers, async {
-        let (items, next) = timed(
-            state.config.db_timeout,
-            articles::list_published(&state.pool, &query),
-        )
-        .await?;
+    cached_response(&state, key, Scope::List, &headers, async {
+        let (items, next) = state
+            .db(articles::list_published(&state.pool, &query))
+            .await?;
         let filter = IndexFilter {
             tag: query.tag.as_deref(),
             search: query.search.as_deref(),
@@ -65,14 +59,13 @@ pub async fn article(
         Ok(Path(slug)) if is_valid_slug(&slug) => slug,
         _ => return Err(ApiError::NotFound),
     };
-    cached_response(&state, format!("page:article|{slug}"), &headers, async {
-        let a = timed(
-            state.config.db_timeout,
-            articles::get_by_slug(&state.pool, &slug),
-        )
-        .await?
-        .filter(Article::is_published)
-        .ok_or(ApiError::NotFound)?;
+    let [_, key] = article_keys(&slug);
+    cached_response(&state, key, Scope::Article, &headers, async {
+        let a = state
+            .db(articles::get_by_slug(&state.pool, &slug))
+            .await?
+            .filter(Article::is_published)
+            .ok_or(ApiError::NotFound)?;
         Ok(html(render::article_page(&state.config.site_title, &a)))
     })
     .await

@@ -228,7 +228,8 @@ async fn abandoned_requests_leave_the_in_flight_gauge() {
         .timeout(Duration::from_millis(300))
         .build()
         .expect("client");
-    for i in 0..5 {
+    // The first may fail fast instead, on the pooled connection the stall just cut.
+    for i in 0..6 {
         let r = impatient
             .get(srv.url(&format!("/api/v1/articles?q=w{i}")))
             .send()
@@ -242,7 +243,7 @@ async fn abandoned_requests_leave_the_in_flight_gauge() {
             && srv
                 .metric("articles_http_requests_total", &["status=\"499\""])
                 .await
-                == 5.0
+                >= 5.0
     })
     .await;
     assert!(

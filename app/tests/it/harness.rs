@@ -380,6 +380,16 @@ impl TestServer {
         assert!(ok, "server at {} did not become ready", self.base);
     }
 
+    /// Waits until the change listener has subscribed: only then does the cache store and
+    /// serve entries.
+    pub async fn wait_coherent(&self) {
+        let ok = wait_until(Duration::from_secs(30), || async {
+            self.metric("articles_cache_resyncs_total", &[]).await >= 1.0
+        })
+        .await;
+        assert!(ok, "server at {} never subscribed to changes", self.base);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
