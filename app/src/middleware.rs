@@ -181,16 +181,22 @@ pub fn is_reader_path(path: &str) -> bool {
 /// answered as an HTML page with the same status and headers; the API keeps its problem
 /// documents.
 pub async fn html_errors(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let reader = is_reader_path(req.uri().path());
+    let path = req.uri().path().to_owned();
     let res = next.run(req).await;
-    if !reader {
+    if !is_reader_path(&path) {
         return res;
     }
     let Some(problem) = res.extensions().get::<Problem>().cloned() else {
         return res;
     };
     let (mut parts, _) = res.into_parts();
-    let page = render::error_page(&state.config.site_title, problem.status, &problem.detail);
+    let page = match render::error_page(state.site(), problem.status, &path, &problem.detail) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the error page");
+            problem.title.to_owned()
+        }
+    };
     parts
         .headers
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(render::HTML));

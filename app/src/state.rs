@@ -45,6 +45,13 @@ impl AppState {
 }
 
 impl AppState {
+    pub fn site(&self) -> crate::render::Site<'_> {
+        crate::render::Site {
+            title: &self.config.site_title,
+            public_url: &self.config.public_url,
+        }
+    }
+
     /// Every database call of a request or the job worker: refused at once while the
     /// circuit breaker is open, otherwise bounded by the database timeout, and counted by
     /// the breaker.

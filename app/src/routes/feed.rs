@@ -26,7 +26,8 @@ pub async fn atom(
         let (items, _) = state
             .db(articles::list_published(&state.pool, &query))
             .await?;
-        let xml = render::atom_feed(&state.config.site_title, &state.config.public_url, &items);
+        let xml = render::atom_feed(state.site(), &items)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let etag = body_etag(xml.as_bytes());
         Ok(Cached::new(
             xml,

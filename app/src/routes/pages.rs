@@ -40,12 +40,9 @@ pub async fn index(
             tag: query.tag.as_deref(),
             search: query.search.as_deref(),
         };
-        Ok(html(render::index_page(
-            &state.config.site_title,
-            &items,
-            next,
-            &filter,
-        )))
+        let page = render::index_page(state.site(), &items, next, &filter)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(html(page))
     })
     .await
 }
@@ -66,7 +63,9 @@ pub async fn article(
             .await?
             .filter(Article::is_published)
             .ok_or(ApiError::NotFound)?;
-        Ok(html(render::article_page(&state.config.site_title, &a)))
+        let page = render::article_page(state.site(), &a)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(html(page))
     })
     .await
 }
