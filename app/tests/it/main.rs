@@ -3,6 +3,7 @@
 
 mod api;
 mod bad_input;
+mod browser;
 mod cache;
 mod concurrency;
 mod explain;
