@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{ListParams, cached_response};
+use super::{ListParams, cached_response, published_article};
 use crate::auth::{Credentials, WriteAuth, credentials};
 use crate::cache::{Cached, Scope, article_keys};
 use crate::db::articles::{self, Article, Precondition, RepoError};
@@ -152,11 +152,7 @@ pub async fn get(
         Credentials::None => {
             let [key, _] = article_keys(&slug);
             cached_response(&state, key, Scope::Article, &headers, async {
-                let a = state
-                    .db(articles::get_by_slug(&state.pool, &slug))
-                    .await?
-                    .filter(Article::is_published)
-                    .ok_or(ApiError::NotFound)?;
+                let a = published_article(&state, &slug).await?;
                 article_json(&a)
             })
             .await

@@ -19,7 +19,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::cache::{Cached, Scope};
-use crate::db::articles::{Cursor, ListQuery};
+use crate::db::articles::{self, Article, Cursor, ListQuery};
 use crate::error::ApiError;
 use crate::http::{CACHE_PUBLIC, Freshness, conditional};
 use crate::middleware;
@@ -125,6 +125,15 @@ where
         },
         Err(e) => Err(e),
     }
+}
+
+/// A published article by slug (one indexed read, through the breaker), or 404.
+pub async fn published_article(state: &AppState, slug: &str) -> Result<Article, ApiError> {
+    state
+        .db(articles::get_by_slug(&state.pool, slug))
+        .await?
+        .filter(Article::is_published)
+        .ok_or(ApiError::NotFound)
 }
 
 /// List parameters shared by the API list and the index page.

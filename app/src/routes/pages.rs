@@ -7,9 +7,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::{DEFAULT_PAGE, ListParams, cached_response};
+use super::{DEFAULT_PAGE, ListParams, cached_response, published_article};
 use crate::cache::{Cached, Scope, article_keys};
-use crate::db::articles::{self, Article};
+use crate::db::articles;
 use crate::error::ApiError;
 use crate::http::body_etag;
 use crate::render::{self, IndexFilter};
@@ -58,11 +58,7 @@ pub async fn article(
     };
     let [_, key] = article_keys(&slug);
     cached_response(&state, key, Scope::Article, &headers, async {
-        let a = state
-            .db(articles::get_by_slug(&state.pool, &slug))
-            .await?
-            .filter(Article::is_published)
-            .ok_or(ApiError::NotFound)?;
+        let a = published_article(&state, &slug).await?;
         let page = render::article_page(state.site(), &a)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(html(page))

@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, fresh_database, postgres, wait_until};
+use crate::harness::{TestServer, fresh_database, wait_until};
 use crate::resilience::{Mode, Proxy};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -319,11 +319,7 @@ async fn check(s: &Session<'_>, url: &str, name: &str, width: u32) -> Checked {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_in_a_real_browser_at_desktop_and_phone_width() {
     let db = fresh_database().await;
-    let proxy = Proxy::start(postgres().port).await;
-    let via_proxy = db.replace(
-        &format!(":{}/", postgres().port),
-        &format!(":{}/", proxy.port),
-    );
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     let srv = TestServer::start(
         &via_proxy,
         &[
@@ -334,12 +330,10 @@ async fn pages_in_a_real_browser_at_desktop_and_phone_width() {
     )
     .await;
     srv.wait_coherent().await;
-    srv.create("rich", "A rich article", BODY, &["news", "long-reads"])
+    srv.create_published("rich", "A rich article", BODY, &["news", "long-reads"])
         .await;
-    srv.publish("rich").await;
-    srv.create("plain", "A plain one", "Just a line.", &[])
+    srv.create_published("plain", "A plain one", "Just a line.", &[])
         .await;
-    srv.publish("plain").await;
 
     let driver = Driver::start().await;
     let s = driver.session().await;

@@ -9,7 +9,7 @@ use reqwest::Method;
 use reqwest::header::{ACCEPT_ENCODING, IF_MATCH, IF_NONE_MATCH};
 use serde_json::json;
 
-use crate::harness::{TestServer, db_pool, fresh_database, postgres, wait_until};
+use crate::harness::{TestServer, db_pool, fresh_database, wait_until};
 use crate::resilience::{Mode, Proxy};
 
 const LONG_TTL: (&str, &str) = ("ARTICLES_CACHE_TTL_SECONDS", "3600");
@@ -62,8 +62,7 @@ async fn a_write_on_one_replica_reaches_the_others_caches() {
     let b = TestServer::start(&db, &[LONG_TTL]).await;
     a.wait_coherent().await;
     b.wait_coherent().await;
-    a.create("c", "Version one", "b", &[]).await;
-    a.publish("c").await;
+    a.create_published("c", "Version one", "b", &[]).await;
 
     // (The publication's own notification may drop a first copy: read until all hit.)
     let all_hits = wait_until(Duration::from_secs(5), || async {
@@ -119,16 +118,11 @@ async fn a_write_on_one_replica_reaches_the_others_caches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_loses_its_listener_clears_its_cache() {
     let db = fresh_database().await;
-    let proxy = Proxy::start(postgres().port).await;
-    let via_proxy = db.replace(
-        &format!(":{}/", postgres().port),
-        &format!(":{}/", proxy.port),
-    );
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     let a = TestServer::start(&db, &[LONG_TTL]).await;
     let b = TestServer::start(&via_proxy, &[LONG_TTL]).await;
     b.wait_coherent().await;
-    a.create("c", "Version one", "b", &[]).await;
-    a.publish("c").await;
+    a.create_published("c", "Version one", "b", &[]).await;
     assert!(page_has(&b, "Version one").await);
     assert!(page_has(&b, "Version one").await);
 
@@ -151,21 +145,15 @@ async fn a_replica_that_loses_its_listener_clears_its_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_database_is_down_cached_pages_are_served_stale_and_misses_fail_fast() {
     let db = fresh_database().await;
-    let proxy = Proxy::start(postgres().port).await;
-    let via_proxy = db.replace(
-        &format!(":{}/", postgres().port),
-        &format!(":{}/", proxy.port),
-    );
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     let srv = TestServer::start(
         &via_proxy,
         &[LONG_TTL, ("ARTICLES_DATABASE_TIMEOUT_MS", "1000")],
     )
     .await;
     srv.wait_coherent().await;
-    srv.create("c", "Cached one", "b", &[]).await;
-    srv.publish("c").await;
-    srv.create("d", "Never read", "b", &[]).await;
-    srv.publish("d").await;
+    srv.create_published("c", "Cached one", "b", &[]).await;
+    srv.create_published("d", "Never read", "b", &[]).await;
     // Cached (the publication's own notification may drop a first copy: read until hits).
     let cached = wait_until(Duration::from_secs(5), || async {
         let mut all = true;
@@ -239,14 +227,13 @@ async fn cached_bodies_are_compressed_once_for_gzip_and_brotli() {
     let db = fresh_database().await;
     let srv = TestServer::start(&db, &[LONG_TTL]).await;
     srv.wait_coherent().await;
-    srv.create(
+    srv.create_published(
         "c",
         "Compressed",
         &"Some *Markdown* text. ".repeat(200),
         &[],
     )
     .await;
-    srv.publish("c").await;
     let plain = text(&srv, "/articles/c").await;
     for (accept, encoding) in [("gzip, deflate, br", "br"), ("gzip", "gzip")] {
         let res = srv
@@ -333,8 +320,7 @@ async fn disabled_cache_shows_other_replicas_writes_at_once() {
     let db = fresh_database().await;
     let a = TestServer::start(&db, &[]).await;
     let b = TestServer::start(&db, &[("ARTICLES_CACHE_ENABLED", "false"), LONG_TTL]).await;
-    a.create("c", "Version one", "b", &[]).await;
-    a.publish("c").await;
+    a.create_published("c", "Version one", "b", &[]).await;
     assert!(page_has(&b, "Version one").await);
     retitle(&a, "c", "Version two").await;
     assert!(page_has(&b, "Version two").await);

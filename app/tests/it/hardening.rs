@@ -9,10 +9,25 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{TOKEN, TestServer, db_pool, fresh_database, postgres, snapshot, wait_until};
+use crate::harness::{TOKEN, TestServer, db_pool, fresh_database, snapshot, wait_until};
 use crate::resilience::{Mode, Proxy};
 
 const WRONG_TOKEN: &str = "wrong-token-wrong-token-wrong-token-00";
+
+/// A server without cache whose database connections go through a proxy the test controls.
+async fn uncached_behind_proxy(db_timeout_ms: &str) -> (TestServer, Proxy) {
+    let db = fresh_database().await;
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
+    let srv = TestServer::start(
+        &via_proxy,
+        &[
+            ("ARTICLES_CACHE_ENABLED", "false"),
+            ("ARTICLES_DATABASE_TIMEOUT_MS", db_timeout_ms),
+        ],
+    )
+    .await;
+    (srv, proxy)
+}
 
 /// Reads until the server closes the connection (EOF or reset), within `limit`.
 async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
@@ -41,8 +56,7 @@ async fn slow_clients_are_cut_off_and_capped_while_probes_keep_working() {
         ],
     )
     .await;
-    srv.create("a", "A", "b", &[]).await;
-    srv.publish("a").await;
+    srv.create_published("a", "A", "b", &[]).await;
     let addr = srv.base.trim_start_matches("http://").to_owned();
 
     // 60 slow clients (below the cap): probes and reads are answered at once meanwhile.
@@ -174,14 +188,13 @@ async fn the_feed_stays_well_formed_xml() {
             .expect("post");
         assert_eq!(res.status(), 422, "{field}");
     }
-    srv.create(
+    srv.create_published(
         "fine",
         "Ünïcode & <angles> 🦀",
         "CR\r\nLF\n\ttab & <b>x</b> ]]>",
         &["news"],
     )
     .await;
-    srv.publish("fine").await;
     // A row written before the check existed.
     let pool = db_pool(&db).await;
     sqlx::query(
@@ -209,20 +222,7 @@ async fn the_feed_stays_well_formed_xml() {
 /// logged (as 499).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_requests_leave_the_in_flight_gauge() {
-    let db = fresh_database().await;
-    let proxy = Proxy::start(postgres().port).await;
-    let via_proxy = db.replace(
-        &format!(":{}/", postgres().port),
-        &format!(":{}/", proxy.port),
-    );
-    let srv = TestServer::start(
-        &via_proxy,
-        &[
-            ("ARTICLES_CACHE_ENABLED", "false"),
-            ("ARTICLES_DATABASE_TIMEOUT_MS", "5000"),
-        ],
-    )
-    .await;
+    let (srv, proxy) = uncached_behind_proxy("5000").await;
     proxy.set(Mode::Stall);
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
@@ -259,22 +259,8 @@ async fn abandoned_requests_leave_the_in_flight_gauge() {
 /// Defect 6: reader URLs answer HTML pages with the right status; the API keeps JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reader_urls_answer_html_errors() {
-    let db = fresh_database().await;
-    let proxy = Proxy::start(postgres().port).await;
-    let via_proxy = db.replace(
-        &format!(":{}/", postgres().port),
-        &format!(":{}/", proxy.port),
-    );
-    let srv = TestServer::start(
-        &via_proxy,
-        &[
-            ("ARTICLES_CACHE_ENABLED", "false"),
-            ("ARTICLES_DATABASE_TIMEOUT_MS", "500"),
-        ],
-    )
-    .await;
-    srv.create("a", "A", "b", &[]).await;
-    srv.publish("a").await;
+    let (srv, proxy) = uncached_behind_proxy("500").await;
+    srv.create_published("a", "A", "b", &[]).await;
     let html = "text/html; charset=utf-8";
     for (method, path, status) in [
         (Method::GET, "/about", 404),
@@ -453,8 +439,7 @@ async fn if_match_is_strong_and_star_needs_an_article() {
 async fn responses_carry_security_headers() {
     let db = fresh_database().await;
     let srv = TestServer::start(&db, &[]).await;
-    srv.create("a", "A", "b", &[]).await;
-    srv.publish("a").await;
+    srv.create_published("a", "A", "b", &[]).await;
     for path in [
         "/",
         "/articles/a",
@@ -488,8 +473,7 @@ async fn responses_carry_security_headers() {
 async fn a_wrong_token_is_refused_on_every_read() {
     let db = fresh_database().await;
     let srv = TestServer::start(&db, &[]).await;
-    srv.create("a", "A", "b", &[]).await;
-    srv.publish("a").await;
+    srv.create_published("a", "A", "b", &[]).await;
     for path in [
         "/",
         "/articles/a",

@@ -431,6 +431,12 @@ impl TestServer {
         res.json().await.expect("json")
     }
 
+    /// Creates an article and publishes it at once.
+    pub async fn create_published(&self, slug: &str, title: &str, body: &str, tags: &[&str]) {
+        self.create(slug, title, body, tags).await;
+        self.publish(slug).await;
+    }
+
     pub async fn publish(&self, slug: &str) -> serde_json::Value {
         let res = self
             .write(

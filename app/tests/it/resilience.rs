@@ -58,6 +58,16 @@ impl Proxy {
         }
     }
 
+    /// A proxy in front of the test PostgreSQL, and `db`'s URL through it.
+    pub async fn in_front_of(db: &str) -> (Proxy, String) {
+        let proxy = Proxy::start(postgres().port).await;
+        let via = db.replace(
+            &format!(":{}/", postgres().port),
+            &format!(":{}/", proxy.port),
+        );
+        (proxy, via)
+    }
+
     /// Switches mode and cuts every open connection.
     pub fn set(&self, mode: Mode) {
         *self.mode.lock().expect("lock") = mode;
@@ -118,11 +128,7 @@ async fn outage(srv: &TestServer, proxy: &Proxy, mode: Mode) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_sheds_fast_and_recovers() {
     let db = fresh_database().await;
-    let proxy = Proxy::start(postgres().port).await;
-    let via_proxy = db.replace(
-        &format!(":{}/", postgres().port),
-        &format!(":{}/", proxy.port),
-    );
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     let srv = TestServer::start(
         &via_proxy,
         &[
@@ -143,11 +149,7 @@ async fn database_outage_sheds_fast_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_database_sheds_excess_requests_instead_of_queueing() {
     let db = fresh_database().await;
-    let proxy = Proxy::start(postgres().port).await;
-    let via_proxy = db.replace(
-        &format!(":{}/", postgres().port),
-        &format!(":{}/", proxy.port),
-    );
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     // Pool of 1: at most 64 requests in flight (the floor of the derived cap).
     let srv = TestServer::start(
         &via_proxy,
