@@ -21,6 +21,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Api
     m.pool_connections
         .get_or_create(&StateLabels { state: "in_use" })
         .set((size - idle).max(0));
+    m.cache_bytes
+        .set(i64::try_from(state.cache.bytes()).unwrap_or(i64::MAX));
+    m.cache_entries
+        .set(i64::try_from(state.cache.len()).unwrap_or(i64::MAX));
+    m.db_circuit_open.set(i64::from(state.breaker.is_open()));
     // A scrape while the database is away still answers, with the last known depth.
     match state.db(jobs::depth(&state.pool)).await {
         Ok(d) => {

@@ -72,6 +72,8 @@ async fn a_write_on_one_replica_reaches_the_others_caches() {
     })
     .await;
     assert!(all_hits, "reads are not served from the cache");
+    assert!(b.metric("articles_cache_entries", &[]).await >= 5.0);
+    assert!(b.metric("articles_cache_bytes", &[]).await > 1000.0);
 
     // The writer sees its write at once; the other replica within a bounded time, though
     // its entries have an hour to live: article, lists, pages and feed.
