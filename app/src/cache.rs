@@ -11,21 +11,23 @@
 //! - A ticket taken before a database read keeps a result that raced with a write out.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use lru::LruCache;
 
+use crate::compress::{self, Encoding};
 use crate::config::CacheConfig;
 
-/// A response body ready to send, with its validator and, when cached, its compressed
-/// copies (computed once, at insert).
+/// A response body ready to send, with its validator and its compressed copies, each
+/// made once, by the first request that accepts that encoding (so clients that accept
+/// none cost no compression at all).
 #[derive(Debug)]
 pub struct Cached {
     pub body: Bytes,
-    pub gzip: Option<Bytes>,
-    pub br: Option<Bytes>,
+    gzip: OnceLock<Option<Bytes>>,
+    br: OnceLock<Option<Bytes>>,
     pub etag: String,
     pub content_type: &'static str,
 }
@@ -34,31 +36,37 @@ impl Cached {
     pub fn new(body: impl Into<Bytes>, etag: String, content_type: &'static str) -> Self {
         Cached {
             body: body.into(),
-            gzip: None,
-            br: None,
+            gzip: OnceLock::new(),
+            br: OnceLock::new(),
             etag,
             content_type,
         }
     }
 
-    /// Adds the gzip and brotli copies (bodies too small to gain are left alone).
-    pub fn with_encodings(mut self) -> Self {
-        if self.body.len() >= crate::compress::MIN_SIZE {
-            self.gzip = crate::compress::gzip(&self.body);
-            self.br = crate::compress::brotli(&self.body);
+    /// The body in `encoding`, compressed on first use and kept; `None` when compression
+    /// would not pay (a small body, or no gain).
+    pub fn encoded(&self, encoding: Encoding) -> Option<Bytes> {
+        if self.body.len() < compress::MIN_SIZE {
+            return None;
         }
-        self
+        let slot = match encoding {
+            Encoding::Identity => return None,
+            Encoding::Gzip => &self.gzip,
+            Encoding::Brotli => &self.br,
+        };
+        slot.get_or_init(|| match encoding {
+            Encoding::Gzip => compress::gzip(&self.body),
+            _ => compress::brotli(&self.body),
+        })
+        .clone()
     }
 
-    /// Bytes this entry holds, for the cache's bound.
+    /// Bytes this entry holds, for the cache's bound. The compressed copies may be made
+    /// after the entry is stored, so room for them is counted up front: half the body
+    /// covers both (HTML and JSON compress to well under a quarter each).
     fn weight(&self, key: &str) -> usize {
-        const OVERHEAD: usize = 160;
-        OVERHEAD
-            + key.len()
-            + self.etag.len()
-            + self.body.len()
-            + self.gzip.as_ref().map_or(0, Bytes::len)
-            + self.br.as_ref().map_or(0, Bytes::len)
+        const OVERHEAD: usize = 192;
+        OVERHEAD + key.len() + self.etag.len() + self.body.len() + self.body.len() / 2
     }
 }
 
@@ -316,12 +324,12 @@ mod tests {
 
     #[test]
     fn bounded_by_bytes() {
-        let c = cache(true, 3 * 2200);
+        let c = cache(true, 3 * 2800);
         for k in ["a", "b", "c", "d"] {
             c.insert(c.ticket(), k.into(), Scope::List, value(&k.repeat(1000)));
         }
         assert_eq!(c.len(), 3);
-        assert!(c.bytes() <= 3 * 2200);
+        assert!(c.bytes() <= 3 * 2800);
         assert!(c.get("a").is_none(), "least recently used is evicted");
         assert!(c.get("d").is_some());
         c.insert(
@@ -386,6 +394,20 @@ mod tests {
         );
         c.resume();
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn compressed_copies_are_made_once_and_only_when_they_pay() {
+        let big = value(&"<p>hello</p>".repeat(100));
+        let first = big.encoded(Encoding::Brotli).expect("compressed");
+        let again = big.encoded(Encoding::Brotli).expect("compressed");
+        assert_eq!(
+            first.as_ptr(),
+            again.as_ptr(),
+            "the same bytes, not a second compression"
+        );
+        assert!(big.encoded(Encoding::Gzip).is_some());
+        assert!(value("tiny").encoded(Encoding::Gzip).is_none());
     }
 
     #[test]

@@ -104,8 +104,8 @@ pub fn if_match(headers: &HeaderMap) -> Precondition {
     }
 }
 
-/// A 200 with the body in the best encoding the client accepts, or a 304 if it already
-/// has it. Stale answers say so (`Age`, `X-Cache: stale`, `stale-if-error`).
+/// A 200 with the body in the best encoding the client accepts (compressed once per
+/// cached body), or a 304 if it already has it. Stale answers say so (`Age`, `X-Cache: stale`, `stale-if-error`).
 pub fn conditional(
     req_headers: &HeaderMap,
     cached: &Cached,
@@ -113,25 +113,8 @@ pub fn conditional(
     freshness: Freshness,
 ) -> Response {
     let wanted = compress::negotiate(req_headers);
-    let (body, encoding) = match wanted {
-        Encoding::Brotli => match &cached.br {
-            Some(b) => (Some(b.clone()), Encoding::Brotli),
-            None if freshness == Freshness::Uncached && cached.body.len() >= compress::MIN_SIZE => {
-                (compress::brotli(&cached.body), Encoding::Brotli)
-            }
-            None => (None, Encoding::Identity),
-        },
-        Encoding::Gzip => match &cached.gzip {
-            Some(b) => (Some(b.clone()), Encoding::Gzip),
-            None if freshness == Freshness::Uncached && cached.body.len() >= compress::MIN_SIZE => {
-                (compress::gzip(&cached.body), Encoding::Gzip)
-            }
-            None => (None, Encoding::Identity),
-        },
-        Encoding::Identity => (None, Encoding::Identity),
-    };
-    let (body, encoding) = match body {
-        Some(b) => (b, encoding),
+    let (body, encoding) = match cached.encoded(wanted) {
+        Some(b) => (b, wanted),
         None => (cached.body.clone(), Encoding::Identity),
     };
     let etag = encoded_etag(&cached.etag, encoding);

@@ -600,14 +600,15 @@ class Postgres:
             self._as([str(self.bin / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
                       "-h", "127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=200"]),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.logf, start_new_session=True)
-        wait_until("PostgreSQL to accept connections", 60, lambda: subprocess.run(
+        wait_until("PostgreSQL to accept connections", 300, lambda: subprocess.run(
             [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
             stdout=subprocess.DEVNULL).returncode == 0)
 
     def halt(self):
-        """Stops the server (fast shutdown) but keeps its data: a database outage."""
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(30)
+        """Stops the server at once (immediate shutdown, like a crash: no checkpoint to wait for)
+        but keeps its data: a database outage. It restarts with crash recovery."""
+        os.killpg(self.proc.pid, signal.SIGQUIT)
+        self.proc.wait(60)
 
     def resume(self):
         self._spawn()
@@ -922,6 +923,7 @@ def replicas_and_outage(args, pg, token, workdir, servers):
     out["outage"]["recovered_after_s"] = round(time.time() - t_up, 2)
     out["outage"]["down_s"] = round(t_up - t_down, 1)
     log(f"app: outage {out['outage']}")
+    out["outage"]["database"] = "stopped with SIGQUIT (immediate shutdown), restarted with crash recovery"
     for s in (a, b):
         s.stop()
         servers.remove(s)

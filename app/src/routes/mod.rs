@@ -100,7 +100,7 @@ where
     let ticket = state.cache.ticket();
     match build.await {
         Ok(built) if caching => {
-            let built = Arc::new(built.with_encodings());
+            let built = Arc::new(built);
             let res = conditional(req_headers, &built, CACHE_PUBLIC, Freshness::Miss);
             state.cache.insert(ticket, key, scope, built);
             Ok(res)
