@@ -1115,7 +1115,9 @@ def markdown(report):
     if app:
         L.append("## The article server\n")
         if app.get("run"):
-            L.append(f"Run {app['run']['started']} → {app['run']['finished']} UTC, command: `{app['run']['command']}`.\n")
+            load = app["run"].get("load_average_at_start")
+            L.append(f"Run {app['run']['started']} → {app['run']['finished']} UTC, command: `{app['run']['command']}`"
+                     + (f", load average at start {', '.join(str(x) for x in load)}" if load else "") + ".\n")
         L.append(f"A release build of the article server (pool of 10 connections, `RUST_LOG=warn`, the default "
                  f"cache: 64 MiB, TTL 600 s, kept coherent through LISTEN/NOTIFY) over a "
                  f"PostgreSQL of its own on this machine (default settings, fsync on) holding "
@@ -1150,7 +1152,7 @@ def markdown(report):
         L.append("Server RSS idle, after start-up: " + ", ".join(f"cache {k} {v} MiB" for k, v in idle.items()) + ".\n")
         sizes = app.get("compressed_bytes")
         if sizes:
-            L.append("Response sizes in bytes (compressed once, when the entry is cached: gzip level 6, brotli quality 5):\n")
+            L.append("Response sizes in bytes (each cached body compressed once, by the first request that accepts the encoding: gzip level 6, brotli quality 5):\n")
             L.append("| response | identity | gzip | brotli |")
             L.append("|---|---|---|---|")
             for name, row in sizes.items():
@@ -1283,7 +1285,8 @@ def main():
             started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
             report["app"] = app_part(args, workdir)
             report["app"]["run"] = {"started": started, "command": report["command"],
-                                    "finished": dt.datetime.now(dt.timezone.utc).strftime("%H:%M")}
+                                    "finished": dt.datetime.now(dt.timezone.utc).strftime("%H:%M"),
+                                    "load_average_at_start": report["machine"]["load_average_at_start"]}
         elif old.get("app"):
             report["app"] = old["app"]
         if "operator" in parts:
@@ -1293,6 +1296,7 @@ def main():
             report["operator"] = old["operator"]
             report["started"], report["finished"] = old.get("started"), old.get("finished")
             report["command"] = old.get("command")
+            report["machine"] = old.get("machine", report["machine"])
     except BenchError as e:
         log(f"error: {e}")
         return 1
