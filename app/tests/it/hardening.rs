@@ -29,6 +29,14 @@ async fn uncached_behind_proxy(db_timeout_ms: &str) -> (TestServer, Proxy) {
     (srv, proxy)
 }
 
+/// A server whose database holds one published article, `a`.
+async fn server_with_article_a() -> TestServer {
+    let db = fresh_database().await;
+    let srv = TestServer::start(&db, &[]).await;
+    srv.create_published("a", "A", "b", &[]).await;
+    srv
+}
+
 /// Reads until the server closes the connection (EOF or reset), within `limit`.
 async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = [0u8; 4096];
@@ -437,9 +445,7 @@ async fn if_match_is_strong_and_star_needs_an_article() {
 /// Defect 10: security headers on pages, the feed and the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_carry_security_headers() {
-    let db = fresh_database().await;
-    let srv = TestServer::start(&db, &[]).await;
-    srv.create_published("a", "A", "b", &[]).await;
+    let srv = server_with_article_a().await;
     for path in [
         "/",
         "/articles/a",
@@ -471,9 +477,7 @@ async fn responses_carry_security_headers() {
 /// Defect 11: one rule for a wrong token on every read route: 401. No token is fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_is_refused_on_every_read() {
-    let db = fresh_database().await;
-    let srv = TestServer::start(&db, &[]).await;
-    srv.create_published("a", "A", "b", &[]).await;
+    let srv = server_with_article_a().await;
     for path in [
         "/",
         "/articles/a",
