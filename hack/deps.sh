@@ -19,6 +19,9 @@ fi
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt_install postgresql
 fi
+# Chromium and its WebDriver: the article server's page tests load every page in a real
+# headless browser (app/tests/it/browser.rs).
+ensure_commands chromium:chromium chromedriver:chromium-driver
 command -v go >/dev/null 2>&1 || die "Go is required to build the local control plane (see README.md)"
 command -v cargo >/dev/null 2>&1 || die "Rust (cargo) is required (see README.md)"
 if command -v rustup >/dev/null 2>&1; then

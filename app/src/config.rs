@@ -85,7 +85,11 @@ impl fmt::Debug for WriteToken {
 pub struct CacheConfig {
     pub enabled: bool,
     pub ttl: Duration,
-    pub max_entries: usize,
+    /// The bound on memory: bodies, their compressed copies, keys.
+    pub max_bytes: usize,
+    /// An extra bound on the number of entries, only if `ARTICLES_CACHE_MAX_ENTRIES` is set
+    /// (the variable of older versions, still accepted).
+    pub max_entries: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +100,8 @@ pub struct Config {
     pub pool_size: u32,
     pub db_timeout: Duration,
     pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
     pub max_body_bytes: usize,
     pub drain_delay: Duration,
     pub shutdown_timeout: Duration,
@@ -173,6 +179,15 @@ impl Config {
             10,
             600_000,
         );
+        let header_read_timeout = millis(
+            &get,
+            &mut p,
+            "ARTICLES_HEADER_READ_TIMEOUT_MS",
+            10_000,
+            10,
+            600_000,
+        );
+        let max_connections = int(&get, &mut p, "ARTICLES_MAX_CONNECTIONS", 1000, 1, 1_000_000);
         let max_body_bytes = int(
             &get,
             &mut p,
@@ -197,15 +212,20 @@ impl Config {
             Some(true),
             parse_bool,
         );
-        let cache_ttl = seconds(&get, &mut p, "ARTICLES_CACHE_TTL_SECONDS", 5, 1, 86_400);
-        let cache_max = int(
+        let cache_ttl = seconds(&get, &mut p, "ARTICLES_CACHE_TTL_SECONDS", 600, 1, 86_400);
+        let cache_max_bytes = int(
             &get,
             &mut p,
-            "ARTICLES_CACHE_MAX_ENTRIES",
-            1000,
-            1,
-            1_000_000,
+            "ARTICLES_CACHE_MAX_BYTES",
+            64 << 20,
+            64 << 10,
+            64 << 30,
         );
+        let cache_max_entries = match get("ARTICLES_CACHE_MAX_ENTRIES") {
+            None => Some(None),
+            Some(_) => int(&get, &mut p, "ARTICLES_CACHE_MAX_ENTRIES", 0, 1, 10_000_000)
+                .map(|n| Some(n as usize)),
+        };
         let site_title = get("ARTICLES_SITE_TITLE").unwrap_or_else(|| "Articles".to_owned());
         if site_title.chars().count() > 200 {
             p.push("ARTICLES_SITE_TITLE: at most 200 characters".into());
@@ -245,12 +265,15 @@ impl Config {
             pool_size,
             db_timeout,
             request_timeout,
+            header_read_timeout,
+            max_connections,
             max_body_bytes,
             drain_delay,
             shutdown_timeout,
             cache_enabled,
             cache_ttl,
-            cache_max,
+            cache_max_bytes,
+            cache_max_entries,
             public_url,
             job_poll_interval,
             job_lease,
@@ -262,11 +285,14 @@ impl Config {
                 Some(pool_size),
                 Some(db_timeout),
                 Some(request_timeout),
+                Some(header_read_timeout),
+                Some(max_connections),
                 Some(max_body_bytes),
                 Some(drain_delay),
                 Some(shutdown_timeout),
                 Some(enabled),
                 Some(ttl),
+                Some(max_bytes),
                 Some(max_entries),
                 Some(public_url),
                 Some(job_poll_interval),
@@ -278,13 +304,16 @@ impl Config {
                 pool_size: pool_size as u32,
                 db_timeout,
                 request_timeout,
+                header_read_timeout,
+                max_connections: max_connections as usize,
                 max_body_bytes: max_body_bytes as usize,
                 drain_delay,
                 shutdown_timeout,
                 cache: CacheConfig {
                     enabled,
                     ttl,
-                    max_entries: max_entries as usize,
+                    max_bytes: max_bytes as usize,
+                    max_entries,
                 },
                 site_title,
                 public_url,
@@ -487,15 +516,38 @@ mod tests {
         assert_eq!(c.db_timeout, Duration::from_millis(2000));
         assert_eq!(c.request_timeout, Duration::from_millis(10_000));
         assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 1000);
         assert_eq!(c.drain_delay, Duration::from_secs(5));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
         assert!(c.cache.enabled);
-        assert_eq!(c.cache.ttl, Duration::from_secs(5));
-        assert_eq!(c.cache.max_entries, 1000);
+        assert_eq!(c.cache.ttl, Duration::from_secs(600));
+        assert_eq!(c.cache.max_bytes, 64 << 20);
+        assert_eq!(c.cache.max_entries, None);
         assert_eq!(c.site_title, "Articles");
         assert_eq!(c.public_url, "http://localhost:8080");
         assert_eq!(c.job_poll_interval, Duration::from_millis(1000));
         assert_eq!(c.job_lease, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_old_entry_bound_is_still_accepted() {
+        let c = load(&[
+            ("ARTICLES_DATABASE_URL", "postgres://localhost/db"),
+            ("ARTICLES_WRITE_TOKEN", TOKEN),
+            ("ARTICLES_CACHE_MAX_ENTRIES", "1000"),
+            ("ARTICLES_CACHE_MAX_BYTES", "1048576"),
+        ])
+        .expect("valid");
+        assert_eq!(c.cache.max_entries, Some(1000));
+        assert_eq!(c.cache.max_bytes, 1 << 20);
+        let e = load(&[
+            ("ARTICLES_DATABASE_URL", "postgres://localhost/db"),
+            ("ARTICLES_WRITE_TOKEN", TOKEN),
+            ("ARTICLES_CACHE_MAX_BYTES", "12"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("ARTICLES_CACHE_MAX_BYTES"), "{e}");
     }
 
     #[test]

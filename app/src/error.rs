@@ -152,6 +152,15 @@ impl From<DbError> for ApiError {
     }
 }
 
+/// Attached to every error response, so the reader's pages can render the same error as
+/// HTML (see `middleware::html_errors`).
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub title: &'static str,
+    pub detail: String,
+}
+
 #[derive(Serialize)]
 struct ProblemBody<'a> {
     #[serde(rename = "type")]
@@ -190,7 +199,13 @@ impl IntoResponse for ApiError {
             errors,
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let problem = Problem {
+            status,
+            title,
+            detail: body.detail,
+        };
         let mut res = (status, bytes).into_response();
+        res.extensions_mut().insert(problem);
         let h = res.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -53,10 +53,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if std::str::from_utf8(bytes).is_err() {
         return Err(ApiError::InvalidUtf8);
     }
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+    let value = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::SchemaMismatch(e.to_string()),
         _ => ApiError::MalformedJson(e.to_string()),
-    })
+    })?;
+    // serde's derived structs also accept a positional array (`["slug", "title", ...]`):
+    // only an object with named fields is a valid body.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::SchemaMismatch(
+            "expected a JSON object with named fields".into(),
+        ));
+    }
+    Ok(value)
 }
 
 impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
@@ -102,6 +110,8 @@ mod tests {
             parse_json::<CreateArticle>(b"{\"slug\":\"a\",\"title\":\"t\",\"body\":\"b\",\"x\":1}")
                 .unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = parse_json::<CreateArticle>(b" [\"a\", \"t\", \"\", \"b\", []]").unwrap_err();
+        assert!(matches!(e, ApiError::SchemaMismatch(_)), "{e}");
         let e = parse_json::<CreateArticle>(b"{\"slug\":\"\xff\"}").unwrap_err();
         assert!(matches!(e, ApiError::InvalidUtf8));
     }

@@ -5,7 +5,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use std::time::Duration;
+
 use crate::cache::Cached;
+use crate::compress::{self, Encoding};
 use crate::db::articles::{Article, Precondition};
 
 /// Public reads: any cache may store them but must revalidate (cheap, thanks to 304),
@@ -15,10 +18,24 @@ pub const CACHE_PUBLIC: &str = "public, max-age=0, must-revalidate";
 pub const CACHE_PRIVATE: &str = "private, no-store";
 pub const CACHE_NONE: &str = "no-store";
 
-/// The strong ETag of one article version. The id makes a deleted-and-recreated slug's
-/// ETags differ.
+/// Served fresh from the cache or the database, or stale because the database is away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    Hit,
+    Miss,
+    /// Not cacheable (drafts seen with the token, or the cache is off).
+    Uncached,
+    Stale {
+        age: Duration,
+    },
+}
+
+/// How long a client or proxy may itself keep using a stale copy when we fail.
+const STALE_IF_ERROR: &str = "public, max-age=0, stale-if-error=3600";
+
+/// The strong ETag of one article version.
 pub fn article_etag(a: &Article) -> String {
-    format!("\"a{}.{}\"", a.id, a.version)
+    a.etag()
 }
 
 /// The strong ETag of a rendered body.
@@ -32,77 +49,109 @@ fn opaque_tags(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
-/// `If-None-Match` uses the weak comparison: `W/"x"` matches `"x"`.
+/// The ETag of `base`'s representation in `encoding`: `"h1a2b"` becomes `"h1a2b-br"`.
+pub fn encoded_etag(base: &str, encoding: Encoding) -> String {
+    let suffix = encoding.etag_suffix();
+    match base.strip_suffix('"') {
+        Some(open) if !suffix.is_empty() => format!("{open}{suffix}\""),
+        _ => base.to_owned(),
+    }
+}
+
+/// The tag of the unencoded representation an (encoded) ETag names.
+fn base_tag(tag: &str) -> String {
+    for enc in [Encoding::Gzip, Encoding::Brotli] {
+        let end = format!("{}\"", enc.etag_suffix());
+        if let Some(open) = tag.strip_suffix(&end) {
+            return format!("{open}\"");
+        }
+    }
+    tag.to_owned()
+}
+
+/// `If-None-Match` uses the weak comparison: `W/"x"` matches `"x"`, and a tag of any
+/// encoding of the same body matches (the client holds a valid copy either way).
 pub fn none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(opaque_tags)
-        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+        .any(|t| t == "*" || base_tag(t.strip_prefix("W/").unwrap_or(t)) == etag)
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum IfMatch {
-    Absent,
-    Expect(Precondition),
-    /// Present but names no version of any article (weak or malformed tags): cannot match.
-    NeverMatches,
-}
-
-/// Reads `If-Match` (strong comparison only: weak tags never match).
-pub fn if_match(headers: &HeaderMap) -> IfMatch {
+/// Reads `If-Match`. The tags are kept as sent and later compared character for
+/// character with the current ETag (the strong comparison of RFC 9110 §8.8.3.2): a weak
+/// tag, or one that merely parses to the same numbers (`"a07.3"`), never matches.
+pub fn if_match(headers: &HeaderMap) -> Precondition {
+    let mut tags = Vec::new();
     let mut present = false;
     for value in headers.get_all(header::IF_MATCH) {
         present = true;
         let Ok(value) = value.to_str() else { continue };
         for tag in opaque_tags(value) {
             if tag == "*" {
-                return IfMatch::Expect(Precondition::Any);
+                return Precondition::Exists;
             }
-            if let Some((id, version)) = parse_article_etag(tag) {
-                return IfMatch::Expect(Precondition::Exact { id, version });
-            }
+            // Each encoding's tag names the same version: compare its base.
+            tags.push(base_tag(tag));
         }
     }
     if present {
-        IfMatch::NeverMatches
+        Precondition::Tags(tags)
     } else {
-        IfMatch::Absent
+        Precondition::None
     }
 }
 
-fn parse_article_etag(tag: &str) -> Option<(i64, i64)> {
-    let inner = tag.strip_prefix("\"a")?.strip_suffix('"')?;
-    let (id, version) = inner.split_once('.')?;
-    Some((id.parse().ok()?, version.parse().ok()?))
-}
-
-/// A 200 with the body, or a 304 if the client already has it.
+/// A 200 with the body in the best encoding the client accepts (compressed once per
+/// cached body), or a 304 if it already has it. Stale answers say so (`Age`, `X-Cache: stale`, `stale-if-error`).
 pub fn conditional(
     req_headers: &HeaderMap,
     cached: &Cached,
     cache_control: &'static str,
+    freshness: Freshness,
 ) -> Response {
+    let wanted = compress::negotiate(req_headers);
+    let (body, encoding) = match cached.encoded(wanted) {
+        Some(b) => (b, wanted),
+        None => (cached.body.clone(), Encoding::Identity),
+    };
+    let etag = encoded_etag(&cached.etag, encoding);
     let mut res = if none_match(req_headers, &cached.etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut r = cached.body.clone().into_response();
+        let mut r = body.into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(cached.content_type),
         );
+        if let Some(ce) = encoding.header_value() {
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static(ce));
+        }
         r
     };
     let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&cached.etag) {
+    if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
+    // A 304 repeats the 200's Vary (RFC 9110 §15.4.5).
     h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control),
+        header::VARY,
+        HeaderValue::from_static("Authorization, Accept-Encoding"),
     );
-    h.insert(header::VARY, HeaderValue::from_static("Authorization"));
+    let (control, x_cache) = match freshness {
+        Freshness::Hit => (cache_control, "hit"),
+        Freshness::Miss => (cache_control, "miss"),
+        Freshness::Uncached => (cache_control, "bypass"),
+        Freshness::Stale { age } => {
+            h.insert(header::AGE, HeaderValue::from(age.as_secs()));
+            (STALE_IF_ERROR, "stale")
+        }
+    };
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(control));
+    h.insert("x-cache", HeaderValue::from_static(x_cache));
     res
 }
 
@@ -140,23 +189,29 @@ mod tests {
     }
 
     #[test]
-    fn if_match_parses_article_tags_and_rejects_weak_ones() {
-        assert_eq!(if_match(&HeaderMap::new()), IfMatch::Absent);
+    fn if_match_keeps_tags_as_sent() {
+        assert_eq!(if_match(&HeaderMap::new()), Precondition::None);
         assert_eq!(
-            if_match(&headers(header::IF_MATCH, "\"a7.3\"")),
-            IfMatch::Expect(Precondition::Exact { id: 7, version: 3 })
+            if_match(&headers(header::IF_MATCH, "\"a7.3\", W/\"a7.3\"")),
+            Precondition::Tags(vec!["\"a7.3\"".into(), "W/\"a7.3\"".into()])
         );
         assert_eq!(
             if_match(&headers(header::IF_MATCH, "*")),
-            IfMatch::Expect(Precondition::Any)
+            Precondition::Exists
         );
+    }
+
+    #[test]
+    fn encoded_tags_name_their_base() {
+        assert_eq!(encoded_etag("\"h1\"", Encoding::Brotli), "\"h1-br\"");
+        assert_eq!(encoded_etag("\"h1\"", Encoding::Identity), "\"h1\"");
+        assert!(none_match(
+            &headers(header::IF_NONE_MATCH, "\"h1-gz\""),
+            "\"h1\""
+        ));
         assert_eq!(
-            if_match(&headers(header::IF_MATCH, "W/\"a7.3\"")),
-            IfMatch::NeverMatches
-        );
-        assert_eq!(
-            if_match(&headers(header::IF_MATCH, "garbage")),
-            IfMatch::NeverMatches
+            if_match(&headers(header::IF_MATCH, "\"a7.3-br\"")),
+            Precondition::Tags(vec!["\"a7.3\"".into()])
         );
     }
 

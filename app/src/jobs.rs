@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::db::{self, DbError, articles, jobs, jobs::ClaimedJob};
+use crate::db::{DbError, articles, jobs, jobs::ClaimedJob};
 use crate::metrics::JobLabels;
 use crate::state::AppState;
 
@@ -61,26 +61,27 @@ async fn execute(state: &AppState, job: &ClaimedJob) -> Result<Outcome, JobError
     if job.attempts > job.max_attempts {
         return Err(JobError::LeaseExhausted(job.attempts));
     }
-    let limit = state.config.db_timeout;
     match job.kind.as_str() {
         jobs::KIND_PUBLISH_ARTICLE => {
             let p: PublishPayload = serde_json::from_value(job.payload.clone())?;
-            let Some(mut tx) = db::timed(limit, jobs::begin_fenced(&state.pool, job)).await? else {
+            let Some(mut tx) = state.db(jobs::begin_fenced(&state.pool, job)).await? else {
                 return Ok(Outcome::LeaseLost);
             };
-            let changed = db::timed(
-                limit,
-                articles::publish_scheduled(&mut tx, p.article_id, p.scheduled_at),
-            )
-            .await?;
-            db::timed(limit, jobs::complete(tx, job)).await?;
-            if changed {
-                state.cache.invalidate();
+            let changed = state
+                .db(articles::publish_scheduled(
+                    &mut tx,
+                    p.article_id,
+                    p.scheduled_at,
+                ))
+                .await?;
+            state.db(jobs::complete(tx, job)).await?;
+            if let Some(slug) = &changed {
+                state.cache.invalidate_article(slug);
             }
             tracing::info!(
                 job_id = job.id,
                 article_id = p.article_id,
-                published = changed,
+                published = changed.is_some(),
                 "scheduled publication ran"
             );
             Ok(Outcome::Done)
@@ -108,11 +109,9 @@ pub async fn drain_queue(
 ) -> Result<u64, DbError> {
     let mut ran = 0;
     while !*stop.borrow() {
-        let claimed = db::timed(
-            state.config.db_timeout,
-            jobs::claim(&state.pool, worker, state.config.job_lease),
-        )
-        .await?;
+        let claimed = state
+            .db(jobs::claim(&state.pool, worker, state.config.job_lease))
+            .await?;
         let Some(job) = claimed else { break };
         ran += 1;
         match execute(state, &job).await {
@@ -122,11 +121,9 @@ pub async fn drain_queue(
                 count(state, &job.kind, "error");
                 tracing::warn!(job_id = job.id, kind = %job.kind, attempts = job.attempts, error = %e, "job failed");
                 let retry = backoff(job.attempts);
-                if let Err(e) = db::timed(
-                    state.config.db_timeout,
-                    jobs::fail(&state.pool, &job, &e.to_string(), retry),
-                )
-                .await
+                if let Err(e) = state
+                    .db(jobs::fail(&state.pool, &job, &e.to_string(), retry))
+                    .await
                 {
                     // The lease runs out and another attempt follows.
                     tracing::warn!(job_id = job.id, error = %e, "could not record job failure");

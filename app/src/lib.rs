@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod cache;
+pub mod coherence;
+pub mod compress;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -13,6 +15,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod render;
 pub mod routes;
+pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod validate;
@@ -57,7 +60,7 @@ async fn migrate_until_done(state: Arc<AppState>, mut stop: watch::Receiver<bool
                 Ok(()) => {
                     state.lifecycle.set_migrated();
                     tracing::info!(version = db::latest_migration(), "database schema is up to date");
-                    return;
+                    break;
                 }
                 Err(e) => tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "migrations failed; retrying"),
             }
@@ -67,6 +70,83 @@ async fn migrate_until_done(state: Arc<AppState>, mut stop: watch::Receiver<bool
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    render_stale(&state, &mut stop).await;
+}
+
+/// Renders again, in the background, the articles whose stored HTML is missing or from an
+/// older renderer (pages show a fresh rendering of them meanwhile). Replicas starting
+/// together may do the same rows; the result is the same and the write is cheap.
+async fn render_stale(state: &AppState, stop: &mut watch::Receiver<bool>) {
+    let mut done = 0u64;
+    while !*stop.borrow() {
+        let batch = match state
+            .db(db::articles::stale_renders(
+                &state.pool,
+                render::RENDER_VERSION,
+                100,
+            ))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for articles to render; later starts will");
+                return;
+            }
+        };
+        if batch.is_empty() {
+            break;
+        }
+        for (id, version, body) in batch {
+            let rendered = render::render_body(&body);
+            if let Err(e) = state
+                .db(db::articles::store_render(
+                    &state.pool,
+                    id,
+                    version,
+                    &rendered,
+                ))
+                .await
+            {
+                tracing::warn!(error = %e, "cannot store a rendering; later starts will");
+                return;
+            }
+            done += 1;
+        }
+    }
+    if done > 0 {
+        tracing::info!(articles = done, "stored renderings brought up to date");
+    }
+}
+
+/// While the circuit breaker is open, checks the database every `PROBE_INTERVAL` and
+/// closes the breaker as soon as it answers.
+async fn probe_database(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(db::breaker::PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        state
+            .metrics
+            .db_circuit_open
+            .set(i64::from(state.breaker.is_open()));
+        if !state.breaker.is_open() {
+            continue;
+        }
+        let ping = db::timed(state.config.db_timeout, async {
+            sqlx::query("SELECT 1")
+                .execute(&state.pool)
+                .await
+                .map_err(db::DbError::from)
+        })
+        .await;
+        if ping.is_ok() && state.breaker.close() {
+            state.metrics.db_circuit_open.set(0);
+            tracing::info!("database reachable again: circuit breaker closed");
+        }
     }
 }
 
@@ -84,27 +164,31 @@ pub async fn run(
 
     let mut migrator = tokio::spawn(migrate_until_done(state.clone(), stop_rx.clone()));
     let mut worker = tokio::spawn(jobs::run_worker(state.clone(), stop_rx.clone()));
+    let mut listener_task = tokio::spawn(coherence::run_listener(state.clone(), stop_rx.clone()));
+    let mut probe = tokio::spawn(probe_database(state.clone(), stop_rx.clone()));
     let app = routes::router(state.clone());
-    let mut server_stop = stop_rx.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let limits = server::ConnectionLimits {
+        header_read_timeout: state.config.header_read_timeout,
+        max_connections: state.config.max_connections,
+    };
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        app,
+        limits,
+        state.metrics.connections.clone(),
+        stop_rx.clone(),
+    ));
     tracing::info!(addr = ?state.config.listen_addr, cache = state.cache.enabled(), "article server started");
 
     tokio::select! {
         _ = shutdown => {}
         result = &mut server => {
-            // Only a broken listener gets here.
+            // The accept loop only returns early if its task failed.
             let _ = stop_tx.send(true);
             pool.close().await;
-            return match result {
-                Ok(r) => r.map_err(RunError::Serve),
-                Err(e) => Err(RunError::Serve(std::io::Error::other(e))),
-            };
+            return Err(RunError::Serve(std::io::Error::other(format!(
+                "the accept loop stopped: {result:?}"
+            ))));
         }
     }
 
@@ -126,6 +210,8 @@ pub async fn run(
         let _ = (&mut server).await;
         let _ = (&mut worker).await;
         let _ = (&mut migrator).await;
+        let _ = (&mut listener_task).await;
+        let _ = (&mut probe).await;
     })
     .await;
     if finished.is_err() {
@@ -133,6 +219,8 @@ pub async fn run(
         server.abort();
         worker.abort();
         migrator.abort();
+        listener_task.abort();
+        probe.abort();
     }
     if tokio::time::timeout_at(deadline, pool.close())
         .await

@@ -10,14 +10,14 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
+    pub method: &'static str,
     pub route: String,
 }
 
@@ -39,6 +39,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: HistogramFamily,
     pub in_flight: Gauge,
+    pub connections: Gauge,
     pub shed: Counter,
     pub pool_connections: Family<StateLabels, Gauge>,
     pub pool_max: Gauge,
@@ -46,6 +47,30 @@ pub struct Metrics {
     pub jobs_processed: Family<JobLabels, Counter>,
     pub cache_hits: Counter,
     pub cache_misses: Counter,
+    pub cache_stale: Counter,
+    pub cache_bytes: Gauge,
+    pub cache_entries: Gauge,
+    pub cache_invalidations: Counter,
+    pub cache_resyncs: Counter,
+    pub db_circuit_open: Gauge,
+}
+
+/// The method as a metric label: the standard ones by name, anything else as `other`, so
+/// a client cannot create series by inventing methods.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -59,6 +84,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let in_flight = Gauge::default();
+        let connections = Gauge::default();
         let shed = Counter::default();
         let pool_connections = Family::<StateLabels, Gauge>::default();
         let pool_max = Gauge::default();
@@ -66,6 +92,42 @@ impl Metrics {
         let jobs_processed = Family::<JobLabels, Counter>::default();
         let cache_hits = Counter::default();
         let cache_misses = Counter::default();
+        let cache_stale = Counter::default();
+        let cache_bytes = Gauge::default();
+        let cache_entries = Gauge::default();
+        let cache_invalidations = Counter::default();
+        let cache_resyncs = Counter::default();
+        let db_circuit_open = Gauge::default();
+        registry.register(
+            "cache_stale_served",
+            "Cached responses served stale because the database was unreachable",
+            cache_stale.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes held by the response cache",
+            cache_bytes.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Entries in the response cache",
+            cache_entries.clone(),
+        );
+        registry.register(
+            "cache_invalidations",
+            "Article change notifications applied to the cache",
+            cache_invalidations.clone(),
+        );
+        registry.register(
+            "cache_resyncs",
+            "Times the cache was cleared because the change listener (re)connected",
+            cache_resyncs.clone(),
+        );
+        registry.register(
+            "db_circuit_open",
+            "1 while the database circuit breaker is open (failing fast)",
+            db_circuit_open.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -80,6 +142,11 @@ impl Metrics {
             "http_requests_in_flight",
             "HTTP requests being served",
             in_flight.clone(),
+        );
+        registry.register(
+            "http_connections_open",
+            "Open client connections",
+            connections.clone(),
         );
         registry.register(
             "http_requests_shed",
@@ -117,6 +184,7 @@ impl Metrics {
             requests,
             latency,
             in_flight,
+            connections,
             shed,
             pool_connections,
             pool_max,
@@ -124,6 +192,12 @@ impl Metrics {
             jobs_processed,
             cache_hits,
             cache_misses,
+            cache_stale,
+            cache_bytes,
+            cache_entries,
+            cache_invalidations,
+            cache_resyncs,
+            db_circuit_open,
         }
     }
 
@@ -137,5 +211,19 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let invented = Method::from_bytes(b"BREWCOFFEEXXXXXXXXXXXXXXXXXX").expect("valid token");
+        assert_eq!(method_label(&invented), "other");
     }
 }

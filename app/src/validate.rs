@@ -65,14 +65,88 @@ fn has_control(s: &str, allow_newlines: bool) -> bool {
         .any(|c| c.is_control() && !(allow_newlines && matches!(c, '\n' | '\r' | '\t')))
 }
 
+/// Unicode noncharacters: U+FDD0..U+FDEF and the last two code points of every plane.
+/// XML 1.0 forbids U+FFFE and U+FFFF outright (one of them breaks the Atom feed for every
+/// subscriber) and discourages the rest; none belongs in an article.
+pub fn is_noncharacter(c: char) -> bool {
+    let n = u32::from(c);
+    (0xFDD0..=0xFDEF).contains(&n) || n & 0xFFFE == 0xFFFE
+}
+
+/// True for characters XML 1.0 cannot carry at all, even as references: C0 controls other
+/// than tab, LF and CR, and U+FFFE/U+FFFF (surrogates cannot occur in a `str`).
+pub fn is_xml_forbidden(c: char) -> bool {
+    matches!(c, '\u{0}'..='\u{8}' | '\u{B}' | '\u{C}' | '\u{E}'..='\u{1F}' | '\u{FFFE}' | '\u{FFFF}')
+}
+
+/// Characters that draw nothing or reorder the text around them: zero-width spaces and
+/// marks, bidirectional embeddings, overrides and isolates, invisible operators, fillers
+/// that render as blanks, the byte-order mark and the tag characters. In a title they
+/// make it look empty, read backwards or spoof another one. ZWJ and ZWNJ are checked
+/// apart: emoji sequences and several scripts need them between two visible characters.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
+}
+
+fn is_joiner(c: char) -> bool {
+    matches!(c, '\u{200C}' | '\u{200D}')
+}
+
+/// The first invisible or reordering character of `s`, if any (a joiner counts unless it
+/// stands between two visible characters).
+pub fn invisible_char(s: &str) -> Option<char> {
+    let chars: Vec<char> = s.chars().collect();
+    let visible = |c: Option<&char>| {
+        c.is_some_and(|c| !c.is_whitespace() && !is_invisible(*c) && !is_joiner(*c))
+    };
+    chars.iter().enumerate().find_map(|(i, &c)| {
+        let bad = is_invisible(c)
+            || (is_joiner(c) && !(i > 0 && visible(chars.get(i - 1)) && visible(chars.get(i + 1))));
+        bad.then_some(c)
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A title: one line, and every character visible and in reading order.
+    Title,
+    /// One line of text.
+    Line,
+    /// Several lines (the Markdown body).
+    Multiline,
+}
+
 fn check_text(
     errors: &mut Vec<FieldError>,
     field: &'static str,
     v: &str,
     max: usize,
     required: bool,
-    multiline: bool,
+    kind: Kind,
 ) {
+    let multiline = kind == Kind::Multiline;
     let n = v.chars().count();
     if required && v.trim().is_empty() {
         errors.push(FieldError {
@@ -89,6 +163,26 @@ fn check_text(
         errors.push(FieldError {
             field,
             message: "must not contain control characters".into(),
+        });
+    }
+    if let Some(c) = v.chars().find(|c| is_noncharacter(*c)) {
+        errors.push(FieldError {
+            field,
+            message: format!(
+                "must not contain Unicode noncharacters (found U+{:04X})",
+                u32::from(c)
+            ),
+        });
+    }
+    if kind != Kind::Multiline
+        && let Some(c) = invisible_char(v)
+    {
+        errors.push(FieldError {
+            field,
+            message: format!(
+                "must not contain invisible or text-reordering characters (found U+{:04X})",
+                u32::from(c)
+            ),
         });
     }
 }
@@ -130,16 +224,30 @@ impl CreateArticle {
                 message: format!("use 1-{MAX_SLUG} lowercase letters, digits and single hyphens"),
             });
         }
-        check_text(&mut errors, "title", &self.title, MAX_TITLE, true, false);
+        check_text(
+            &mut errors,
+            "title",
+            &self.title,
+            MAX_TITLE,
+            true,
+            Kind::Title,
+        );
         check_text(
             &mut errors,
             "summary",
             &self.summary,
             MAX_SUMMARY,
             false,
-            false,
+            Kind::Line,
         );
-        check_text(&mut errors, "body", &self.body, MAX_BODY, false, true);
+        check_text(
+            &mut errors,
+            "body",
+            &self.body,
+            MAX_BODY,
+            false,
+            Kind::Multiline,
+        );
         check_tags(&mut errors, &self.tags);
         if !errors.is_empty() {
             return Err(errors);
@@ -158,13 +266,13 @@ impl UpdateArticle {
     pub fn validate(self) -> Result<ArticlePatch, Vec<FieldError>> {
         let mut errors = Vec::new();
         if let Some(t) = &self.title {
-            check_text(&mut errors, "title", t, MAX_TITLE, true, false);
+            check_text(&mut errors, "title", t, MAX_TITLE, true, Kind::Title);
         }
         if let Some(s) = &self.summary {
-            check_text(&mut errors, "summary", s, MAX_SUMMARY, false, false);
+            check_text(&mut errors, "summary", s, MAX_SUMMARY, false, Kind::Line);
         }
         if let Some(b) = &self.body {
-            check_text(&mut errors, "body", b, MAX_BODY, false, true);
+            check_text(&mut errors, "body", b, MAX_BODY, false, Kind::Multiline);
         }
         if let Some(tags) = &self.tags {
             check_tags(&mut errors, tags);
@@ -204,8 +312,8 @@ pub fn check_search(q: &str) -> Result<(), String> {
     if q.chars().count() > MAX_SEARCH {
         return Err(format!("q must be at most {MAX_SEARCH} characters"));
     }
-    if has_control(q, false) {
-        return Err("q must not contain control characters".into());
+    if has_control(q, false) || q.chars().any(is_noncharacter) {
+        return Err("q must not contain control characters or noncharacters".into());
     }
     Ok(())
 }
@@ -263,6 +371,50 @@ mod tests {
         let mut c = create("a", "t");
         c.body = "line\nline\ttab".into();
         assert!(c.validate().is_ok(), "newlines and tabs are fine in a body");
+    }
+
+    #[test]
+    fn noncharacters_are_rejected_in_every_text_field() {
+        for bad in ["a\u{FFFF}b", "\u{FFFE}", "x\u{FDD0}", "\u{10FFFF}"] {
+            let errs = create("a", bad).validate().unwrap_err();
+            assert_eq!(errs[0].field, "title", "{bad:?}");
+            let mut c = create("a", "t");
+            c.body = format!("line\n{bad}");
+            let errs = c.validate().unwrap_err();
+            assert_eq!(errs[0].field, "body", "{bad:?}");
+        }
+        assert!(is_xml_forbidden('\u{FFFF}') && is_xml_forbidden('\u{1}'));
+        assert!(!is_xml_forbidden('\n') && !is_xml_forbidden('é'));
+    }
+
+    #[test]
+    fn invisible_and_reordering_characters_are_rejected_in_titles() {
+        for bad in [
+            "\u{200B}",
+            "\u{200B}\u{200B}",
+            "abc\u{202E}fed",
+            "x\u{2066}y\u{2069}",
+            "\u{FEFF}Title",
+            "\u{3164}",
+            "a\u{200D}",
+            "\u{200D}a",
+            "a \u{200C} b",
+            "\u{E0041}tag",
+        ] {
+            let errs = create("a", bad).validate().unwrap_err();
+            assert!(errs.iter().any(|e| e.field == "title"), "{bad:?}");
+        }
+        // A family emoji is joined by ZWJ; Persian uses ZWNJ inside words.
+        for ok in [
+            "Family \u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+            "\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}",
+            "Caf\u{E9} \u{2764}\u{FE0F}",
+        ] {
+            assert!(create("a", ok).validate().is_ok(), "{ok:?}");
+        }
+        for slug in ["a\u{200B}b", "\u{202E}ab"] {
+            assert!(!is_valid_slug(slug), "{slug:?}");
+        }
     }
 
     #[test]

@@ -687,14 +687,26 @@ class Postgres:
         self.logf = open(self.dir / "postgres.log", "w")
         if self.user:
             os.chown(self.dir / "postgres.log", *(lambda p: (p.pw_uid, p.pw_gid))(pwd.getpwnam(self.user)))
+        self._spawn()
+
+    def _spawn(self):
         # Defaults apart from the address and room for the connections of the load runs.
         self.proc = subprocess.Popen(
-            self._as([str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
-                      "-c", "unix_socket_directories=", "-c", "max_connections=200"]),
+            self._as([str(self.bin / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
+                      "-h", "127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=200"]),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.logf, start_new_session=True)
-        wait_until("PostgreSQL to accept connections", 60, lambda: subprocess.run(
+        wait_until("PostgreSQL to accept connections", 300, lambda: subprocess.run(
             [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
             stdout=subprocess.DEVNULL).returncode == 0)
+
+    def halt(self):
+        """Stops the server at once (immediate shutdown, like a crash: no checkpoint to wait for)
+        but keeps its data: a database outage. It restarts with crash recovery."""
+        os.killpg(self.proc.pid, signal.SIGQUIT)
+        self.proc.wait(60)
+
+    def resume(self):
+        self._spawn()
 
     def psql(self, db, sql):
         r = subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
@@ -826,6 +838,17 @@ def app_part(args, workdir):
                 t = time.time()
                 pg.psql("articles", SEED_SQL)
                 log(f"app: seeded {ARTICLES} articles in {time.time() - t:.1f}s")
+                # Rows written by SQL have no stored rendering: a server renders them in the
+                # background at start-up (render once), so restart and wait for it.
+                srv.stop()
+                servers.remove(srv)
+                t = time.time()
+                srv = Server([str(RELEASE / "article-server")], env, workdir / f"article-server-cache-{cache}.log")
+                servers.append(srv)
+                wait_until("the seeded articles to be rendered", 300, lambda: pg.psql(
+                    "articles", "SELECT count(*) FROM articles WHERE render_version = 0") == "0")
+                log(f"app: rendered {ARTICLES} articles in the background in {time.time() - t:.1f}s")
+                wait_until("article server /readyz", 60, lambda: http_get(srv.port, "/readyz")[0] == 200)
             status, _ = http_get(srv.port, f"/api/v1/articles/article-{ARTICLES}")
             if status != 200:
                 raise BenchError(f"seeded article not served: {status}")
@@ -834,6 +857,8 @@ def app_part(args, workdir):
             scen = {
                 "api_get": ("/", {"BENCH_MODE": "slug", "BENCH_PREFIX": "/api/v1/articles/"}),
                 "html_get": ("/", {"BENCH_MODE": "slug", "BENCH_PREFIX": "/articles/"}),
+                "api_get_zipf": ("/", {"BENCH_MODE": "zipf", "BENCH_PREFIX": "/api/v1/articles/"}),
+                "html_get_zipf": ("/", {"BENCH_MODE": "zipf", "BENCH_PREFIX": "/articles/"}),
                 "api_list": ("/api/v1/articles", {"BENCH_MODE": "get"}),
                 "create": ("/", {"BENCH_MODE": "create", "BENCH_TOKEN": token}),
             }
@@ -855,6 +880,8 @@ def app_part(args, workdir):
             pg.psql("articles", "DELETE FROM articles WHERE slug LIKE 'bench-%'")
             pg.psql("articles", "VACUUM ANALYZE articles")  # (not allowed inside the DELETE's transaction)
 
+        results.update(replicas_and_outage(args, pg, token, workdir, servers))
+
         # Ratios to the two ceilings at the same number of connections.
         http_by_c = {r["connections"]: r["rps"] for r in results["http_ceiling"]}
         db_by_c = {r["connections"]: r["tps"] for r in results["db_ceiling"]}
@@ -868,6 +895,134 @@ def app_part(args, workdir):
         for s in servers:
             s.stop()
         pg.stop()
+
+
+def fetch(port, method, path, headers=None, body=None, timeout=10):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+def article_server(pg, token, workdir, name, **extra):
+    env = dict(os.environ, ARTICLES_LISTEN_ADDR="127.0.0.1:{port}", ARTICLES_DATABASE_URL=pg.url("articles"),
+               ARTICLES_WRITE_TOKEN=token, RUST_LOG="warn", **extra)
+    srv = Server([str(RELEASE / "article-server")], env, workdir / f"article-server-{name}.log")
+    wait_until(f"article server {name} /readyz", 60, lambda: http_get(srv.port, "/readyz")[0] == 200)
+    wait_until(f"article server {name} listening for changes", 30,
+               lambda: metric_sum(prom(http_get(srv.port, "/metrics")[1]), "articles_cache_resyncs_total") >= 1)
+    return srv
+
+
+def compressed_sizes(port):
+    out = {}
+    for name, path in (("article page", "/articles/article-1"), ("article JSON", "/api/v1/articles/article-1"),
+                       ("index page", "/"), ("list JSON", "/api/v1/articles"), ("feed", "/feed.xml")):
+        row = {}
+        for enc in ("identity", "gzip", "br"):
+            fetch(port, "GET", path, {"Accept-Encoding": enc})  # fills the cache
+            status, h, body = fetch(port, "GET", path, {"Accept-Encoding": enc})
+            row[enc] = len(body)
+            row[f"{enc}_encoding"] = h.get("content-encoding", "identity")
+        out[name] = row
+    return out
+
+
+def coherence(a, b, token, samples, load_port=None):
+    """Writes on replica a, and measures how long until replica b serves the new title."""
+    slug = "article-2"
+    delays = []
+    conn = http.client.HTTPConnection("127.0.0.1", b.port, timeout=10)
+    for i in range(samples):
+        status, h, body = fetch(a.port, "GET", f"/api/v1/articles/{slug}", {"Authorization": f"Bearer {token}"})
+        etag = h["etag"]
+        # b has the current version in its cache.
+        for _ in range(3):
+            conn.request("GET", f"/api/v1/articles/{slug}")
+            conn.getresponse().read()
+        title = f"Coherence probe {i} {secrets.token_hex(4)}"
+        status, _, _ = fetch(a.port, "PATCH", f"/api/v1/articles/{slug}",
+                             {"Authorization": f"Bearer {token}", "If-Match": etag,
+                              "Content-Type": "application/json"}, json.dumps({"title": title}))
+        if status != 200:
+            raise BenchError(f"coherence write failed: {status}")
+        t0 = time.perf_counter()
+        deadline = t0 + 10
+        while True:
+            conn.request("GET", f"/api/v1/articles/{slug}")
+            r = conn.getresponse()
+            if title.encode() in r.read():
+                delays.append((time.perf_counter() - t0) * 1000)
+                break
+            if time.perf_counter() > deadline:
+                raise BenchError("replica b never served the write")
+    conn.close()
+    delays.sort()
+    pick = lambda q: round(delays[min(len(delays) - 1, int(q * len(delays)))], 2)
+    return {"samples": samples, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(delays[-1], 2)}
+
+
+def replicas_and_outage(args, pg, token, workdir, servers):
+    """Two replicas with the cache on: compressed sizes, cross-replica coherence (writes on a,
+    reads on b, with and without Zipf read load on b), and a database outage."""
+    out = {}
+    a = article_server(pg, token, workdir, "replica-a")
+    servers.append(a)
+    b = article_server(pg, token, workdir, "replica-b", ARTICLES_DATABASE_TIMEOUT_MS="2000")
+    servers.append(b)
+    out["compressed_bytes"] = compressed_sizes(b.port)
+    log(f"app: compressed sizes {out['compressed_bytes']}")
+    out["coherence_idle"] = coherence(a, b, token, 200)
+    log(f"app: coherence, idle: {out['coherence_idle']}")
+    # The same under read load on b (Zipf, 16 connections).
+    box = {}
+    load = threading.Thread(target=lambda: box.update(r=wrk(
+        b.port, "/", 16, 12, {"BENCH_MODE": "zipf", "BENCH_PREFIX": "/articles/", "BENCH_ARTICLES": str(ARTICLES)})))
+    load.start()
+    time.sleep(1)
+    out["coherence_loaded"] = coherence(a, b, token, 100)
+    load.join()
+    out["coherence_loaded"]["background_rps"] = box.get("r", {}).get("rps")
+    log(f"app: coherence, under load: {out['coherence_loaded']}")
+
+    # Outage: warm b's cache with the Zipf head, stop PostgreSQL, then read cached pages (served
+    # stale) and uncached ones (503, once the breaker is open).
+    wrk(b.port, "/", 4, 3, {"BENCH_MODE": "zipf", "BENCH_PREFIX": "/articles/", "BENCH_ARTICLES": str(ARTICLES)})
+    before = prom(http_get(b.port, "/metrics")[1])
+    pg.halt()
+    t_down = time.time()
+    try:
+        first = time.perf_counter()
+        status, _, _ = fetch(b.port, "GET", "/articles/article-9999")
+        out["outage_first_miss_ms"] = round((time.perf_counter() - first) * 1000, 1)
+        wait_until("the circuit breaker to open", 30, lambda: metric_sum(
+            prom(http_get(b.port, "/metrics")[1]), "articles_db_circuit_open") == 1)
+        hits = wrk(b.port, "/", 16, 5, {"BENCH_MODE": "slug", "BENCH_PREFIX": "/articles/", "BENCH_ARTICLES": "20"})
+        misses = wrk(b.port, "/?q=outage", 16, 5, {"BENCH_MODE": "get"})
+        after = prom(http_get(b.port, "/metrics")[1])
+        out["outage"] = {
+            "stale_reads": hits,
+            "misses": misses,
+            "stale_served": int(metric_sum(after, "articles_cache_stale_served_total")
+                                - metric_sum(before, "articles_cache_stale_served_total")),
+            "first_miss_ms": out.pop("outage_first_miss_ms"),
+        }
+    finally:
+        pg.resume()
+    t_up = time.time()
+    wait_until("replica b to serve fresh again", 60,
+               lambda: fetch(b.port, "GET", "/articles/article-9998")[1].get("x-cache") in ("miss", "hit"))
+    out["outage"]["recovered_after_s"] = round(time.time() - t_up, 2)
+    out["outage"]["down_s"] = round(t_up - t_down, 1)
+    log(f"app: outage {out['outage']}")
+    out["outage"]["database"] = "stopped with SIGQUIT (immediate shutdown), restarted with crash recovery"
+    for s in (a, b):
+        s.stop()
+        servers.remove(s)
+    return out
 
 
 def pgbench_run(pgbench, base, c, duration, workdir):
@@ -1064,24 +1219,31 @@ def markdown(report):
     app = report.get("app")
     if app:
         L.append("## The article server\n")
-        L.append(f"A release build of the article server (pool of 10 connections, `RUST_LOG=warn`) over a "
+        if app.get("run"):
+            load = app["run"].get("load_average_at_start")
+            L.append(f"Run {app['run']['started']} → {app['run']['finished']} UTC, command: `{app['run']['command']}`"
+                     + (f", load average at start {', '.join(str(x) for x in load)}" if load else "") + ".\n")
+        L.append(f"A release build of the article server (pool of 10 connections, `RUST_LOG=warn`, the default "
+                 f"cache: 64 MiB, TTL 600 s, kept coherent through LISTEN/NOTIFY) over a "
                  f"PostgreSQL of its own on this machine (default settings, fsync on) holding "
                  f"{app['articles']:,} published articles (about 2 KB of Markdown each). wrk runs "
-                 f"{app['duration_seconds']} s per cell with 1–2 threads. GETs pick one of the "
-                 f"{app['articles']:,} slugs at random for each request, so the cache (1,000 entries, TTL 5 s) "
-                 "hits only part of the time. Creates POST a new draft each. "
-                 "The HTTP ceiling is a bare axum handler (app/src/bin/http_ceiling.rs) that returns `ok`; "
-                 "the database ceiling is `pgbench -S -M prepared` (one SELECT by primary key per "
-                 "transaction) on the same PostgreSQL. Ratios compare requests per second with the ceiling "
+                 f"{app['duration_seconds']} s per cell with 1–2 threads, without `Accept-Encoding` (identity). "
+                 f"*Uniform* GETs pick one of the {app['articles']:,} slugs at random; *Zipf* GETs pick the "
+                 "k-th article with weight 1/k (a few articles get most reads, as on a real site). The scenarios "
+                 "run one after another on one server, so the cache holds what the earlier ones left. Creates "
+                 "POST a new draft each. The HTTP ceiling is a bare axum handler (app/src/bin/http_ceiling.rs) "
+                 "that returns `ok`; the database ceiling is `pgbench -S -M prepared` (one SELECT by primary key "
+                 "per transaction) on the same PostgreSQL. Ratios compare requests per second with the ceiling "
                  "at the same number of connections.\n")
         L.append("| what | cache | conns | req/s | p50 ms | p99 ms | errors | cache hits | server RSS MiB | × HTTP ceiling | × DB ceiling |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        labels = {"api_get": "GET /api/v1/articles/{slug}, uniform", "html_get": "GET /articles/{slug} (HTML), uniform",
+                  "api_get_zipf": "GET /api/v1/articles/{slug}, Zipf", "html_get_zipf": "GET /articles/{slug} (HTML), Zipf",
+                  "api_list": "GET /api/v1/articles (first page)", "create": "POST /api/v1/articles"}
         for key, rows in app["scenarios"].items():
             name, cache = key.split("/")
-            label = {"api_get": "GET /api/v1/articles/{slug}", "html_get": "GET /articles/{slug} (HTML)",
-                     "api_list": "GET /api/v1/articles (first page)", "create": "POST /api/v1/articles"}[name]
             for r in rows:
-                L.append(f"| {label} | {cache.replace('cache-', '')} | {r['connections']} | {fmt(r['rps'])} | "
+                L.append(f"| {labels[name]} | {cache.replace('cache-', '')} | {r['connections']} | {fmt(r['rps'])} | "
                          f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | {r['errors']} | {pct(r.get('cache_hit_ratio'))} | "
                          f"{fmt(r.get('server_rss_peak_mib'))} | {fmt(r.get('vs_http_ceiling'))} | {fmt(r.get('vs_db_ceiling'))} |")
         for r in app["http_ceiling"]:
@@ -1093,7 +1255,86 @@ def markdown(report):
         L.append("")
         idle = app.get("server_rss_idle_mib", {})
         L.append("Server RSS idle, after start-up: " + ", ".join(f"cache {k} {v} MiB" for k, v in idle.items()) + ".\n")
+        sizes = app.get("compressed_bytes")
+        if sizes:
+            L.append("Response sizes in bytes (each cached body compressed once, by the first request that accepts the encoding: gzip level 6, brotli quality 5):\n")
+            L.append("| response | identity | gzip | brotli |")
+            L.append("|---|---|---|---|")
+            for name, row in sizes.items():
+                L.append(f"| {name} | {row['identity']:,} | {row['gzip']:,} | {row['br']:,} |")
+            L.append("")
+        ci, cl = app.get("coherence_idle"), app.get("coherence_loaded")
+        if ci:
+            L.append("Cross-replica coherence: two replicas over the same database (each on its own port); a PATCH "
+                     "on replica A, then replica B is polled (one keep-alive connection, its entry cached before "
+                     "the write) until it serves the new title. Time from A's 200 to B's first new answer:\n")
+            L.append("| | samples | p50 ms | p99 ms | max ms |")
+            L.append("|---|---|---|---|---|")
+            L.append(f"| B idle | {ci['samples']} | {fmt(ci['p50_ms'])} | {fmt(ci['p99_ms'])} | {fmt(ci['max_ms'])} |")
+            if cl:
+                L.append(f"| B under Zipf page load ({fmt(cl.get('background_rps'))} req/s, 16 conns) | {cl['samples']} | "
+                         f"{fmt(cl['p50_ms'])} | {fmt(cl['p99_ms'])} | {fmt(cl['max_ms'])} |")
+            L.append("")
+        o = app.get("outage")
+        if o:
+            sr, mi = o["stale_reads"], o["misses"]
+            L.append(f"Database outage (PostgreSQL stopped for {fmt(o['down_s'])} s under replica B, whose cache "
+                     "held the Zipf head): the first miss waited "
+                     f"{fmt(o['first_miss_ms'])} ms (the pool's timeout); once the circuit breaker was open:\n")
+            L.append("| reads during the outage | req/s | p50 ms | p99 ms | non-2xx |")
+            L.append("|---|---|---|---|---|")
+            L.append(f"| cached pages (served stale, {o['stale_served']:,} stale answers) | {fmt(sr['rps'])} | "
+                     f"{fmt(sr['p50_ms'])} | {fmt(sr['p99_ms'])} | {sr['errors']} |")
+            L.append(f"| uncached searches (503 at once) | {fmt(mi['rps'])} | {fmt(mi['p50_ms'])} | "
+                     f"{fmt(mi['p99_ms'])} | {mi['errors']} |")
+            L.append("")
+            L.append(f"After PostgreSQL was back, replica B answered fresh again within {fmt(o['recovered_after_s'])} s.\n")
+        goals = app_goals(app)
+        if goals:
+            L.append("### Goals (ratios in this run)\n")
+            L.append("| goal | result | |")
+            L.append("|---|---|---|")
+            for g in goals:
+                L.append(f"| {g[0]} | {g[1]} | {g[2]} |")
+            L.append("")
     return "\n".join(L) + "\n"
+
+
+def app_goals(app):
+    """The targets of issue 19, at the highest connection count, from this run's figures."""
+    sc = app.get("scenarios", {})
+    http = {r["connections"]: r["rps"] for r in app.get("http_ceiling", [])}
+    db = {r["connections"]: r["tps"] for r in app.get("db_ceiling", [])}
+    if not sc or not http:
+        return []
+    c = max(http)
+    at = lambda key: next((r for r in sc.get(key, []) if r["connections"] == c), None)
+    out = []
+    for name, what in (("api_get_zipf", "API"), ("html_get_zipf", "HTML")):
+        r = at(f"{name}/cache-on")
+        if r:
+            ratio = r["rps"] / http[c]
+            out.append((f"cached single-article reads ({what}, Zipf) ≥ 0.35 × HTTP ceiling, {c} conns",
+                        f"{fmt(r['rps'])} req/s = {ratio:.2f} × {fmt(http[c])} (hits {pct(r.get('cache_hit_ratio'))})",
+                        "met" if ratio >= 0.35 else "missed"))
+    for name, what in (("api_get", "API"), ("html_get", "HTML")):
+        r = at(f"{name}/cache-off")
+        if r and db.get(c):
+            ratio = r["rps"] / db[c]
+            out.append((f"uncached reads ({what}) ≥ 0.30 × pgbench select-only, {c} conns",
+                        f"{fmt(r['rps'])} req/s = {ratio:.2f} × {fmt(db[c])}", "met" if ratio >= 0.30 else "missed"))
+    for suffix, cache in (("", "off"), ("_zipf", "on")):
+        h, a = at(f"html_get{suffix}/cache-{cache}"), at(f"api_get{suffix}/cache-{cache}")
+        if h and a:
+            ratio = h["rps"] / a["rps"]
+            out.append((f"HTML ≥ 0.8 × API rate (cache {cache}{', Zipf' if suffix else ', uniform'}, {c} conns)",
+                        f"{fmt(h['rps'])} vs {fmt(a['rps'])} = {ratio:.2f}", "met" if ratio >= 0.8 else "missed"))
+    for key, what in (("coherence_idle", "idle"), ("coherence_loaded", "under load")):
+        co = app.get(key)
+        if co:
+            out.append((f"cross-replica invalidation p99 < 100 ms ({what})", f"p99 {fmt(co['p99_ms'])} ms",
+                        "met" if co["p99_ms"] < 100 else "missed"))
+    return out
 
 
 NOTES = "\n## Notes (by hand)\n"
@@ -1142,16 +1383,30 @@ def main():
         "args": {k: v for k, v in vars(args).items() if k != "out"},
         "machine": machine(),
     }
+    out = ROOT / args.out
+    old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     try:
         if "app" in parts:
+            started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
             report["app"] = app_part(args, workdir)
+            report["app"]["run"] = {"started": started, "command": report["command"],
+                                    "finished": dt.datetime.now(dt.timezone.utc).strftime("%H:%M"),
+                                    "load_average_at_start": report["machine"]["load_average_at_start"]}
+        elif old.get("app"):
+            report["app"] = old["app"]
         if "operator" in parts:
             report["operator"] = operator_part(args, workdir)
+        elif old.get("operator"):
+            # A partial run keeps the other part's figures (and says when they were taken).
+            report["operator"] = old["operator"]
+            report["started"], report["finished"] = old.get("started"), old.get("finished")
+            report["command"] = old.get("command")
+            report["machine"] = old.get("machine", report["machine"])
     except BenchError as e:
         log(f"error: {e}")
         return 1
-    report["finished"] = dt.datetime.now(dt.timezone.utc).strftime("%H:%M")
-    out = ROOT / args.out
+    if "operator" in parts or not old.get("operator"):
+        report["finished"] = dt.datetime.now(dt.timezone.utc).strftime("%H:%M")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(out.with_suffix(".md"), report)

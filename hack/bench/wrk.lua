@@ -1,6 +1,8 @@
 -- Requests and result line for the article server benchmarks of `make bench` (wrk).
 -- BENCH_MODE: "get" (the URL's path), "slug" (BENCH_PREFIX .. a random one of BENCH_ARTICLES
--- seeded slugs, so the cache sees a realistic spread), "create" (POST a new draft, unique slug).
+-- seeded slugs, uniformly), "zipf" (the same, but the k-th article is picked with weight 1/k^s,
+-- s = BENCH_ZIPF_S, default 1: a few articles get most reads, as on a real site),
+-- "create" (POST a new draft, unique slug).
 local mode = os.getenv("BENCH_MODE") or "get"
 local prefix = os.getenv("BENCH_PREFIX") or "/api/v1/articles/"
 local articles = tonumber(os.getenv("BENCH_ARTICLES") or "10000")
@@ -14,13 +16,39 @@ function setup(thread)
 end
 
 local counter = 0
+local cdf = nil
 function init(args)
   math.randomseed(os.time() * 1000 + (tid or 0))
+  if mode == "zipf" then
+    local s = tonumber(os.getenv("BENCH_ZIPF_S") or "1")
+    cdf = {}
+    local total = 0
+    for k = 1, articles do
+      total = total + 1 / (k ^ s)
+      cdf[k] = total
+    end
+    for k = 1, articles do
+      cdf[k] = cdf[k] / total
+    end
+  end
+end
+
+-- The rank whose cumulative weight first reaches u (binary search).
+local function zipf()
+  local u = math.random()
+  local lo, hi = 1, articles
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cdf[mid] < u then lo = mid + 1 else hi = mid end
+  end
+  return lo
 end
 
 function request()
   if mode == "slug" then
     return wrk.format("GET", prefix .. "article-" .. math.random(1, articles))
+  elseif mode == "zipf" then
+    return wrk.format("GET", prefix .. "article-" .. zipf())
   elseif mode == "create" then
     counter = counter + 1
     local slug = "bench-" .. run .. "-" .. (tid or 0) .. "-" .. counter

@@ -21,11 +21,23 @@ pub struct Article {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
+    /// The body rendered to sanitised HTML when it was written (see `render`).
+    #[serde(skip)]
+    pub body_html: String,
+    /// The renderer version that produced `body_html`; 0 means not rendered yet.
+    #[serde(skip)]
+    pub render_version: i32,
 }
 
 impl Article {
     pub fn is_published(&self) -> bool {
         self.status == STATUS_PUBLISHED
+    }
+
+    /// The strong ETag of this version. The id makes a deleted-and-recreated slug's ETags
+    /// differ.
+    pub fn etag(&self) -> String {
+        format!("\"a{}.{}\"", self.id, self.version)
     }
 }
 
@@ -34,7 +46,7 @@ pub const STATUS_PUBLISHED: &str = "published";
 /// The columns of [`Article`], in one place for every statement.
 macro_rules! columns {
     () => {
-        "id, slug, title, summary, body, tags, status, scheduled_at, published_at, created_at, updated_at, version"
+        "id, slug, title, summary, body, tags, status, scheduled_at, published_at, created_at, updated_at, version, body_html, render_version"
     };
 }
 
@@ -52,6 +64,12 @@ pub enum RepoError {
     Db(#[from] DbError),
 }
 
+impl super::Outage for RepoError {
+    fn is_outage(&self) -> bool {
+        matches!(self, RepoError::Db(e) if e.is_outage())
+    }
+}
+
 impl From<sqlx::Error> for RepoError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e
@@ -62,6 +80,9 @@ impl From<sqlx::Error> for RepoError {
         RepoError::Db(DbError::from(e))
     }
 }
+
+/// 9999-12-31T23:59:59.999999Z: the latest time a cursor may carry.
+const MAX_CURSOR_MICROS: i64 = 253_402_300_799_999_999;
 
 /// Position after the last item of a page: newest first by (published_at, id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +105,9 @@ impl Cursor {
         let (micros, id) = s.split_once('_')?;
         let micros: i64 = micros.parse().ok()?;
         let id: i64 = id.parse().ok()?;
-        if id <= 0 {
+        // Beyond these bounds PostgreSQL cannot store the time (and no article has it):
+        // refuse here rather than fail in the query.
+        if id <= 0 || !(0..=MAX_CURSOR_MICROS).contains(&micros) {
             return None;
         }
         Some(Cursor {
@@ -94,20 +117,34 @@ impl Cursor {
     }
 }
 
-/// The expected state of an article, from `If-Match`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The expected state of an article, from `If-Match` (RFC 9110 §13.1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Precondition {
-    /// No `If-Match`, or `If-Match: *`: any existing version.
-    Any,
-    /// The article with this id, at this version.
-    Exact { id: i64, version: i64 },
+    /// No `If-Match`: any state; a missing article is a 404.
+    None,
+    /// `If-Match: *`: the article must exist (412 if it does not).
+    Exists,
+    /// `If-Match` with entity tags: one of them must be, character for character, the
+    /// current version's ETag (the strong comparison; weak tags never match).
+    Tags(Vec<String>),
 }
 
 impl Precondition {
     fn holds(&self, a: &Article) -> bool {
-        match *self {
-            Precondition::Any => true,
-            Precondition::Exact { id, version } => a.id == id && a.version == version,
+        match self {
+            Precondition::None | Precondition::Exists => true,
+            Precondition::Tags(tags) => {
+                let current = a.etag();
+                tags.contains(&current)
+            }
+        }
+    }
+
+    /// A missing article fails any `If-Match` with 412, and is a 404 without one.
+    fn missing(&self) -> RepoError {
+        match self {
+            Precondition::None => RepoError::NotFound,
+            _ => RepoError::PreconditionFailed,
         }
     }
 }
@@ -223,10 +260,17 @@ pub struct NewArticle {
     pub tags: Vec<String>,
 }
 
-pub async fn create(pool: &PgPool, a: &NewArticle) -> Result<Article, RepoError> {
+/// The body rendered to HTML, stored beside it, and the renderer's version.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub html: String,
+    pub version: i32,
+}
+
+pub async fn create(pool: &PgPool, a: &NewArticle, r: &Rendered) -> Result<Article, RepoError> {
     let sql = concat!(
-        "INSERT INTO articles (slug, title, summary, body, tags) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING ",
+        "INSERT INTO articles (slug, title, summary, body, tags, body_html, render_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
         columns!()
     );
     Ok(sqlx::query_as(sql)
@@ -235,6 +279,8 @@ pub async fn create(pool: &PgPool, a: &NewArticle) -> Result<Article, RepoError>
         .bind(&a.summary)
         .bind(&a.body)
         .bind(&a.tags)
+        .bind(&r.html)
+        .bind(r.version)
         .fetch_one(pool)
         .await?)
 }
@@ -251,6 +297,7 @@ pub struct ArticlePatch {
 async fn lock_by_slug(
     tx: &mut Transaction<'static, Postgres>,
     slug: &str,
+    pre: &Precondition,
 ) -> Result<Article, RepoError> {
     let sql = concat!(
         "SELECT ",
@@ -262,7 +309,7 @@ async fn lock_by_slug(
         .bind(slug)
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or(RepoError::NotFound)
+        .ok_or_else(|| pre.missing())
 }
 
 /// Applies `patch` if the article still matches `pre`; the version goes up by one.
@@ -271,15 +318,18 @@ pub async fn update(
     slug: &str,
     pre: Precondition,
     patch: &ArticlePatch,
+    rendered: Option<&Rendered>,
 ) -> Result<Article, RepoError> {
     let mut tx = pool.begin().await.map_err(DbError::from)?;
-    let current = lock_by_slug(&mut tx, slug).await?;
+    let current = lock_by_slug(&mut tx, slug, &pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
     }
     let sql = concat!(
         "UPDATE articles SET title = COALESCE($2, title), summary = COALESCE($3, summary), \
-         body = COALESCE($4, body), tags = COALESCE($5, tags), version = version + 1, updated_at = now() \
+         body = COALESCE($4, body), tags = COALESCE($5, tags), \
+         body_html = COALESCE($6, body_html), render_version = COALESCE($7, render_version), \
+         version = version + 1, updated_at = now() \
          WHERE id = $1 \
          RETURNING ",
         columns!()
@@ -290,6 +340,8 @@ pub async fn update(
         .bind(&patch.summary)
         .bind(&patch.body)
         .bind(&patch.tags)
+        .bind(rendered.map(|r| r.html.as_str()))
+        .bind(rendered.map(|r| r.version))
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await.map_err(DbError::from)?;
@@ -298,7 +350,7 @@ pub async fn update(
 
 pub async fn delete(pool: &PgPool, slug: &str, pre: Precondition) -> Result<(), RepoError> {
     let mut tx = pool.begin().await.map_err(DbError::from)?;
-    let current = lock_by_slug(&mut tx, slug).await?;
+    let current = lock_by_slug(&mut tx, slug, &pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
     }
@@ -306,6 +358,7 @@ pub async fn delete(pool: &PgPool, slug: &str, pre: Precondition) -> Result<(), 
         .bind(current.id)
         .execute(&mut *tx)
         .await?;
+    super::jobs::cancel_for_article(&mut tx, current.id).await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(())
 }
@@ -319,7 +372,7 @@ pub async fn publish(
     at: Option<DateTime<Utc>>,
 ) -> Result<Article, RepoError> {
     let mut tx = pool.begin().await.map_err(DbError::from)?;
-    let current = lock_by_slug(&mut tx, slug).await?;
+    let current = lock_by_slug(&mut tx, slug, &pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
     }
@@ -327,6 +380,7 @@ pub async fn publish(
     let article = match future {
         None if current.is_published() => current,
         None => {
+            super::jobs::cancel_for_article(&mut tx, current.id).await?;
             let sql = concat!(
                 "UPDATE articles SET status = 'published', published_at = now(), scheduled_at = NULL, \
                  version = version + 1, updated_at = now() WHERE id = $1 \
@@ -351,6 +405,8 @@ pub async fn publish(
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?;
+            // The new schedule replaces any earlier one.
+            super::jobs::cancel_for_article(&mut tx, a.id).await?;
             let payload = serde_json::json!({ "article_id": a.id, "scheduled_at": a.scheduled_at });
             super::jobs::enqueue(&mut tx, super::jobs::KIND_PUBLISH_ARTICLE, &payload, at).await?;
             a
@@ -360,22 +416,58 @@ pub async fn publish(
     Ok(article)
 }
 
-/// The scheduled-publication job's effect. A no-op (returns false) when the article was
-/// deleted, published by hand or rescheduled since the job was enqueued.
+/// Articles whose stored HTML is missing or from an older renderer, a batch at a time.
+pub const STALE_RENDER_SQL: &str =
+    "SELECT id, version, body FROM articles WHERE render_version < $1 ORDER BY id LIMIT $2";
+
+pub async fn stale_renders(
+    pool: &PgPool,
+    current: i32,
+    limit: i64,
+) -> Result<Vec<(i64, i64, String)>, DbError> {
+    Ok(sqlx::query_as(STALE_RENDER_SQL)
+        .bind(current)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Stores a rendering of version `version` of the article; a no-op if it changed since.
+/// The version number stays: the content did not change.
+pub async fn store_render(
+    pool: &PgPool,
+    id: i64,
+    version: i64,
+    r: &Rendered,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE articles SET body_html = $3, render_version = $4 WHERE id = $1 AND version = $2",
+    )
+    .bind(id)
+    .bind(version)
+    .bind(&r.html)
+    .bind(r.version)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The scheduled-publication job's effect; returns the slug it published. A no-op
+/// (`None`) when the article was deleted, published by hand or rescheduled since the job
+/// was enqueued.
 pub async fn publish_scheduled(
     tx: &mut Transaction<'static, Postgres>,
     article_id: i64,
     scheduled_at: DateTime<Utc>,
-) -> Result<bool, DbError> {
+) -> Result<Option<String>, DbError> {
     let sql = "UPDATE articles SET status = 'published', published_at = scheduled_at, scheduled_at = NULL, \
          version = version + 1, updated_at = now() \
-         WHERE id = $1 AND status = 'scheduled' AND scheduled_at = $2";
-    let done = sqlx::query(sql)
+         WHERE id = $1 AND status = 'scheduled' AND scheduled_at = $2 RETURNING slug";
+    Ok(sqlx::query_scalar(sql)
         .bind(article_id)
         .bind(scheduled_at)
-        .execute(&mut **tx)
-        .await?;
-    Ok(done.rows_affected() == 1)
+        .fetch_optional(&mut **tx)
+        .await?)
 }
 
 #[cfg(test)]
@@ -403,6 +495,9 @@ mod tests {
             "99999999999999999999_1",
             "1_2_3",
             "1;DROP TABLE",
+            "-9223372036854775808_1",
+            "-210866803200000001_1",
+            "253402300800000000_1",
         ] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }

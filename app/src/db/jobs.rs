@@ -47,6 +47,23 @@ pub async fn enqueue(
     Ok(id)
 }
 
+/// Removes an article's pending publication jobs: a new schedule, a manual publication or
+/// a delete supersedes them. A job a worker is running holds its row lock, so this waits
+/// for it and then finds it done.
+pub const CANCEL_FOR_ARTICLE_SQL: &str = "DELETE FROM jobs WHERE kind = 'publish_article' AND state = 'pending' \
+     AND (payload->>'article_id')::bigint = $1";
+
+pub async fn cancel_for_article(
+    tx: &mut Transaction<'static, Postgres>,
+    article_id: i64,
+) -> Result<u64, DbError> {
+    let done = sqlx::query(CANCEL_FOR_ARTICLE_SQL)
+        .bind(article_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 pub async fn claim(
     pool: &PgPool,
     worker: &str,

@@ -1,6 +1,7 @@
 //! The connection pool, migrations and the bounded-time wrapper for every database call.
 
 pub mod articles;
+pub mod breaker;
 pub mod jobs;
 
 use std::future::Future;
@@ -21,6 +22,8 @@ pub enum DbError {
     Timeout,
     #[error("no database connection available: {0}")]
     Unavailable(#[source] sqlx::Error),
+    #[error("the database is known to be down (circuit breaker open)")]
+    CircuitOpen,
     #[error("database error: {0}")]
     Other(#[source] sqlx::Error),
 }
@@ -52,6 +55,17 @@ impl From<sqlx::Error> for DbError {
             },
             _ => DbError::Other(e),
         }
+    }
+}
+
+/// Errors that may mean the database is unreachable, for the circuit breaker.
+pub trait Outage {
+    fn is_outage(&self) -> bool;
+}
+
+impl Outage for DbError {
+    fn is_outage(&self) -> bool {
+        DbError::is_outage(self)
     }
 }
 
@@ -88,6 +102,20 @@ pub fn pool(config: &Config) -> Result<PgPool, sqlx::Error> {
         .idle_timeout(Some(Duration::from_secs(300)))
         .max_lifetime(Some(Duration::from_secs(1800)))
         .test_before_acquire(true)
+        .connect_lazy_with(options))
+}
+
+/// The change listener's own one-connection pool: it must not take one of the request
+/// pool's connections, and it reconnects through it.
+pub fn listener_pool(config: &Config) -> Result<PgPool, sqlx::Error> {
+    let ms = config.db_timeout.as_millis().to_string();
+    let options = base_options(config)?.options([("statement_timeout", ms.as_str())]);
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(config.db_timeout)
+        .idle_timeout(None)
+        .max_lifetime(None)
         .connect_lazy_with(options))
 }
 

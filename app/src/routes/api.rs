@@ -10,16 +10,16 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{ListParams, cached_response};
+use super::{ListParams, cached_response, published_article};
 use crate::auth::{Credentials, WriteAuth, credentials};
-use crate::cache::Cached;
+use crate::cache::{Cached, Scope, article_keys};
 use crate::db::articles::{self, Article, Precondition, RepoError};
-use crate::db::timed;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, OptionalJsonBody};
 use crate::http::{
-    CACHE_NONE, CACHE_PRIVATE, IfMatch, article_etag, body_etag, conditional, if_match,
+    CACHE_NONE, CACHE_PRIVATE, Freshness, article_etag, body_etag, conditional, if_match,
 };
+use crate::render;
 use crate::state::AppState;
 use crate::validate::{CreateArticle, PublishArticle, UpdateArticle, is_valid_slug};
 
@@ -67,11 +67,7 @@ fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
 }
 
 fn article_json(a: &Article) -> Result<Cached, ApiError> {
-    Ok(Cached {
-        body: to_json(a)?.into(),
-        etag: article_etag(a),
-        content_type: JSON,
-    })
+    Ok(Cached::new(to_json(a)?, article_etag(a), JSON))
 }
 
 /// The response to a write: the article as stored now, with its new ETag.
@@ -93,10 +89,8 @@ fn written(status: StatusCode, a: &Article) -> Result<Response, ApiError> {
 
 fn precondition(headers: &HeaderMap, required: bool) -> Result<Precondition, ApiError> {
     match if_match(headers) {
-        IfMatch::Absent if required => Err(ApiError::PreconditionRequired),
-        IfMatch::Absent => Ok(Precondition::Any),
-        IfMatch::Expect(p) => Ok(p),
-        IfMatch::NeverMatches => Err(ApiError::PreconditionFailed),
+        Precondition::None if required => Err(ApiError::PreconditionRequired),
+        p => Ok(p),
     }
 }
 
@@ -108,12 +102,10 @@ pub async fn list(
     let Query(params) = params.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
     let query = params.to_query()?;
     let key = ListParams::cache_key("api:list", &query);
-    cached_response(&state, key, &headers, async {
-        let (items, next) = timed(
-            state.config.db_timeout,
-            articles::list_published(&state.pool, &query),
-        )
-        .await?;
+    cached_response(&state, key, Scope::List, &headers, async {
+        let (items, next) = state
+            .db(articles::list_published(&state.pool, &query))
+            .await?;
         let page = Page {
             items: items
                 .iter()
@@ -130,11 +122,8 @@ pub async fn list(
             next_cursor: next.map(|c| c.encode()),
         };
         let body = to_json(&page)?;
-        Ok(Cached {
-            etag: body_etag(&body),
-            body: body.into(),
-            content_type: JSON,
-        })
+        let etag = body_etag(&body);
+        Ok(Cached::new(body, etag, JSON))
     })
     .await
 }
@@ -149,23 +138,21 @@ pub async fn get(
     match credentials(&headers, &state.token) {
         Credentials::Invalid => Err(ApiError::Unauthorized),
         Credentials::Valid => {
-            let a = timed(
-                state.config.db_timeout,
-                articles::get_by_slug(&state.pool, &slug),
-            )
-            .await?
-            .ok_or(ApiError::NotFound)?;
-            Ok(conditional(&headers, &article_json(&a)?, CACHE_PRIVATE))
+            let a = state
+                .db(articles::get_by_slug(&state.pool, &slug))
+                .await?
+                .ok_or(ApiError::NotFound)?;
+            Ok(conditional(
+                &headers,
+                &article_json(&a)?,
+                CACHE_PRIVATE,
+                Freshness::Uncached,
+            ))
         }
         Credentials::None => {
-            cached_response(&state, format!("api:article|{slug}"), &headers, async {
-                let a = timed(
-                    state.config.db_timeout,
-                    articles::get_by_slug(&state.pool, &slug),
-                )
-                .await?
-                .filter(Article::is_published)
-                .ok_or(ApiError::NotFound)?;
+            let [key, _] = article_keys(&slug);
+            cached_response(&state, key, Scope::Article, &headers, async {
+                let a = published_article(&state, &slug).await?;
                 article_json(&a)
             })
             .await
@@ -179,8 +166,12 @@ pub async fn create(
     JsonBody(input): JsonBody<CreateArticle>,
 ) -> Result<Response, ApiError> {
     let new = input.validate().map_err(ApiError::Validation)?;
-    let a = timed(state.config.db_timeout, articles::create(&state.pool, &new)).await?;
-    state.cache.invalidate();
+    let rendered = render::render_body(&new.body);
+    let a = state
+        .db(articles::create(&state.pool, &new, &rendered))
+        .await?;
+    // A draft is in no public response: nothing cached changes.
+
     written(StatusCode::CREATED, &a)
 }
 
@@ -195,12 +186,18 @@ pub async fn update(
     let slug = slug_of(path)?;
     let pre = precondition(&headers, true)?;
     let patch = input.validate().map_err(ApiError::Validation)?;
-    let a = timed(
-        state.config.db_timeout,
-        articles::update(&state.pool, &slug, pre, &patch),
-    )
-    .await?;
-    state.cache.invalidate();
+    let rendered = patch.body.as_deref().map(render::render_body);
+    let a = state
+        .db(articles::update(
+            &state.pool,
+            &slug,
+            pre,
+            &patch,
+            rendered.as_ref(),
+        ))
+        .await?;
+    // This replica sees its own write at once; the others through the notification.
+    state.cache.invalidate_article(&slug);
     written(StatusCode::OK, &a)
 }
 
@@ -212,12 +209,9 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let slug = slug_of(path)?;
     let pre = precondition(&headers, false)?;
-    timed(
-        state.config.db_timeout,
-        articles::delete(&state.pool, &slug, pre),
-    )
-    .await?;
-    state.cache.invalidate();
+    state.db(articles::delete(&state.pool, &slug, pre)).await?;
+    // This replica sees its own write at once; the others through the notification.
+    state.cache.invalidate_article(&slug);
     let mut res = StatusCode::NO_CONTENT.into_response();
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_NONE));
@@ -234,11 +228,10 @@ pub async fn publish(
 ) -> Result<Response, ApiError> {
     let slug = slug_of(path)?;
     let pre = precondition(&headers, false)?;
-    let a = timed(
-        state.config.db_timeout,
-        articles::publish(&state.pool, &slug, pre, input.at()),
-    )
-    .await?;
-    state.cache.invalidate();
+    let a = state
+        .db(articles::publish(&state.pool, &slug, pre, input.at()))
+        .await?;
+    // This replica sees its own write at once; the others through the notification.
+    state.cache.invalidate_article(&slug);
     written(StatusCode::OK, &a)
 }

@@ -7,9 +7,8 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::{DEFAULT_PAGE, cached_response};
-use crate::cache::Cached;
+use crate::cache::{Cached, Scope};
 use crate::db::articles::{self, ListQuery};
-use crate::db::timed;
 use crate::error::ApiError;
 use crate::http::body_etag;
 use crate::render;
@@ -19,22 +18,22 @@ pub async fn atom(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    cached_response(&state, "feed".to_owned(), &headers, async {
+    cached_response(&state, "feed".to_owned(), Scope::List, &headers, async {
         let query = ListQuery {
             limit: DEFAULT_PAGE,
             ..ListQuery::default()
         };
-        let (items, _) = timed(
-            state.config.db_timeout,
-            articles::list_published(&state.pool, &query),
-        )
-        .await?;
-        let xml = render::atom_feed(&state.config.site_title, &state.config.public_url, &items);
-        Ok(Cached {
-            etag: body_etag(xml.as_bytes()),
-            body: xml.into(),
-            content_type: "application/atom+xml; charset=utf-8",
-        })
+        let (items, _) = state
+            .db(articles::list_published(&state.pool, &query))
+            .await?;
+        let xml = render::atom_feed(state.site(), &items)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let etag = body_etag(xml.as_bytes());
+        Ok(Cached::new(
+            xml,
+            etag,
+            "application/atom+xml; charset=utf-8",
+        ))
     })
     .await
 }

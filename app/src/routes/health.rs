@@ -38,7 +38,13 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         return unready("migrations not applied yet");
     }
     match db::ready(&state.pool, state.config.db_timeout).await {
-        Ok(true) => probe(StatusCode::OK, json!({ "status": "ready" })),
+        Ok(true) => {
+            // The database answered: requests need not wait for the breaker's own probe.
+            if state.breaker.close() {
+                tracing::info!("database reachable again: circuit breaker closed");
+            }
+            probe(StatusCode::OK, json!({ "status": "ready" }))
+        }
         Ok(false) => unready("database schema is older than this server"),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

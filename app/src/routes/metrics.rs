@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::db::{jobs, timed};
+use crate::db::jobs;
 use crate::error::ApiError;
 use crate::metrics::StateLabels;
 use crate::state::AppState;
@@ -21,8 +21,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Api
     m.pool_connections
         .get_or_create(&StateLabels { state: "in_use" })
         .set((size - idle).max(0));
+    m.cache_bytes
+        .set(i64::try_from(state.cache.bytes()).unwrap_or(i64::MAX));
+    m.cache_entries
+        .set(i64::try_from(state.cache.len()).unwrap_or(i64::MAX));
+    m.db_circuit_open.set(i64::from(state.breaker.is_open()));
     // A scrape while the database is away still answers, with the last known depth.
-    match timed(state.config.db_timeout, jobs::depth(&state.pool)).await {
+    match state.db(jobs::depth(&state.pool)).await {
         Ok(d) => {
             m.jobs_queue
                 .get_or_create(&StateLabels { state: "pending" })

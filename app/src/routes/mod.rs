@@ -18,10 +18,10 @@ use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-use crate::cache::Cached;
-use crate::db::articles::{Cursor, ListQuery};
+use crate::cache::{Cached, Scope};
+use crate::db::articles::{self, Article, Cursor, ListQuery};
 use crate::error::ApiError;
-use crate::http::conditional;
+use crate::http::{CACHE_PUBLIC, Freshness, conditional};
 use crate::middleware;
 use crate::state::AppState;
 use crate::validate::{check_search, is_valid_tag};
@@ -42,6 +42,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(from_fn_with_state(
             state.clone(),
+            middleware::reject_wrong_token,
+        ))
+        .layer(from_fn_with_state(
+            state.clone(),
             middleware::require_schema,
         ))
         .layer(from_fn_with_state(state.clone(), middleware::timeout))
@@ -56,6 +60,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("handler panicked".into()).into_response()
         }))
+        .layer(from_fn_with_state(state.clone(), middleware::html_errors))
+        .layer(axum::middleware::from_fn(middleware::security_headers))
         .layer(from_fn_with_state(state.clone(), middleware::observe))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -71,10 +77,12 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Serves `key` from the cache, or builds it (reading the database), caches it and serves
-/// it; either way as a 200 or a 304.
+/// it; either way as a 200 or a 304. If the database is unreachable, an entry still held
+/// is served stale instead of the error.
 pub async fn cached_response<F>(
     state: &AppState,
     key: String,
+    scope: Scope,
     req_headers: &HeaderMap,
     build: F,
 ) -> Result<Response, ApiError>
@@ -83,16 +91,49 @@ where
 {
     if let Some(hit) = state.cache.get(&key) {
         state.metrics.cache_hits.inc();
-        return Ok(conditional(req_headers, &hit, crate::http::CACHE_PUBLIC));
+        return Ok(conditional(req_headers, &hit, CACHE_PUBLIC, Freshness::Hit));
     }
+    let caching = state.cache.enabled() && state.cache.coherent();
     if state.cache.enabled() {
         state.metrics.cache_misses.inc();
     }
     let ticket = state.cache.ticket();
-    let built = Arc::new(build.await?);
-    let res = conditional(req_headers, &built, crate::http::CACHE_PUBLIC);
-    state.cache.insert(ticket, key, built);
-    Ok(res)
+    match build.await {
+        Ok(built) if caching => {
+            let built = Arc::new(built);
+            let res = conditional(req_headers, &built, CACHE_PUBLIC, Freshness::Miss);
+            state.cache.insert(ticket, key, scope, built);
+            Ok(res)
+        }
+        Ok(built) => Ok(conditional(
+            req_headers,
+            &built,
+            CACHE_PUBLIC,
+            Freshness::Uncached,
+        )),
+        Err(ApiError::DatabaseUnavailable(e)) => match state.cache.get_stale(&key) {
+            Some(stale) => {
+                state.metrics.cache_stale.inc();
+                Ok(conditional(
+                    req_headers,
+                    &stale.value,
+                    CACHE_PUBLIC,
+                    Freshness::Stale { age: stale.age },
+                ))
+            }
+            None => Err(ApiError::DatabaseUnavailable(e)),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// A published article by slug (one indexed read, through the breaker), or 404.
+pub async fn published_article(state: &AppState, slug: &str) -> Result<Article, ApiError> {
+    state
+        .db(articles::get_by_slug(&state.pool, slug))
+        .await?
+        .filter(Article::is_published)
+        .ok_or(ApiError::NotFound)
 }
 
 /// List parameters shared by the API list and the index page.

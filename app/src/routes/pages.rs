@@ -4,41 +4,23 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 
-use super::{DEFAULT_PAGE, ListParams, cached_response};
-use crate::cache::Cached;
-use crate::db::articles::{self, Article};
-use crate::db::timed;
+use super::{DEFAULT_PAGE, ListParams, cached_response, published_article};
+use crate::cache::{Cached, Scope, article_keys};
+use crate::db::articles;
 use crate::error::ApiError;
-use crate::http::{CACHE_NONE, body_etag};
+use crate::http::body_etag;
 use crate::render::{self, IndexFilter};
 use crate::state::AppState;
 use crate::validate::is_valid_slug;
 
-const HTML: &str = "text/html; charset=utf-8";
+use crate::render::HTML;
 
 fn html(body: String) -> Cached {
-    Cached {
-        etag: body_etag(body.as_bytes()),
-        body: body.into(),
-        content_type: HTML,
-    }
-}
-
-/// A readable 404 page rather than a problem document.
-fn not_found_page(state: &AppState) -> Response {
-    let mut res = (
-        StatusCode::NOT_FOUND,
-        render::not_found_page(&state.config.site_title),
-    )
-        .into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(HTML));
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_NONE));
-    res
+    let etag = body_etag(body.as_bytes());
+    Cached::new(body, etag, HTML)
 }
 
 pub async fn index(
@@ -50,22 +32,17 @@ pub async fn index(
     params.limit = Some(DEFAULT_PAGE.to_string());
     let query = params.to_query()?;
     let key = ListParams::cache_key("page:index", &query);
-    cached_response(&state, key, &headers, async {
-        let (items, next) = timed(
-            state.config.db_timeout,
-            articles::list_published(&state.pool, &query),
-        )
-        .await?;
+    cached_response(&state, key, Scope::List, &headers, async {
+        let (items, next) = state
+            .db(articles::list_published(&state.pool, &query))
+            .await?;
         let filter = IndexFilter {
             tag: query.tag.as_deref(),
             search: query.search.as_deref(),
         };
-        Ok(html(render::index_page(
-            &state.config.site_title,
-            &items,
-            next,
-            &filter,
-        )))
+        let page = render::index_page(state.site(), &items, next, &filter)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(html(page))
     })
     .await
 }
@@ -77,21 +54,14 @@ pub async fn article(
 ) -> Result<Response, ApiError> {
     let slug = match path {
         Ok(Path(slug)) if is_valid_slug(&slug) => slug,
-        _ => return Ok(not_found_page(&state)),
+        _ => return Err(ApiError::NotFound),
     };
-    let result = cached_response(&state, format!("page:article|{slug}"), &headers, async {
-        let a = timed(
-            state.config.db_timeout,
-            articles::get_by_slug(&state.pool, &slug),
-        )
-        .await?
-        .filter(Article::is_published)
-        .ok_or(ApiError::NotFound)?;
-        Ok(html(render::article_page(&state.config.site_title, &a)))
+    let [_, key] = article_keys(&slug);
+    cached_response(&state, key, Scope::Article, &headers, async {
+        let a = published_article(&state, &slug).await?;
+        let page = render::article_page(state.site(), &a)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(html(page))
     })
-    .await;
-    match result {
-        Err(ApiError::NotFound) => Ok(not_found_page(&state)),
-        other => other,
-    }
+    .await
 }

@@ -54,12 +54,13 @@ async fn hot_paths_use_indexes_at_ten_thousand_articles() {
     .expect("migrate");
     let pool = db_pool(&db).await;
     sqlx::query(
-        "INSERT INTO articles (slug, title, summary, body, tags, status, published_at) \
+        "INSERT INTO articles (slug, title, summary, body, tags, status, published_at, render_version) \
          SELECT 'article-' || i, 'Title ' || i || ' ' || (ARRAY['rust','postgres','kubernetes','cooking','travel'])[1 + i % 5], \
                 'Summary ' || i, repeat('lorem ipsum dolor sit amet ', 20) || ' word' || (i % 500), \
                 ARRAY['tag-' || (i % 50), 'all'], \
                 CASE WHEN i % 10 = 0 THEN 'draft' ELSE 'published' END, \
-                CASE WHEN i % 10 = 0 THEN NULL ELSE now() - make_interval(mins => i) END \
+                CASE WHEN i % 10 = 0 THEN NULL ELSE now() - make_interval(mins => i) END, \
+                CASE WHEN i % 1000 = 0 THEN 0 ELSE 1 END \
          FROM generate_series(1, 10000) AS i",
     )
     .execute(&pool)
@@ -67,7 +68,7 @@ async fn hot_paths_use_indexes_at_ten_thousand_articles() {
     .expect("seed articles");
     sqlx::query(
         "INSERT INTO jobs (kind, payload, state, run_at, visible_at, attempts, finished_at) \
-         SELECT 'publish_article', '{}'::jsonb, CASE WHEN i <= 50 THEN 'pending' ELSE 'done' END, \
+         SELECT 'publish_article', jsonb_build_object('article_id', i), CASE WHEN i <= 50 THEN 'pending' ELSE 'done' END, \
                 now() + make_interval(mins => i), now() + make_interval(mins => i), \
                 CASE WHEN i <= 50 THEN 0 ELSE 1 END, CASE WHEN i <= 50 THEN NULL ELSE now() END \
          FROM generate_series(1, 10000) AS i",
@@ -156,6 +157,16 @@ async fn hot_paths_use_indexes_at_ten_thousand_articles() {
             sqlx::query(jobs::CLAIM_SQL).bind("w").bind(30.0f64),
         ),
         ("queue depth", sqlx::query(jobs::DEPTH_SQL)),
+        (
+            "cancel an article's pending job",
+            sqlx::query(jobs::CANCEL_FOR_ARTICLE_SQL).bind(4242i64),
+        ),
+        (
+            "articles to render again",
+            sqlx::query(articles::STALE_RENDER_SQL)
+                .bind(article_server::render::RENDER_VERSION)
+                .bind(100i64),
+        ),
     ];
     let mut report = String::new();
     for (name, q) in cases {

@@ -380,6 +380,16 @@ impl TestServer {
         assert!(ok, "server at {} did not become ready", self.base);
     }
 
+    /// Waits until the change listener has subscribed: only then does the cache store and
+    /// serve entries.
+    pub async fn wait_coherent(&self) {
+        let ok = wait_until(Duration::from_secs(30), || async {
+            self.metric("articles_cache_resyncs_total", &[]).await >= 1.0
+        })
+        .await;
+        assert!(ok, "server at {} never subscribed to changes", self.base);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -419,6 +429,12 @@ impl TestServer {
             res.text().await.unwrap_or_default()
         );
         res.json().await.expect("json")
+    }
+
+    /// Creates an article and publishes it at once.
+    pub async fn create_published(&self, slug: &str, title: &str, body: &str, tags: &[&str]) {
+        self.create(slug, title, body, tags).await;
+        self.publish(slug).await;
     }
 
     pub async fn publish(&self, slug: &str) -> serde_json::Value {

@@ -3,9 +3,11 @@
 
 mod api;
 mod bad_input;
+mod browser;
 mod cache;
 mod concurrency;
 mod explain;
+mod hardening;
 mod harness;
 mod jobs;
 mod metrics;

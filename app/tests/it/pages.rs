@@ -23,9 +23,10 @@ async fn index_article_page_and_feed() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
     let html = res.text().await.expect("html");
-    assert!(html.contains("The &lt;Daily&gt;"), "{html}");
+    assert!(html.contains("The &#60;Daily&#62;"), "{html}");
+    assert!(!html.contains("The <Daily>"), "{html}");
     assert!(html.contains("href=\"/articles/first-post\""));
-    assert!(html.contains("First &lt;post&gt;"));
+    assert!(html.contains("First &#60;post&#62;"));
     assert!(!html.contains("secret-draft"), "drafts are not listed");
 
     let html = srv

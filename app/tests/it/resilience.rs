@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use crate::harness::{TestServer, fresh_database, postgres, wait_until};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
+pub enum Mode {
     Forward,
     /// Refuse: close each new connection at once.
     Down,
@@ -18,15 +18,15 @@ enum Mode {
     Stall,
 }
 
-struct Proxy {
-    port: u16,
+pub struct Proxy {
+    pub port: u16,
     mode: Arc<Mutex<Mode>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(upstream: u16) -> Proxy {
+    pub async fn start(upstream: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let mode = Arc::new(Mutex::new(Mode::Forward));
@@ -58,8 +58,18 @@ impl Proxy {
         }
     }
 
+    /// A proxy in front of the test PostgreSQL, and `db`'s URL through it.
+    pub async fn in_front_of(db: &str) -> (Proxy, String) {
+        let proxy = Proxy::start(postgres().port).await;
+        let via = db.replace(
+            &format!(":{}/", postgres().port),
+            &format!(":{}/", proxy.port),
+        );
+        (proxy, via)
+    }
+
     /// Switches mode and cuts every open connection.
-    fn set(&self, mode: Mode) {
+    pub fn set(&self, mode: Mode) {
         *self.mode.lock().expect("lock") = mode;
         for c in self.conns.lock().expect("lock").drain(..) {
             c.abort();
@@ -118,11 +128,7 @@ async fn outage(srv: &TestServer, proxy: &Proxy, mode: Mode) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_sheds_fast_and_recovers() {
     let db = fresh_database().await;
-    let proxy = Proxy::start(postgres().port).await;
-    let via_proxy = db.replace(
-        &format!(":{}/", postgres().port),
-        &format!(":{}/", proxy.port),
-    );
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     let srv = TestServer::start(
         &via_proxy,
         &[
@@ -143,11 +149,7 @@ async fn database_outage_sheds_fast_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_database_sheds_excess_requests_instead_of_queueing() {
     let db = fresh_database().await;
-    let proxy = Proxy::start(postgres().port).await;
-    let via_proxy = db.replace(
-        &format!(":{}/", postgres().port),
-        &format!(":{}/", proxy.port),
-    );
+    let (proxy, via_proxy) = Proxy::in_front_of(&db).await;
     // Pool of 1: at most 64 requests in flight (the floor of the derived cap).
     let srv = TestServer::start(
         &via_proxy,
