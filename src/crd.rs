@@ -324,7 +324,8 @@ impl PullPolicy {
     }
 }
 
-/// Response cache settings (ARTICLES_CACHE_*).
+/// Response cache settings (ARTICLES_CACHE_*). Every replica's cache is kept coherent through
+/// PostgreSQL notifications (`docs/article-server.md`), so the lifetime is only a safety net.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CacheSpec {
@@ -333,9 +334,15 @@ pub struct CacheSpec {
     #[serde(default = "default_cache_ttl")]
     #[schemars(range(min = 1, max = 86400))]
     pub ttl_seconds: i32,
-    #[serde(default = "default_cache_entries")]
+    /// Memory the cache may hold per replica (`ARTICLES_CACHE_MAX_BYTES`), a quantity between
+    /// 64Ki and 64Gi; count it in `resources.limits.memory`.
+    #[serde(default = "default_cache_bytes")]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).compareTo(quantity('64Ki')) >= 0 && quantity(self).compareTo(quantity('64Gi')) <= 0 && quantity(self).isInteger()").message("spec.app.cache.maxBytes must be a whole number of bytes between 64Ki and 64Gi, such as 64Mi"))]
+    pub max_bytes: String,
+    /// Deprecated: an extra bound on the number of entries (the bound of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
-    pub max_entries: i32,
+    pub max_entries: Option<i32>,
 }
 
 impl Default for CacheSpec {
@@ -343,7 +350,8 @@ impl Default for CacheSpec {
         Self {
             enabled: true,
             ttl_seconds: default_cache_ttl(),
-            max_entries: default_cache_entries(),
+            max_bytes: default_cache_bytes(),
+            max_entries: None,
         }
     }
 }
@@ -632,10 +640,10 @@ fn default_shutdown_timeout() -> i32 {
     20
 }
 fn default_cache_ttl() -> i32 {
-    60
+    600
 }
-fn default_cache_entries() -> i32 {
-    10_000
+fn default_cache_bytes() -> String {
+    "64Mi".into()
 }
 fn default_postgres_image() -> String {
     "postgres:17".into()

@@ -82,6 +82,14 @@ pub fn parse(q: &str) -> Option<Nanos> {
     ))
 }
 
+/// A quantity of whole units (bytes, say), or `None` when malformed, fractional or negative.
+pub fn whole(q: &str) -> Option<u64> {
+    let Nanos(n) = parse(q)?;
+    (n % NANO == 0)
+        .then(|| u64::try_from(n / NANO).ok())
+        .flatten()
+}
+
 /// Compares two quantities by value; `None` when either is malformed.
 pub fn compare(a: &str, b: &str) -> Option<Ordering> {
     Some(parse(a)?.cmp(&parse(b)?))
@@ -118,6 +126,14 @@ mod tests {
         ] {
             assert_eq!(parse(q), None, "{q:?}");
         }
+    }
+
+    #[test]
+    fn whole_units() {
+        assert_eq!(whole("64Mi"), Some(64 << 20));
+        assert_eq!(whole("1k"), Some(1000));
+        assert_eq!(whole("500m"), None);
+        assert_eq!(whole("-1"), None);
     }
 
     #[test]

@@ -2,29 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::{HeaderMap, header, request::Parts};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// The configured token's digest. Comparing fixed-size digests keeps both the content and
-/// the length of the token out of the timing.
-#[derive(Clone)]
-pub struct TokenDigest([u8; 32]);
-
-impl TokenDigest {
-    pub fn new(token: &str) -> Self {
-        TokenDigest(Sha256::digest(token.as_bytes()).into())
-    }
-
-    pub fn matches(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        self.0.ct_eq(&digest).into()
-    }
-}
+use crate::token::TokenDigest;
+use axum::extract::FromRequestParts;
+use axum::http::{HeaderMap, header, request::Parts};
 
 /// What the request says about its bearer token.
 #[derive(Debug, PartialEq, Eq)]

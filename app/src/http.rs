@@ -41,8 +41,7 @@ pub fn article_etag(a: &Article) -> String {
 /// The strong ETag of a rendered body.
 pub fn body_etag(body: &[u8]) -> String {
     let digest = Sha256::digest(body);
-    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-    format!("\"h{hex}\"")
+    format!("\"h{}\"", hex::encode(&digest[..12]))
 }
 
 fn opaque_tags(value: &str) -> impl Iterator<Item = &str> {

@@ -18,6 +18,7 @@ pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod token;
 pub mod validate;
 
 use std::future::Future;

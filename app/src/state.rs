@@ -7,13 +7,13 @@ use std::future::Future;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
-use crate::auth::TokenDigest;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::breaker::Breaker;
 use crate::db::{DbError, Outage, timed};
 use crate::metrics::Metrics;
 use crate::shutdown::Lifecycle;
+use crate::token::TokenDigest;
 
 pub struct AppState {
     pub config: Config,

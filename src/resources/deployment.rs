@@ -52,7 +52,7 @@ pub fn app_env(site: &ArticleSite, cluster_domain: &str) -> Vec<EnvVar> {
     let app = &site.spec.app;
     let db = &site.spec.database;
     let credentials = Names::database_credentials(&name);
-    let mut env = vec![
+    let mut vars = vec![
         env("ARTICLES_LISTEN_ADDR", format!("0.0.0.0:{}", app.port)),
         env(
             "ARTICLES_DATABASE_HOST",
@@ -88,9 +88,11 @@ pub fn app_env(site: &ArticleSite, cluster_domain: &str) -> Vec<EnvVar> {
             "ARTICLES_CACHE_TTL_SECONDS",
             app.cache.ttl_seconds.to_string(),
         ),
+        // The CRD admits whole byte counts only; the server's own default otherwise.
         env(
-            "ARTICLES_CACHE_MAX_ENTRIES",
-            app.cache.max_entries.to_string(),
+            "ARTICLES_CACHE_MAX_BYTES",
+            crate::quantity::whole(&app.cache.max_bytes)
+                .map_or_else(|| (64u64 << 20).to_string(), |b| b.to_string()),
         ),
         env(
             "ARTICLES_SITE_TITLE",
@@ -99,8 +101,12 @@ pub fn app_env(site: &ArticleSite, cluster_domain: &str) -> Vec<EnvVar> {
         env("ARTICLES_PUBLIC_URL", public_url(site, cluster_domain)),
         env("RUST_LOG", app.log_level.clone()),
     ];
-    env.extend(app.env.iter().flatten().cloned());
-    env
+    // Only for sites that still carry the deprecated bound.
+    if let Some(n) = app.cache.max_entries {
+        vars.push(env("ARTICLES_CACHE_MAX_ENTRIES", n.to_string()));
+    }
+    vars.extend(app.env.iter().flatten().cloned());
+    vars
 }
 
 /// preStop delay, drain, then finish in-flight requests, then a margin before SIGKILL.
@@ -337,13 +343,30 @@ mod tests {
         );
         assert_eq!(get("ARTICLES_DRAIN_DELAY_SECONDS").1.as_deref(), Some("5"));
         assert_eq!(get("ARTICLES_CACHE_ENABLED").1.as_deref(), Some("true"));
+        assert_eq!(
+            get("ARTICLES_CACHE_MAX_BYTES").1.as_deref(),
+            Some("67108864")
+        );
+        assert_eq!(get("ARTICLES_CACHE_TTL_SECONDS").1.as_deref(), Some("600"));
+        assert!(
+            env.iter()
+                .all(|(n, _, _)| n != "ARTICLES_CACHE_MAX_ENTRIES"),
+            "the deprecated bound is set only when the spec has it"
+        );
+        let mut old = site("news");
+        old.spec.app.cache.max_entries = Some(10_000);
+        assert!(
+            env_map(&build(&old, "cluster.local"))
+                .iter()
+                .any(|(n, v, _)| n == "ARTICLES_CACHE_MAX_ENTRIES" && v.as_deref() == Some("10000"))
+        );
         assert_eq!(get("RUST_LOG").1.as_deref(), Some("info"));
         for n in [
             "ARTICLES_DATABASE_USER",
             "ARTICLES_DATABASE_POOL_SIZE",
             "ARTICLES_SHUTDOWN_TIMEOUT_SECONDS",
             "ARTICLES_CACHE_TTL_SECONDS",
-            "ARTICLES_CACHE_MAX_ENTRIES",
+            "ARTICLES_CACHE_MAX_BYTES",
             "ARTICLES_SITE_TITLE",
             "ARTICLES_PUBLIC_URL",
         ] {
