@@ -4,6 +4,11 @@
 # hack/images.sh; see docs/real-node.md for the design.
 # shellcheck shell=bash
 
+# REAL_NODES=1 is the single real node; REAL_NODES=N (N >= 2) several (realnodes.sh, sourced
+# at the end, which renames the parts below), remembered in .cluster/real-nodes/count.
+[ "${REAL_NODES:-}" = 1 ] && REAL_NODE=1
+RNS_MULTI=""
+if [ "${REAL_NODES:-1}" -gt 1 ] 2>/dev/null || [ -f "$CLUSTER_DIR/real-nodes/count" ]; then RNS_MULTI=1; fi
 REAL_NODE_NAME="${REAL_NODE_NAME:-real-node}"
 # The real node's pods get addresses here. It must not overlap POD_CIDR or SERVICE_CIDR
 # (kwok hands out POD_CIDR to simulated pods, and that range stays blackholed).
@@ -441,3 +446,7 @@ rn_remove_cgroups() {
     find "$h/kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
 }
+
+if [ -n "$RNS_MULTI" ]; then
+  . "$here/realnodes.sh"
+fi
