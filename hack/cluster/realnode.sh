@@ -301,6 +301,8 @@ real_node_up() {
   [ -d /var/log/pods ] || [ -f "$RN_DIR/varlog.created" ] || { mkdir -p /var/log/pods && touch "$RN_DIR/varlog.created"; }
   # Likewise the directory of named network namespaces that the CRI uses.
   [ -d /run/netns ] || [ -f "$RN_DIR/netns.created" ] || { mkdir -p /run/netns && touch "$RN_DIR/netns.created"; }
+  # The kubelet makes /var/lib/kubelet/device-plugins whatever --root-dir says: likewise.
+  [ -d /var/lib/kubelet ] || [ -f "$RN_DIR/varlib.created" ] || touch "$RN_DIR/varlib.created"
 
   # A control plane started without REAL_NODE=1 advertises another address: restart its API server.
   local api args=""; api=$(component_pid kube-apiserver)
@@ -364,6 +366,7 @@ real_node_down() {
   rn_remove_cgroups
   if [ -f "$RN_DIR/varlog.created" ]; then rm -rf /var/log/pods /var/log/containers; fi
   if [ -f "$RN_DIR/netns.created" ]; then rmdir /run/netns 2>/dev/null || true; fi
+  if [ -f "$RN_DIR/varlib.created" ]; then rm -rf /var/lib/kubelet; fi
   rn_restore_sysctls
   rm -rf "$RN_RUN" "$RN_DIR"
 }
