@@ -7,9 +7,10 @@ help:
 	@echo "make test          fmt, clippy and every test (starts and stops the local cluster)"
 	@echo "make cluster-up    start the local control plane (6 simulated nodes, 3 zones)"
 	@echo "make cluster-up REAL_NODE=1   ... plus one real node (containerd, kubelet, kube-proxy)"
+	@echo "make cluster-up REAL_NODES=3  ... plus three real nodes in zones a-c (faults: hack/cluster/node-fault.sh)"
 	@echo "make cluster-down  stop it and remove its state"
 	@echo "make images        OCI images of the operator, article server, PostgreSQL, pause"
-	@echo "make e2e           end-to-end test on the real node (starts and stops the cluster)"
+	@echo "make e2e           end-to-end tests on one real node, then on three with node failures"
 	@echo "make crds          regenerate crds/ (and the chart's copy) from the Rust types"
 	@echo "make bench         benchmarks: operator at 100 and 1,000 sites, article server under load"
 

@@ -30,9 +30,18 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { echo "error: $*" >&2; exit 1; }
 
 REAL_NODE_NAME=real-node
+REAL_NODES_LIST="$REAL_NODE_NAME"
 real_node=0
 if [ "$(kubectl get node "$REAL_NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]; then
   real_node=1
+fi
+# Several real nodes (make cluster-up REAL_NODES=3): the site spreads over them, three app
+# replicas, and the database's volume is a directory every node can mount.
+multi_nodes="$(kubectl get nodes -l type=real -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' 2>/dev/null | grep -E '^real-node-[0-9]+$' || true)"
+if [ -n "$multi_nodes" ]; then
+  real_node=1
+  REAL_NODE_NAME="$(echo "$multi_nodes" | head -n1)"
+  REAL_NODES_LIST="$(echo "$multi_nodes" | paste -sd, -)"
 fi
 EXAMPLE=examples/articlesite.yaml
 [ "$real_node" = 1 ] && EXAMPLE=examples/articlesite-real-node.yaml
@@ -41,6 +50,7 @@ SITE="$(sed -n 's/^  name: *//p' "$EXAMPLE" | head -n1)"
 VOLUME_CLASS="$(sed -n 's/^ *storageClass: *//p' "$EXAMPLE" | head -n1)"
 VOLUME_NAME="${VOLUME_CLASS:-none}-$NS"
 VOLUME_DIR="$CLUSTER_DIR/real-node/volumes/$NS"
+[ -n "$multi_nodes" ] && VOLUME_DIR="$CLUSTER_DIR/real-nodes/volumes/$NS"
 POSTGRES_UID=999
 
 # A StorageClass without a provisioner and one local PersistentVolume on the real node for
@@ -79,7 +89,7 @@ spec:
     required:
       nodeSelectorTerms:
       - matchExpressions:
-        - {key: kubernetes.io/hostname, operator: In, values: [$REAL_NODE_NAME]}
+        - {key: kubernetes.io/hostname, operator: In, values: [$REAL_NODES_LIST]}
 EOF
 }
 
@@ -92,7 +102,10 @@ real_site_serves() {
   local nodes
   nodes="$(kubectl get pods -n "$NS" -l "app.kubernetes.io/instance=$SITE,app.kubernetes.io/component=app" \
     -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u)"
-  [ "$nodes" = "$REAL_NODE_NAME" ] || die "the app pods are not all on $REAL_NODE_NAME: $nodes"
+  local n
+  for n in $nodes; do
+    case ",$REAL_NODES_LIST," in *",$n,"*) ;; *) die "the app pods are not all on $REAL_NODES_LIST: $nodes" ;; esac
+  done
   token="$(kubectl get secret -n "$NS" "$SITE-write-token" -o jsonpath='{.data.token}' | base64 -d)"
   [ -n "$token" ] || die "no write token in Secret $SITE-write-token"
   slug="hello-$(date +%s)"
@@ -158,6 +171,9 @@ fi
 
 step "applying $EXAMPLE"
 kubectl apply --server-side --field-manager=articlesite-demo -n "$NS" -f "$EXAMPLE"
+if [ -n "$multi_nodes" ]; then
+  kubectl patch articlesite "$SITE" -n "$NS" --type merge -p '{"spec": {"app": {"replicas": 3}}}'
+fi
 
 step "waiting until ArticleSite $SITE is Ready"
 kubectl wait --for=condition=Ready --timeout=300s -n "$NS" "articlesite/$SITE"
@@ -188,6 +204,15 @@ if [ "$real_node" = 1 ]; then
   real_site_serves "$(kubectl get service -n "$NS" "$SITE" -o jsonpath='{.spec.clusterIP}')"
   printf '\n  Open the site: \033[1m%s\033[0m   (its article: %s)\n' "$REAL_URL" "$REAL_ARTICLE"
   echo "  The address is the site Service's ClusterIP; kube-proxy routes it to the real node's pods on this machine."
+  if [ -n "$multi_nodes" ]; then
+    node="$(kubectl get pods -n "$NS" -l "app.kubernetes.io/instance=$SITE,app.kubernetes.io/component=app" -o jsonpath='{.items[0].spec.nodeName}')"
+    echo
+    echo "  Freeze a node and watch the site keep serving (docs/real-node.md, \"Node failures\"):"
+    echo "    hack/cluster/node-fault.sh freeze $node      # its kubelet, containerd and pods hang"
+    echo "    kubectl get nodes -w                              # NotReady 15-17 s later"
+    echo "    while sleep 0.5; do curl -s -o /dev/null -w '%{http_code} ' --max-time 2 $REAL_URL; done"
+    echo "    hack/cluster/node-fault.sh heal $node"
+  fi
 fi
 
 step "the operator keeps reconciling (try: kubectl -n $NS delete service $SITE, or kubectl -n $NS scale articlesite $SITE --replicas=5). Ctrl-C stops it."

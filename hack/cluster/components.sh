@@ -44,7 +44,7 @@ cmd_kube-apiserver() {
 # With the real node (REAL_NODE=1), the `kubernetes` Service points at its bridge address,
 # where realnode.sh forwards to this API server; otherwise the API server picks its own.
 advertise_address() {
-  if [ "${REAL_NODE:-0}" = 1 ] || [ -d "$CLUSTER_DIR/real-node" ]; then
+  if [ "${REAL_NODE:-0}" = 1 ] || [ -d "$CLUSTER_DIR/real-node" ] || [ -n "${RNS_MULTI:-}" ]; then
     echo "--advertise-address=$(rn_gateway)"
   fi
 }
@@ -66,8 +66,15 @@ cmd_kube-controller-manager() {
     --cluster-signing-key-file="$PKI/ca.key" \
     --kube-api-qps="${KCM_API_QPS:-20}" \
     --kube-api-burst="${KCM_API_BURST:-30}" \
+    $(node_monitor_flags) \
     --profiling=false \
     --v=1
+}
+
+# With several real nodes (REAL_NODES=N) nodes go NotReady 15-17 s after a fault instead of
+# the default 40-60 s (see realnodes.sh and docs/real-node.md, "Node failures").
+node_monitor_flags() {
+  if [ -n "${RNS_MULTI:-}" ]; then echo "$RNS_MONITOR_FLAGS"; fi
 }
 
 cmd_kube-scheduler() {
@@ -90,7 +97,7 @@ cmd_kwok() {
     --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr="$POD_CIDR" \
-    --node-lease-duration-seconds=40 \
+    --node-lease-duration-seconds="${RNS_LEASE_SECONDS:-40}" \
     --server-address="127.0.0.1:$KWOK_PORT"
 }
 

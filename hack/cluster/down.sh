@@ -6,7 +6,7 @@ set -euo pipefail
 . "$here/components.sh"
 
 # The real node first (REAL_NODE=1), while the API server still answers its kubelet.
-real_node_down
+if [ -n "$RNS_MULTI" ]; then real_nodes_down; else real_node_down; fi
 
 for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
   stop_component "${COMPONENTS[$i]}"

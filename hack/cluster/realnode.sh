@@ -4,6 +4,11 @@
 # hack/images.sh; see docs/real-node.md for the design.
 # shellcheck shell=bash
 
+# REAL_NODES=1 is the single real node; REAL_NODES=N (N >= 2) several (realnodes.sh, sourced
+# at the end, which renames the parts below), remembered in .cluster/real-nodes/count.
+[ "${REAL_NODES:-}" = 1 ] && REAL_NODE=1
+RNS_MULTI=""
+if [ "${REAL_NODES:-1}" -gt 1 ] 2>/dev/null || [ -f "$CLUSTER_DIR/real-nodes/count" ]; then RNS_MULTI=1; fi
 REAL_NODE_NAME="${REAL_NODE_NAME:-real-node}"
 # The real node's pods get addresses here. It must not overlap POD_CIDR or SERVICE_CIDR
 # (kwok hands out POD_CIDR to simulated pods, and that range stays blackholed).
@@ -296,6 +301,8 @@ real_node_up() {
   [ -d /var/log/pods ] || [ -f "$RN_DIR/varlog.created" ] || { mkdir -p /var/log/pods && touch "$RN_DIR/varlog.created"; }
   # Likewise the directory of named network namespaces that the CRI uses.
   [ -d /run/netns ] || [ -f "$RN_DIR/netns.created" ] || { mkdir -p /run/netns && touch "$RN_DIR/netns.created"; }
+  # The kubelet makes /var/lib/kubelet/device-plugins whatever --root-dir says: likewise.
+  [ -d /var/lib/kubelet ] || [ -f "$RN_DIR/varlib.created" ] || touch "$RN_DIR/varlib.created"
 
   # A control plane started without REAL_NODE=1 advertises another address: restart its API server.
   local api args=""; api=$(component_pid kube-apiserver)
@@ -359,6 +366,7 @@ real_node_down() {
   rn_remove_cgroups
   if [ -f "$RN_DIR/varlog.created" ]; then rm -rf /var/log/pods /var/log/containers; fi
   if [ -f "$RN_DIR/netns.created" ]; then rmdir /run/netns 2>/dev/null || true; fi
+  if [ -f "$RN_DIR/varlib.created" ]; then rm -rf /var/lib/kubelet; fi
   rn_restore_sysctls
   rm -rf "$RN_RUN" "$RN_DIR"
 }
@@ -441,3 +449,7 @@ rn_remove_cgroups() {
     find "$h/kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
 }
+
+if [ -n "$RNS_MULTI" ]; then
+  . "$here/realnodes.sh"
+fi

@@ -85,7 +85,9 @@ for c in kube-controller-manager kube-scheduler; do check_alive "$c"; done
 # Pods need the `default` ServiceAccount, which the controller-manager creates.
 wait_until "the default ServiceAccount" 60 kube-controller-manager kubectl -n default get serviceaccount default
 
-if [ "${REAL_NODE:-0}" = 1 ]; then
+if [ -n "$RNS_MULTI" ]; then
+  real_nodes_up "$(rns_count)"
+elif [ "${REAL_NODE:-0}" = 1 ]; then
   real_node_up
 fi
 

@@ -1,0 +1,860 @@
+//! End-to-end on three real nodes in three zones (`make e2e`, feature `e2e`): a site with three
+//! app replicas and one database instance spread over `real-node-1..3`, under a steady,
+//! bounded load of reads and writes through its Service, while `hack/cluster/node-fault.sh`
+//! freezes, partitions or kills one node: the one that holds the database, or one that holds
+//! only an app pod. Prints, per fault, the time until the node is NotReady, until its pods
+//! are replaced elsewhere and until writes resume, the failed reads and writes, and checks
+//! that no acknowledged write is lost, that never two PostgreSQL servers run at once, and
+//! that the site is whole again after the heal. Needs `make cluster-up REAL_NODES=3` and
+//! `make images`; `hack/e2e.sh` does both.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use articlesite_operator::crd::ArticleSite;
+use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, Pod, Secret, Service};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use common::operator::OperatorProcess;
+use common::pods::{is_live, is_ready, node_of};
+use common::site::wait_site_ready;
+use common::{ClusterScoped, TestNamespace, client, wait_for};
+
+const NODES: [&str; 3] = ["real-node-1", "real-node-2", "real-node-3"];
+const POSTGRES_UID: u32 = 999;
+/// The site's `highAvailability.nodeLossTolerationSeconds`: the operator's default.
+const TOLERATION: u64 = 30;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// One HTTP/1.1 request on a fresh connection (so kube-proxy picks an endpoint each time),
+/// all of it within `limit`.
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+    limit: Duration,
+) -> Result<(u16, String), String> {
+    let run = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if !body.is_empty() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let status = text
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("bad response {text:?}"))?;
+        Ok((status, text))
+    };
+    tokio::time::timeout(limit, run)
+        .await
+        .map_err(|_| format!("{method} {path}: no answer within {limit:?}"))?
+}
+
+/// One request of the load: when, whether it succeeded (a read after its retries), and
+/// whether its first attempt did.
+struct Sample {
+    at: Instant,
+    write: bool,
+    ok: bool,
+    first_ok: bool,
+}
+
+/// A steady, bounded load through the Service's ClusterIP (this machine's kube-proxy sends it
+/// to the real nodes' pods): five reads a second (a client that retries an idempotent read
+/// twice, 2 s per attempt) and five writes a second (never retried, 3 s each), each write a
+/// new article whose slug is recorded once the site acknowledged it (201).
+struct Load {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    acked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: String, token: String, published: String) -> Self {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for write in [false, true] {
+            let (samples, acked, stop) = (samples.clone(), acked.clone(), stop.clone());
+            let (addr, token, published) = (addr.clone(), token.clone(), published.clone());
+            tasks.push(tokio::spawn(async move {
+                let until = Instant::now() + Duration::from_secs(1200);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    n += 1;
+                    let t = Instant::now();
+                    let (ok, first_ok) = if write {
+                        let slug = format!("w-{n}");
+                        let body = json!({"slug": slug, "title": "load", "body": "x"});
+                        let r = http(
+                            &addr,
+                            "POST",
+                            "/api/v1/articles",
+                            Some(&token),
+                            Some(&body),
+                            Duration::from_secs(3),
+                        )
+                        .await;
+                        let ok = matches!(r, Ok((201, _)));
+                        if ok && let Ok(mut a) = acked.lock() {
+                            a.push(slug);
+                        }
+                        (ok, ok)
+                    } else {
+                        let path = format!("/api/v1/articles/{published}");
+                        let mut first = None;
+                        let mut ok = false;
+                        for _ in 0..3 {
+                            let r =
+                                http(&addr, "GET", &path, None, None, Duration::from_secs(2)).await;
+                            ok = matches!(r, Ok((200, _)));
+                            first.get_or_insert(ok);
+                            if ok {
+                                break;
+                            }
+                        }
+                        (ok, first.unwrap_or(false))
+                    };
+                    if let Ok(mut s) = samples.lock() {
+                        s.push(Sample {
+                            at: t,
+                            write,
+                            ok,
+                            first_ok,
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(200).saturating_sub(t.elapsed()))
+                        .await;
+                }
+            }));
+        }
+        Self {
+            samples,
+            acked,
+            stop,
+            tasks,
+        }
+    }
+
+    /// (reads, failed reads, reads whose first attempt failed, writes, failed writes) since `from`.
+    fn counts(&self, from: Instant) -> (usize, usize, usize, usize, usize) {
+        let s = self.samples.lock().expect("samples");
+        let w: Vec<&Sample> = s.iter().filter(|s| s.at >= from).collect();
+        let reads = w.iter().filter(|s| !s.write).count();
+        let failed_reads = w.iter().filter(|s| !s.write && !s.ok).count();
+        let first_failed = w.iter().filter(|s| !s.write && !s.first_ok).count();
+        let writes = w.iter().filter(|s| s.write).count();
+        let failed_writes = w.iter().filter(|s| s.write && !s.ok).count();
+        (reads, failed_reads, first_failed, writes, failed_writes)
+    }
+
+    /// Like `counts`, for the requests sent between `from` and `to`.
+    fn counts_between(&self, from: Instant, to: Instant) -> (usize, usize, usize, usize, usize) {
+        let s = self.samples.lock().expect("samples");
+        let w: Vec<&Sample> = s.iter().filter(|s| s.at >= from && s.at < to).collect();
+        let f = |write: bool, ok: fn(&Sample) -> bool| {
+            w.iter().filter(|s| s.write == write && !ok(s)).count()
+        };
+        (
+            w.iter().filter(|s| !s.write).count(),
+            f(false, |s| s.ok),
+            f(false, |s| s.first_ok),
+            w.iter().filter(|s| s.write).count(),
+            f(true, |s| s.ok),
+        )
+    }
+
+    /// The first failed write at or after `from`, and the first acknowledged one after it.
+    fn write_outage(&self, from: Instant) -> Option<(Instant, Option<Instant>)> {
+        let s = self.samples.lock().expect("samples");
+        let first_fail = s
+            .iter()
+            .filter(|s| s.write && s.at >= from && !s.ok)
+            .map(|s| s.at)
+            .min()?;
+        let resumed = s
+            .iter()
+            .filter(|s| s.write && s.at > first_fail && s.ok)
+            .map(|s| s.at)
+            .min();
+        Some((first_fail, resumed))
+    }
+
+    fn acked(&self) -> Vec<String> {
+        self.acked.lock().expect("acked").clone()
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Samples the PostgreSQL servers (postmasters) running in the real nodes' cgroups every
+/// 200 ms and keeps the highest count seen: never two may run at the same moment.
+struct PostmasterWatch {
+    max: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// pids of postmasters of the real nodes: `postgres` processes whose parent is not one, in a
+/// freezer cgroup of a real node (`/articlesite-<id>-n<i>/kubepods/...`).
+fn postmasters() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    for e in dir.flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if !pid.chars().all(|c| c.is_ascii_digit()) || comm(&pid).trim() != "postgres" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .unwrap_or("0")
+            .to_string();
+        if comm(&ppid).trim() == "postgres" {
+            continue;
+        }
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if let Some(line) = cg
+            .lines()
+            .find(|l| l.contains(":freezer:/articlesite-") && l.contains("/kubepods"))
+        {
+            let node = line
+                .split(":freezer:/")
+                .nth(1)
+                .and_then(|p| p.split('/').next())
+                .unwrap_or_default()
+                .to_string();
+            out.push((pid.parse().unwrap_or(0), node));
+        }
+    }
+    out
+}
+
+impl PostmasterWatch {
+    fn start() -> Self {
+        let max = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (max.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                let n = tokio::task::spawn_blocking(postmasters)
+                    .await
+                    .map(|v| v.len())
+                    .unwrap_or(0);
+                m.fetch_max(n, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { max, stop, task }
+    }
+    fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+    async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
+/// `hack/cluster/node-fault.sh ACTION NODE`; panics with its output when it fails.
+fn node_fault(action: &str, node: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster/node-fault.sh");
+    let out = Command::new(&script)
+        .args([action, node])
+        .output()
+        .expect("run node-fault.sh");
+    assert!(
+        out.status.success(),
+        "node-fault.sh {action} {node}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Heals or boots every real node when dropped, so that a failing test leaves no node faulty.
+struct HealAll;
+
+impl Drop for HealAll {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster/node-fault.sh");
+        for n in NODES {
+            for action in ["heal", "boot"] {
+                let st = Command::new(&script).args(["status", n]).output();
+                let faulty =
+                    st.is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).contains("fault=none"));
+                if faulty {
+                    let _ = Command::new(&script).args([action, n]).output();
+                }
+            }
+        }
+    }
+}
+
+fn node_status() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster/node-fault.sh");
+    let out = Command::new(&script)
+        .arg("status")
+        .output()
+        .expect("run node-fault.sh status");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+async fn node_ready(nodes: &Api<Node>, name: &str) -> Result<String, String> {
+    let n = nodes.get(name).await.map_err(|e| e.to_string())?;
+    Ok(n.status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status)
+        .unwrap_or_default())
+}
+
+/// Ready, live pods of a component, by node.
+async fn ready_on(
+    pods: &Api<Pod>,
+    site: &str,
+    component: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={site},app.kubernetes.io/component={component}"
+        )))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| is_ready(p) && is_live(p))
+        .map(|p| (p.name_any(), node_of(p).to_string()))
+        .collect())
+}
+
+/// Live (not terminating) pods of a component that are bound to a node, by node.
+async fn live_on(
+    pods: &Api<Pod>,
+    site: &str,
+    component: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={site},app.kubernetes.io/component={component}"
+        )))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| is_live(p) && !node_of(p).is_empty())
+        .map(|p| (p.name_any(), node_of(p).to_string()))
+        .collect())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Target {
+    /// The node of the database pod (and of one app pod).
+    Database,
+    /// A node with an app pod and no database.
+    AppOnly,
+}
+
+struct Site {
+    name: String,
+    pods: Api<Pod>,
+    nodes: Api<Node>,
+}
+
+/// One fault on one node under load; heals (or boots) the node once its pods have been
+/// replaced, or, for the database's node, once the operator's toleration has run out.
+async fn scenario(
+    site: &Site,
+    load: &Load,
+    watch: &PostmasterWatch,
+    fault: &str,
+    target: Target,
+) -> String {
+    let db = ready_on(&site.pods, &site.name, "database")
+        .await
+        .expect("db pods");
+    let db_node = db
+        .first()
+        .map(|(_, n)| n.clone())
+        .expect("a Ready database pod");
+    let apps = ready_on(&site.pods, &site.name, "app")
+        .await
+        .expect("app pods");
+    let node = match target {
+        Target::Database => db_node.clone(),
+        Target::AppOnly => apps
+            .iter()
+            .map(|(_, n)| n.clone())
+            .find(|n| *n != db_node)
+            .expect("an app pod on a node without the database"),
+    };
+    let moved: Vec<String> = apps
+        .iter()
+        .filter(|(_, n)| *n == node)
+        .map(|(p, _)| p.clone())
+        .collect();
+    println!("== {fault} {node} ({target:?}): app pods there {moved:?}, database on {db_node}");
+    let t0 = Instant::now();
+    node_fault(fault, &node);
+
+    let nodes = site.nodes.clone();
+    let n = node.clone();
+    wait_for(&format!("{node} NotReady"), Duration::from_secs(90), || {
+        let (nodes, n) = (nodes.clone(), n.clone());
+        async move {
+            match node_ready(&nodes, &n).await? {
+                s if s != "True" => Ok(()),
+                s => Err(format!("Ready={s}")),
+            }
+        }
+    })
+    .await;
+    let not_ready = t0.elapsed();
+
+    // Its app pods are evicted after the toleration and replaced on the other nodes.
+    let (pods, name, n) = (site.pods.clone(), site.name.clone(), node.clone());
+    wait_for(
+        &format!("3 app pods off {node}"),
+        Duration::from_secs(TOLERATION + 120),
+        || {
+            let (pods, name, n) = (pods.clone(), name.clone(), n.clone());
+            async move {
+                // With the database away the app pods are unready (their readiness checks
+                // it): count the replacements once they are placed.
+                let r = if target == Target::Database {
+                    live_on(&pods, &name, "app").await?
+                } else {
+                    ready_on(&pods, &name, "app").await?
+                };
+                let off = r.iter().filter(|(_, on)| *on != n).count();
+                if off >= 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{r:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let replaced = t0.elapsed();
+    assert!(
+        replaced >= Duration::from_secs(TOLERATION),
+        "pods left {node} after {} only, before the toleration of {TOLERATION} s",
+        secs(replaced)
+    );
+
+    if target == Target::Database {
+        // The database pod is marked for deletion once the toleration ran out; it stays
+        // Terminating while its node is away (a StatefulSet never runs two).
+        let (pods, name) = (site.pods.clone(), site.name.clone());
+        wait_for(
+            "the database pod to be marked for deletion",
+            Duration::from_secs(60),
+            || {
+                let (pods, name) = (pods.clone(), name.clone());
+                async move {
+                    let p = pods
+                        .get(&format!("{}-0", Names::database(&name)))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if p.metadata.deletion_timestamp.is_some() {
+                        Ok(())
+                    } else {
+                        Err("live".into())
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    let healed_at = Instant::now();
+    let heal = if fault == "kill" { "boot" } else { "heal" };
+    node_fault(heal, &node);
+
+    // Back: the node Ready, its old pods gone, the database and three app pods Ready.
+    let (nodes, pods, name, n) = (
+        site.nodes.clone(),
+        site.pods.clone(),
+        site.name.clone(),
+        node.clone(),
+    );
+    let spread = wait_for(
+        &format!("{node} Ready again and the site whole"),
+        Duration::from_secs(180),
+        || {
+            let (nodes, pods, name, n) = (nodes.clone(), pods.clone(), name.clone(), n.clone());
+            async move {
+                if node_ready(&nodes, &n).await? != "True" {
+                    return Err(format!("{n} not Ready"));
+                }
+                let all = pods
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let stale: Vec<String> = all
+                    .items
+                    .iter()
+                    .filter(|p| !is_live(p))
+                    .map(|p| p.name_any())
+                    .collect();
+                let apps = ready_on(&pods, &name, "app").await?;
+                let db = ready_on(&pods, &name, "database").await?;
+                if stale.is_empty() && apps.len() == 3 && db.len() == 1 {
+                    Ok(apps
+                        .iter()
+                        .map(|(_, n)| n.clone())
+                        .collect::<BTreeSet<_>>()
+                        .len())
+                } else {
+                    Err(format!("terminating {stale:?}, app {apps:?}, db {db:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let back = t0.elapsed();
+    let (reads, failed_reads, first_failed, writes, failed_writes) = load.counts(t0);
+    let outage = load.write_outage(t0);
+    let writes_resumed = match outage {
+        None => "no write failed".to_string(),
+        Some((first, Some(resumed))) => format!(
+            "writes failed from +{} and resumed at +{} ({} without writes)",
+            secs(first - t0),
+            secs(resumed - t0),
+            secs(resumed - first)
+        ),
+        Some((first, None)) => format!("writes failed from +{}, not resumed yet", secs(first - t0)),
+    };
+    let line = format!(
+        "{fault} of {node} ({target:?}): NotReady after {}, app pods replaced after {}, {heal} at +{}, site whole again at +{} on {spread} nodes; {writes_resumed}; reads {failed_reads}/{reads} failed ({first_failed} first attempts), writes {failed_writes}/{writes} failed; at most {} PostgreSQL server(s) at once",
+        secs(not_ready),
+        secs(replaced),
+        secs(healed_at - t0),
+        secs(back),
+        watch.max()
+    );
+    println!("{line}");
+    if target == Target::AppOnly {
+        // Requests fail only while the dead node's pods are still endpoints (until NotReady);
+        // from a few seconds later (the host's kube-proxy catching up) nothing fails.
+        let settled = t0 + not_ready + Duration::from_secs(5);
+        let (_, late_reads, _, _, late_writes) = load.counts_between(settled, healed_at);
+        assert_eq!(
+            (late_reads, late_writes),
+            (0, 0),
+            "no read or write may fail once {node} is NotReady and two app replicas serve: {line}"
+        );
+    }
+    if let Some((_, resumed)) = outage {
+        assert!(resumed.is_some(), "writes must come back: {line}");
+    }
+    line
+}
+
+#[tokio::test]
+async fn a_site_on_three_real_nodes_survives_node_failures_under_load() {
+    let started = Instant::now();
+    let client = client().await;
+    common::crd::install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "e2e-nodes").await;
+    let _heal = HealAll;
+    let nodes: Api<Node> = Api::all(client.clone());
+    for n in NODES {
+        assert_eq!(
+            node_ready(&nodes, n).await.expect("real node"),
+            "True",
+            "{n} must be Ready (make cluster-up REAL_NODES=3)"
+        );
+    }
+    let zones: BTreeSet<String> = nodes
+        .list(&ListParams::default().labels("type=real"))
+        .await
+        .expect("real nodes")
+        .items
+        .iter()
+        .filter_map(|n| n.labels().get("topology.kubernetes.io/zone").cloned())
+        .collect();
+    assert_eq!(zones.len(), 3, "three zones: {zones:?}");
+
+    // Storage for the database that every node can mount: a directory of this machine (the
+    // nodes share its filesystem), standing for network-attached storage, so the database
+    // can move between nodes.
+    let pp = PostParams::default();
+    let class = format!("real-nodes-{}", ns.name);
+    let mut cluster_scoped = ClusterScoped::default();
+    cluster_scoped.track::<PersistentVolume>(&class);
+    cluster_scoped.track::<StorageClass>(&class);
+    let node_dir = env_or(
+        "REAL_NODE_DIR",
+        &common::cluster_dir().join("real-nodes").to_string_lossy(),
+    );
+    let volume_dir = Path::new(&node_dir).join("volumes").join(&ns.name);
+    std::fs::create_dir_all(&volume_dir).expect("create the volume directory");
+    std::os::unix::fs::chown(&volume_dir, Some(POSTGRES_UID), Some(POSTGRES_UID)).expect("chown");
+    let sc: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": class, "labels": {"articlesite.io/test": "true"}},
+        "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    }))
+    .expect("StorageClass");
+    Api::<StorageClass>::all(client.clone())
+        .create(&pp, &sc)
+        .await
+        .expect("create StorageClass");
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": class, "labels": {"articlesite.io/test": "true"}},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": class,
+            "local": {"path": volume_dir.to_string_lossy()},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": NODES}
+            ]}]}},
+        },
+    }))
+    .expect("PersistentVolume");
+    Api::<PersistentVolume>::all(client.clone())
+        .create(&pp, &pv)
+        .await
+        .expect("create PersistentVolume");
+
+    // The operator runs on this machine (a control-plane component here, outside the nodes
+    // that fail).
+    let op = OperatorProcess::in_namespace(&ns.name, &[]);
+    op.wait_ready().await;
+    let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
+    let spec = serde_json::from_value(json!({
+        "title": "Three real nodes",
+        "app": {
+            "image": env_or("ARTICLE_SERVER_IMAGE", "localhost/articlesite/article-server:dev"),
+            "imagePullPolicy": "Never",
+            "replicas": 3,
+        },
+        "database": {
+            "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
+            "imagePullPolicy": "Never",
+            "storage": {"size": "1Gi", "storageClass": class},
+        },
+        "highAvailability": {"nodeLossTolerationSeconds": TOLERATION},
+        "placement": {
+            "nodeSelector": {"type": "real"},
+            "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }))
+    .expect("site spec");
+    let t = Instant::now();
+    let name = sites
+        .create(&pp, &ArticleSite::new("nodes", spec))
+        .await
+        .expect("create site")
+        .name_any();
+    wait_site_ready(&sites, &name, Duration::from_secs(300)).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let apps = wait_for(
+        "3 app pods Ready on 3 nodes",
+        Duration::from_secs(120),
+        || {
+            let (pods, name) = (pods.clone(), name.clone());
+            async move {
+                let r = ready_on(&pods, &name, "app").await?;
+                let on: BTreeSet<&String> = r.iter().map(|(_, n)| n).collect();
+                if r.len() == 3 && on.len() == 3 {
+                    Ok(r)
+                } else {
+                    Err(format!("{r:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    println!(
+        "site Ready {} after creation; app pods {apps:?}",
+        secs(t.elapsed())
+    );
+    for (_, n) in &apps {
+        assert!(NODES.contains(&n.as_str()), "{n} is a real node");
+    }
+
+    let token = Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .get(&Names::write_token(&name))
+        .await
+        .expect("write token")
+        .data
+        .and_then(|d| d.get(WRITE_TOKEN_KEY).cloned())
+        .map(|b| String::from_utf8(b.0).expect("utf-8 token"))
+        .expect("token");
+    let cluster_ip = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get(&name)
+        .await
+        .expect("site Service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("ClusterIP");
+    let addr = format!("{cluster_ip}:80");
+    let published = "front-page";
+    let created = wait_for("the first article", Duration::from_secs(60), || {
+        let (addr, token) = (addr.clone(), token.clone());
+        async move {
+            let body = json!({"slug": published, "title": "Front page", "body": "kept"});
+            let (s, b) = http(
+                &addr,
+                "POST",
+                "/api/v1/articles",
+                Some(&token),
+                Some(&body),
+                Duration::from_secs(5),
+            )
+            .await?;
+            if s == 201 || s == 409 {
+                Ok(())
+            } else {
+                Err(format!("{s} {b}"))
+            }
+        }
+    });
+    created.await;
+    let (s, b) = http(
+        &addr,
+        "POST",
+        &format!("/api/v1/articles/{published}/publish"),
+        Some(&token),
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("publish");
+    assert!(s == 200 || s == 204, "publish: {s} {b}");
+
+    let watch = PostmasterWatch::start();
+    let load = Load::start(addr.clone(), token.clone(), published.to_string());
+    // A quiet minute's worth first: the load itself must not fail.
+    let quiet = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (reads, fr, _, writes, fw) = load.counts(quiet);
+    assert!(
+        reads > 0 && writes > 0 && fr == 0 && fw == 0,
+        "steady load: {fr}/{reads} reads, {fw}/{writes} writes failed"
+    );
+    println!("memory before the faults:\n{}", node_status());
+
+    let site = Site {
+        name: name.clone(),
+        pods: pods.clone(),
+        nodes: nodes.clone(),
+    };
+    let mut lines = Vec::new();
+    for (fault, target) in [
+        ("freeze", Target::AppOnly),
+        ("partition", Target::Database),
+        ("kill", Target::AppOnly),
+        ("freeze", Target::Database),
+    ] {
+        lines.push(scenario(&site, &load, &watch, fault, target).await);
+    }
+
+    let acked = load.acked();
+    load.stop().await;
+    let max = watch.stop().await;
+    // No acknowledged write is lost: every article the site answered 201 for is there.
+    let mut lost = Vec::new();
+    for slug in &acked {
+        let path = format!("/api/v1/articles/{slug}");
+        let mut status = 0;
+        for _ in 0..3 {
+            if let Ok((s, _)) = http(
+                &addr,
+                "GET",
+                &path,
+                Some(&token),
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            {
+                status = s;
+                if s == 200 {
+                    break;
+                }
+            }
+        }
+        if status != 200 {
+            lost.push(format!("{slug}: {status}"));
+        }
+    }
+    lines.push(format!(
+        "{} acknowledged writes, {} lost",
+        acked.len(),
+        lost.len()
+    ));
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    lines.push(format!(
+        "at most {max} PostgreSQL server(s) ran at any moment"
+    ));
+    assert!(max <= 1, "never two PostgreSQL servers at once: {max}");
+    println!(
+        "\nreal nodes e2e ({}):\n  {}",
+        secs(started.elapsed()),
+        lines.join("\n  ")
+    );
+}
