@@ -16,8 +16,10 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{Endpoints, PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
@@ -29,6 +31,8 @@ use crate::crd::ArticleSite;
 use crate::diff::Outcome;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::patroni;
+use crate::plan::database::{ConfigPatch, SWITCHOVER_ANNOTATION, Switchover};
 use crate::plan::{Apply, Child, Eviction, Expansion, Orphan, Plan, Rollout, Rotation};
 use crate::secrets::{self, Generated};
 
@@ -48,6 +52,14 @@ pub struct Outcomes {
     pub pods_marked: Vec<String>,
     pub pods_deleted: Vec<Orphan>,
     pub eviction: Option<EvictionOutcome>,
+    pub pdbs_deleted: Vec<String>,
+    /// The switchover written to Patroni's failover object.
+    pub switchover: Option<Switchover>,
+    /// The switchover annotation was removed from the site.
+    pub annotation_cleared: bool,
+    /// The synchronous keys were written into Patroni's dynamic configuration.
+    pub config_patched: bool,
+    pub endpoint_slices_deleted: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -188,7 +200,175 @@ pub async fn act(
     out.expansions = expansions;
     out.pods_deleted = deleted.into_iter().flatten().collect();
     out.eviction = eviction;
+
+    // 5. What the operator asks of Patroni, the budgets and slices no longer wanted, and the
+    // switchover annotation last (so a failed write leaves the request to be retried).
+    let db = &plan.database;
+    let (pdbs, slices, switchover, config_patched) = futures::try_join!(
+        futures::future::try_join_all(plan.delete_pdbs.iter().map(|n| delete_named::<
+            PodDisruptionBudget,
+        >(
+            client, &ns, metrics, n
+        ))),
+        futures::future::try_join_all(db.delete_endpoint_slices.iter().map(|n| delete_named::<
+            EndpointSlice,
+        >(
+            client, &ns, metrics, n
+        ))),
+        write_switchover(client, &ns, metrics, site, db.switchover.as_ref()),
+        patch_config(client, &ns, metrics, site, db.config.as_ref()),
+    )?;
+    out.pdbs_deleted = pdbs.into_iter().flatten().collect();
+    out.endpoint_slices_deleted = slices.into_iter().flatten().collect();
+    out.switchover = switchover;
+    out.config_patched = config_patched;
+    if db.clear_annotation {
+        clear_switchover_annotation(client, &ns, metrics, site).await?;
+        out.annotation_cleared = true;
+    }
     Ok(out)
+}
+
+/// Deletes one object; `Some(name)` when this call deleted it.
+async fn delete_named<K>(
+    client: &Client,
+    ns: &str,
+    metrics: &Metrics,
+    name: &str,
+) -> Result<Option<String>>
+where
+    K: kube::Resource<Scope = NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    K::DynamicType: Default,
+{
+    metrics.write("delete", K::KIND);
+    match api::<K>(client, ns)
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => {
+            info!(kind = K::KIND, name, "deleted");
+            Ok(Some(name.to_string()))
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(Error::kube("delete", K::KIND)(e)),
+    }
+}
+
+/// Writes the switchover into Patroni's failover object: a merge patch of its annotations when
+/// it exists, else a create with Patroni's labels (Patroni lists its objects by them) and the
+/// site as owner (deleted with the site).
+async fn write_switchover(
+    client: &Client,
+    ns: &str,
+    metrics: &Metrics,
+    site: &ArticleSite,
+    switchover: Option<&Switchover>,
+) -> Result<Option<Switchover>> {
+    let Some(sw) = switchover else {
+        return Ok(None);
+    };
+    let endpoints: Api<Endpoints> = api(client, ns);
+    let name = patroni::failover_name(&site.name_any());
+    let annotations = serde_json::json!({
+        patroni::LEADER_ANNOTATION: sw.leader,
+        patroni::MEMBER_ANNOTATION: sw.member,
+    });
+    let result = if sw.object_exists {
+        metrics.write("patch", "Endpoints");
+        endpoints
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"annotations": annotations}})),
+            )
+            .await
+            .map(drop)
+    } else {
+        let mut labels = patroni::labels(site);
+        labels.insert(
+            patroni::SCOPE_LABEL.into(),
+            patroni::scope(&site.name_any()),
+        );
+        let body: Endpoints = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": labels,
+                "annotations": annotations,
+                "ownerReferences": [crate::resources::owner_reference(site)],
+            },
+        }))
+        .map_err(|_| Error::MissingField("failover object"))?;
+        metrics.write("create", "Endpoints");
+        endpoints.create(&post_params(), &body).await.map(drop)
+    };
+    match result {
+        Ok(()) => {
+            info!(from = %sw.leader, to = ?sw.member, reason = <&str>::from(sw.reason), "asked Patroni for a switchover");
+            Ok(Some(sw.clone()))
+        }
+        // Someone wrote it first (409) or it went away (404): the next reconcile decides again.
+        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => Ok(None),
+        Err(e) => Err(Error::kube("switchover", "Endpoints")(e)),
+    }
+}
+
+/// The synchronous keys into Patroni's dynamic configuration, over the version that was read
+/// (a 409 means Patroni changed it meanwhile: the next reconcile reads it again).
+async fn patch_config(
+    client: &Client,
+    ns: &str,
+    metrics: &Metrics,
+    site: &ArticleSite,
+    patch: Option<&ConfigPatch>,
+) -> Result<bool> {
+    let Some(p) = patch else { return Ok(false) };
+    let body = serde_json::json!({"metadata": {
+        "resourceVersion": p.resource_version,
+        "annotations": {patroni::CONFIG_ANNOTATION: p.config.to_string()},
+    }});
+    metrics.write("patch", "Endpoints");
+    match api::<Endpoints>(client, ns)
+        .patch(
+            &patroni::config_name(&site.name_any()),
+            &PatchParams::default(),
+            &Patch::Merge(&body),
+        )
+        .await
+    {
+        Ok(_) => {
+            info!("wrote the synchronous mode into Patroni's dynamic configuration");
+            Ok(true)
+        }
+        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => Ok(false),
+        Err(e) => Err(Error::kube("patch", "Endpoints")(e)),
+    }
+}
+
+/// Removes the switchover annotation: the request was handed to Patroni (or refused).
+async fn clear_switchover_annotation(
+    client: &Client,
+    ns: &str,
+    metrics: &Metrics,
+    site: &ArticleSite,
+) -> Result<()> {
+    let patch = serde_json::json!({"metadata": {"annotations": {SWITCHOVER_ANNOTATION: null}}});
+    metrics.write("patch", "ArticleSite");
+    match api::<ArticleSite>(client, ns)
+        .patch(
+            &site.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube("patch", "ArticleSite")(e)),
+    }
 }
 
 /// Creates one generated Secret; `Some` when this reconcile created it.
@@ -250,6 +430,9 @@ async fn apply_child(
     metrics.write("apply", kind);
     let result = match &a.child {
         Child::ServiceAccount(o) => ssa(&api(client, ns), o).await.map(drop),
+        Child::Role(o) => ssa(&api(client, ns), o).await.map(drop),
+        Child::RoleBinding(o) => ssa(&api(client, ns), o).await.map(drop),
+        Child::ConfigMap(o) => ssa(&api(client, ns), o).await.map(drop),
         Child::Deployment(o) => ssa(&api(client, ns), o)
             .await
             .map(|d| *deployment = Some(d)),

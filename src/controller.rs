@@ -119,6 +119,11 @@ async fn reconcile_site(site: &ArticleSite, ctx: &Context) -> Result<Action> {
     );
     let new = status::compute(site, &observed, &plan, &outcomes, &now);
     let events = events::transitions(site, &observed, &plan, &outcomes, &new);
+    if let Some(db) = &new.database {
+        let old = site.status.as_ref().and_then(|s| s.database.as_ref());
+        let ns = site.namespace().unwrap_or_default();
+        ctx.metrics.database(&ns, &site.name_any(), old, db);
+    }
     let written = if site.status.as_ref() == Some(&new) {
         Ok(())
     } else {

@@ -388,11 +388,35 @@ fn quantity_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// The PostgreSQL StatefulSet (one instance) and its credentials.
+/// The PostgreSQL cluster: instances under Patroni (one primary, the others hot standbys), its
+/// replication mode and its credentials.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.synchronousMode != 'Strict' || (has(self.instances) && self.instances >= 2)")
+        .message("spec.database.synchronousMode Strict needs spec.database.instances set to at least 2: with one instance every write would wait forever for a synchronous standby that does not exist (use Synchronous, which writes alone while no standby is left)")
+)]
 pub struct DatabaseSpec {
-    /// Image of PostgreSQL, following the official `postgres` image conventions.
+    /// Number of PostgreSQL instances: one primary and `instances - 1` hot standbys, placed one
+    /// per zone and node where the cluster allows. 1 is allowed and reported as not highly
+    /// available. When unset: the live StatefulSet's replica count if the database exists
+    /// (a site created before this field keeps its single instance after an operator upgrade),
+    /// else 3. Set it to change the count; raising it adds standbys that clone the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 9))]
+    pub instances: Option<i32>,
+
+    /// How a write is acknowledged (Patroni `synchronous_mode`): `Synchronous` (the default)
+    /// waits for one synchronous standby while one is healthy, so a failover loses no
+    /// acknowledged write, and keeps writing alone when none is left; `Strict` refuses writes
+    /// while no synchronous standby is healthy (`synchronous_mode_strict`, needs at least 2
+    /// instances); `Asynchronous` never waits, and a failover may lose the last acknowledged
+    /// writes. A change is applied to the running cluster's dynamic configuration.
+    #[serde(default)]
+    pub synchronous_mode: SynchronousMode,
+
+    /// Image of PostgreSQL with Patroni: the project's `postgresql` image (images/), or one
+    /// that keeps its contract (docs/high-availability.md, "Replicated database").
     #[serde(default = "default_postgres_image")]
     #[schemars(length(min = 1, max = 512))]
     #[x_kube(validation = Rule::new(IMAGE_RULE).message("spec.database.image must be an image reference such as postgres:17 (lowercase repository, optional :tag, optional @sha256:digest)"))]
@@ -432,6 +456,8 @@ pub struct DatabaseSpec {
 impl Default for DatabaseSpec {
     fn default() -> Self {
         Self {
+            instances: None,
+            synchronous_mode: SynchronousMode::default(),
             image: default_postgres_image(),
             image_pull_policy: PullPolicy::default(),
             name: default_db_name(),
@@ -440,6 +466,22 @@ impl Default for DatabaseSpec {
             resources: default_db_resources(),
         }
     }
+}
+
+/// Replication mode of the database, named after what a write waits for. (Not `on`/`off`: YAML
+/// reads those as booleans.)
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum SynchronousMode {
+    /// Patroni `synchronous_mode: true`: commits wait for a synchronous standby when one is
+    /// healthy; only the primary or a synchronous standby may be promoted.
+    #[default]
+    Synchronous,
+    /// `synchronous_mode_strict: true` as well: no write is acknowledged without a standby.
+    Strict,
+    /// No synchronous replication: a failover may lose acknowledged writes.
+    Asynchronous,
 }
 
 /// The PersistentVolumeClaim of the database.
@@ -608,14 +650,88 @@ pub struct AppStatus {
     pub selector: String,
 }
 
-/// State of the database.
+/// State of the database, from the StatefulSet and from what Patroni publishes in the
+/// Kubernetes API (never by dialing the pods).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseStatus {
     /// `Ready`, `Provisioning`, `NotReady`, `Failed` or `Unknown` (paused).
     pub state: String,
     pub ready_replicas: i32,
+    /// The instances asked for (`spec.database.instances`, resolved).
     pub desired_replicas: i32,
+    /// Pod name of the primary (Patroni's leader), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// PostgreSQL timeline of the primary; it grows by one with each promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+    /// Pod name of the synchronous standby, when one is in sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_standby: Option<String>,
+    /// Every instance Patroni reports, by pod name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceStatus>,
+    /// The last pod that held the leader lock; kept while none holds it, so that a failover
+    /// through a moment without a leader is still seen as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_primary: Option<String>,
+    /// The last change of primary the operator saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_leader_change: Option<LeaderChange>,
+    /// Unplanned changes of primary, in total.
+    #[serde(default)]
+    pub failovers: i32,
+    /// Requested (or drain-triggered) changes of primary, in total.
+    #[serde(default)]
+    pub switchovers: i32,
+    /// A switchover the operator asked Patroni for that has not happened yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_switchover: Option<SwitchoverRequest>,
+}
+
+/// One PostgreSQL instance as Patroni reports it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// Pod name.
+    pub name: String,
+    /// `primary`, `replica`, or what Patroni reports while it is neither (`uninitialized`, ...).
+    pub role: String,
+    /// Node of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Patroni's state of the instance (`running`, `streaming`, `starting`, `stopped`, ...).
+    pub state: String,
+    /// Bytes of WAL the instance has not replayed yet, against the primary's position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+}
+
+/// A change of primary.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderChange {
+    pub from: String,
+    pub to: String,
+    pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// `Failover` (unplanned) or `Switchover` (asked for).
+    pub kind: String,
+}
+
+/// A switchover written to Patroni's failover object.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverRequest {
+    /// The primary when it was asked for.
+    pub from: String,
+    /// The pod asked to take over; unset lets Patroni choose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    pub requested_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Why: `Requested` (the `articlesite.io/switchover` annotation) or `NodeDrain` (the
+    /// primary's node is cordoned or tainted out of service).
+    pub reason: String,
 }
 
 fn default_true() -> bool {

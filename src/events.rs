@@ -15,7 +15,7 @@ use crate::observe::Observed;
 use crate::plan::{Plan, Rollout};
 use crate::reason::Reason;
 use crate::secrets::{self, Generated};
-use crate::status::{DEGRADED, HIGHLY_AVAILABLE, PROGRESSING, READY};
+use crate::status::{DATABASE_HIGHLY_AVAILABLE, DEGRADED, HIGHLY_AVAILABLE, PROGRESSING, READY};
 
 /// An Event about the site.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +136,7 @@ pub fn transitions(
             format!("evicted pod {} ({}): {}", e.pod, e.reason, e.message),
         ));
     }
+    events.extend(database(site, plan, outcomes, new));
     for o in &outcomes.pods_deleted {
         events.push(SiteEvent::warning(
             Reason::OrphanedPodDeleted,
@@ -148,11 +149,81 @@ pub fn transitions(
     events
 }
 
+/// The database's Events: a change of primary (a failover is a Warning), a switchover asked
+/// for, refused, or not carried out in time.
+fn database(
+    site: &ArticleSite,
+    plan: &Plan,
+    outcomes: &Outcomes,
+    new: &ArticleSiteStatus,
+) -> Vec<SiteEvent> {
+    let mut events = Vec::new();
+    let old = site.status.as_ref().and_then(|s| s.database.as_ref());
+    let Some(now) = new.database.as_ref() else {
+        return events;
+    };
+    if let Some(change) = &now.last_leader_change
+        && old.and_then(|o| o.last_leader_change.as_ref()) != Some(change)
+    {
+        let note = format!("the primary moved from {} to {}", change.from, change.to);
+        events.push(if change.kind == crate::database_report::FAILOVER {
+            SiteEvent::warning(
+                Reason::DatabaseFailover,
+                format!("{note}: Patroni promoted a standby after the primary failed"),
+            )
+        } else {
+            SiteEvent::normal(Reason::DatabaseSwitchover, note)
+        });
+    } else if let Some(pending) = old.and_then(|o| o.pending_switchover.as_ref())
+        && now.pending_switchover.is_none()
+    {
+        events.push(SiteEvent::warning(
+            Reason::SwitchoverFailed,
+            format!(
+                "the switchover from {} asked for at {} did not happen within {}s; {} is still the primary",
+                pending.from,
+                pending.requested_at.0,
+                crate::plan::database::SWITCHOVER_TIMEOUT.as_secs(),
+                now.primary.as_deref().unwrap_or("no instance"),
+            ),
+        ));
+    }
+    if let Some(sw) = &outcomes.switchover {
+        events.push(SiteEvent::normal(
+            Reason::SwitchoverRequested,
+            format!(
+                "asked Patroni to switch over from {} to {} ({})",
+                sw.leader,
+                sw.member.as_deref().unwrap_or("a replica it chooses"),
+                match sw.reason {
+                    crate::plan::database::SwitchoverReason::Requested =>
+                        "annotation articlesite.io/switchover",
+                    crate::plan::database::SwitchoverReason::NodeDrain =>
+                        "the primary's node is cordoned or out of service",
+                }
+            ),
+        ));
+    }
+    if let (Some(why), true) = (&plan.database.refused, outcomes.annotation_cleared) {
+        events.push(SiteEvent::warning(
+            Reason::SwitchoverRefused,
+            format!("switchover not asked for: {why}"),
+        ));
+    }
+    events
+}
+
 /// Events for condition transitions. Not-ready on creation is expected: only a loss of
 /// readiness (or of high availability) is a warning.
 fn conditions(old: Option<&ArticleSiteStatus>, new: &ArticleSiteStatus) -> Vec<SiteEvent> {
     let mut events = Vec::new();
-    for type_ in [READY, DEGRADED, PROGRESSING, HIGHLY_AVAILABLE] {
+    for type_ in [
+        READY,
+        DEGRADED,
+        PROGRESSING,
+        HIGHLY_AVAILABLE,
+        DATABASE_HIGHLY_AVAILABLE,
+    ] {
         let before = state(old, type_);
         let Some(c) = new.conditions.iter().find(|c| c.type_ == type_) else {
             continue;
@@ -186,6 +257,10 @@ fn conditions(old: Option<&ArticleSiteStatus>, new: &ArticleSiteStatus) -> Vec<S
                 events.push(SiteEvent::normal(Reason::HighlyAvailable, message))
             }
             (HIGHLY_AVAILABLE, _) if was_true => events.push(SiteEvent::warning(reason, message)),
+            (DATABASE_HIGHLY_AVAILABLE, "True") => events.push(SiteEvent::normal(reason, message)),
+            (DATABASE_HIGHLY_AVAILABLE, _) if was_true => {
+                events.push(SiteEvent::warning(reason, message))
+            }
             _ => {}
         }
     }

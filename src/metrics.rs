@@ -28,6 +28,14 @@ pub struct WriteLabels {
     pub kind: String,
 }
 
+/// One database instance of one site.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub namespace: String,
+    pub site: String,
+    pub instance: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub kind: String,
@@ -48,6 +56,11 @@ pub struct Metrics {
     pub pod_restarts: Family<ErrorLabels, Counter>,
     pub rollbacks: Counter,
     pub orphaned_pods_deleted: Counter,
+    /// Changes of primary seen, failovers and switchovers apart.
+    pub database_failovers: Counter,
+    pub database_switchovers: Counter,
+    /// Bytes each replica is behind its primary (0 for the primary).
+    pub replication_lag: Family<InstanceLabels, Gauge>,
     registry: Registry,
     ready: AtomicBool,
     /// A replica waiting for the Lease: healthy and ready to take over, reconciling nothing.
@@ -117,6 +130,24 @@ impl Default for Metrics {
             "Pods force-deleted because their node no longer exists",
             orphaned_pods_deleted.clone(),
         );
+        let database_failovers = Counter::default();
+        let database_switchovers = Counter::default();
+        let replication_lag = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "database_failovers",
+            "Unplanned changes of a database's primary (Patroni promoted a standby)",
+            database_failovers.clone(),
+        );
+        registry.register(
+            "database_switchovers",
+            "Requested or drain-triggered changes of a database's primary",
+            database_switchovers.clone(),
+        );
+        registry.register(
+            "database_replication_lag_bytes",
+            "Bytes of WAL a database instance has not replayed, against its primary",
+            replication_lag.clone(),
+        );
         let throttled = Counter::default();
         registry.register(
             "throttled_requests",
@@ -146,6 +177,9 @@ impl Default for Metrics {
             pod_restarts,
             rollbacks,
             orphaned_pods_deleted,
+            database_failovers,
+            database_switchovers,
+            replication_lag,
             registry,
             ready: AtomicBool::new(false),
             standby: AtomicBool::new(false),
@@ -175,6 +209,32 @@ impl Metrics {
                 reason: reason.as_str().into(),
             })
             .inc();
+    }
+
+    /// The database figures of a new status: counters grow by what it added to the old one.
+    pub fn database(
+        &self,
+        namespace: &str,
+        site: &str,
+        old: Option<&crate::crd::DatabaseStatus>,
+        new: &crate::crd::DatabaseStatus,
+    ) {
+        let grew = |n: i32, o: Option<i32>| u64::try_from(n - o.unwrap_or(n)).unwrap_or(0);
+        self.database_failovers
+            .inc_by(grew(new.failovers, old.map(|o| o.failovers)));
+        self.database_switchovers
+            .inc_by(grew(new.switchovers, old.map(|o| o.switchovers)));
+        for i in &new.instances {
+            if let Some(lag) = i.lag_bytes {
+                self.replication_lag
+                    .get_or_create(&InstanceLabels {
+                        namespace: namespace.into(),
+                        site: site.into(),
+                        instance: i.name.clone(),
+                    })
+                    .set(lag);
+            }
+        }
     }
 
     pub fn error(&self, reason: String) {

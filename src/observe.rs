@@ -11,10 +11,12 @@ use std::fmt::Debug;
 use k8s_openapi::Resource as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Event, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+    ConfigMap, Endpoints, Event, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
@@ -57,6 +59,36 @@ pub struct Observed {
     /// The newest fresh admission refusal of a database pod, when the StatefulSet lacks pods
     /// (a refusal shows only in a `FailedCreate` Event; see `admission`).
     pub database_refusal: Option<String>,
+    /// The database's ServiceAccount, Role, RoleBinding and Patroni ConfigMap.
+    pub database_service_account: Option<ServiceAccount>,
+    pub database_role: Option<Role>,
+    pub database_role_binding: Option<RoleBinding>,
+    pub patroni_config: Option<ConfigMap>,
+    /// The database's Endpoints, one list: Patroni's leader, config, sync and failover objects
+    /// (`patroni::State::read` picks them by name).
+    pub endpoints: Vec<Endpoints>,
+    /// EndpointSlices the endpointslice controller made for the client Service while it still
+    /// had a selector (before the upgrade to Patroni); the controller never removes them.
+    pub stale_endpoint_slices: Vec<String>,
+    /// The node of Patroni's leader, when the database has replicas (cordon and taints).
+    pub primary_node: Option<Node>,
+}
+
+impl Observed {
+    /// Patroni's view of the site's database, from its Endpoints and database pods.
+    pub fn patroni(&self, site: &ArticleSite) -> crate::patroni::State {
+        let pods: Vec<&Pod> = self
+            .pods
+            .iter()
+            .filter(|p| {
+                p.labels()
+                    .get("app.kubernetes.io/component")
+                    .map(String::as_str)
+                    == Some("database")
+            })
+            .collect();
+        crate::patroni::State::read(&site.name_any(), &self.endpoints, &pods)
+    }
 }
 
 /// What the cluster offers for `spec.database.storage.storageClass`.
@@ -127,6 +159,10 @@ pub async fn observe(
         "app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={}",
         resources::MANAGED_BY
     );
+    // Patroni labels its Endpoints with the database pods' selector labels.
+    let database_selector =
+        format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=database");
+    let database_service = Names::database(&name);
     let secret_meta = |secret: String| {
         let secrets = secrets.clone();
         async move {
@@ -161,6 +197,9 @@ pub async fn observe(
         replica_sets,
         pods,
         nodes,
+        (database_service_account, database_role, database_role_binding, patroni_config),
+        endpoints,
+        stale_endpoint_slices,
     ) = futures::try_join!(
         get_opt(namespaced::<Deployment>(client, &ns), Names::app(&name)),
         get_opt(
@@ -176,12 +215,18 @@ pub async fn observe(
             vec![
                 Names::app(&name),
                 Names::database_headless(&name),
-                Names::database(&name)
+                Names::database(&name),
+                Names::database_replicas(&name),
+                Names::database_config(&name)
             ]
         ),
         get_named(
             namespaced::<PodDisruptionBudget>(client, &ns),
-            vec![Names::app(&name), Names::database(&name)]
+            vec![
+                Names::app(&name),
+                Names::database(&name),
+                Names::database_primary_pdb(&name)
+            ]
         ),
         get_named(
             namespaced::<NetworkPolicy>(client, &ns),
@@ -204,7 +249,30 @@ pub async fn observe(
         list(namespaced::<ReplicaSet>(client, &ns), &app_selector),
         list(namespaced::<Pod>(client, &ns), &instance_selector),
         nodes(client),
+        async {
+            futures::try_join!(
+                get_opt(
+                    namespaced::<ServiceAccount>(client, &ns),
+                    Names::database_service_account(&name)
+                ),
+                get_opt(
+                    namespaced::<Role>(client, &ns),
+                    Names::database_service_account(&name)
+                ),
+                get_opt(
+                    namespaced::<RoleBinding>(client, &ns),
+                    Names::database_service_account(&name)
+                ),
+                get_opt(
+                    namespaced::<ConfigMap>(client, &ns),
+                    Names::patroni_config(&name)
+                ),
+            )
+        },
+        list(namespaced::<Endpoints>(client, &ns), &database_selector),
+        controller_slices(client, &ns, &database_service),
     )?;
+    let primary_node = primary_node(client, &name, &statefulset, &endpoints, &pods).await?;
 
     let database_refusal = match &statefulset {
         Some(sts) if admission::missing_pods(sts) => {
@@ -232,7 +300,69 @@ pub async fn observe(
         pods,
         nodes,
         database_refusal,
+        database_service_account,
+        database_role,
+        database_role_binding,
+        patroni_config,
+        endpoints,
+        stale_endpoint_slices,
+        primary_node,
     })
+}
+
+/// Names of the EndpointSlices of Service `service` that the endpointslice controller manages.
+async fn controller_slices(client: &Client, ns: &str, service: &str) -> Result<Vec<String>> {
+    let selector = format!(
+        "kubernetes.io/service-name={service},endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io"
+    );
+    Ok(namespaced::<EndpointSlice>(client, ns)
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("list", EndpointSlice::KIND))?
+        .items
+        .into_iter()
+        .map(|s| s.name_any())
+        .collect())
+}
+
+/// The node of Patroni's leader, read only when the database has replicas to switch over to.
+async fn primary_node(
+    client: &Client,
+    site: &str,
+    statefulset: &Option<StatefulSet>,
+    endpoints: &[Endpoints],
+    pods: &[Pod],
+) -> Result<Option<Node>> {
+    let replicated = statefulset
+        .as_ref()
+        .and_then(|s| s.spec.as_ref()?.replicas)
+        .is_some_and(|n| n >= 2);
+    if !replicated {
+        return Ok(None);
+    }
+    let leader = endpoints
+        .iter()
+        .find(|e| e.name_any() == crate::patroni::scope(site))
+        .and_then(|e| {
+            e.annotations()
+                .get(crate::patroni::LEADER_ANNOTATION)
+                .cloned()
+        });
+    let node = leader.and_then(|l| {
+        pods.iter()
+            .find(|p| p.name_any() == l)?
+            .spec
+            .as_ref()?
+            .node_name
+            .clone()
+    });
+    match node {
+        Some(n) => Api::<Node>::all(client.clone())
+            .get_opt(&n)
+            .await
+            .map_err(Error::kube("get", Node::KIND)),
+        None => Ok(None),
+    }
 }
 
 /// Whether the StorageClass the database claims would use exists.

@@ -47,6 +47,20 @@ pub enum Reason {
     TooFewReadyReplicas,
     SingleNode,
     SingleZone,
+    // DatabaseHighlyAvailable
+    DatabaseReplicated,
+    SingleInstance,
+    NoLeader,
+    InstancesOnOneNode,
+    NoSynchronousStandby,
+    NoHealthyReplica,
+    ReplicaLagging,
+    // The database's Events
+    DatabaseFailover,
+    DatabaseSwitchover,
+    SwitchoverRequested,
+    SwitchoverRefused,
+    SwitchoverFailed,
     // Actions (Events)
     SecretCreated,
     CredentialsRecreated,

@@ -19,6 +19,7 @@ use crate::crd::{
     AppStatus, ArticleSite, ArticleSiteStatus, AvailabilityStatus, CredentialsStatus,
     DatabaseStatus,
 };
+use crate::database_report;
 use crate::ha;
 use crate::observe::Observed;
 use crate::plan::{Plan, is_app_pod};
@@ -31,6 +32,7 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const HIGHLY_AVAILABLE: &str = "HighlyAvailable";
+pub const DATABASE_HIGHLY_AVAILABLE: &str = "DatabaseHighlyAvailable";
 
 struct AppRollout {
     status: AppStatus,
@@ -98,6 +100,8 @@ fn database_state(
     problems: &[Problem],
     previous: Option<&ArticleSiteStatus>,
     paused: bool,
+    instances: i32,
+    leader_ok: bool,
 ) -> (DatabaseStatus, bool) {
     let ready_replicas = sts
         .and_then(|s| s.status.as_ref())
@@ -109,7 +113,7 @@ fn database_state(
             && st.current_revision == st.update_revision
             && st.updated_replicas.unwrap_or(0) >= 1
     });
-    let ready = ready_replicas >= 1 && rolled_out;
+    let ready = ready_replicas >= 1 && rolled_out && leader_ok;
     let was_ready_once = previous
         .and_then(|p| p.database.as_ref())
         .is_some_and(|d| d.state != "Provisioning");
@@ -128,7 +132,8 @@ fn database_state(
         DatabaseStatus {
             state: state.into(),
             ready_replicas,
-            desired_replicas: 1,
+            desired_replicas: instances,
+            ..Default::default()
         },
         ready,
     )
@@ -275,7 +280,34 @@ pub fn compute(
         .or(observed.statefulset.as_ref());
     let app = app_rollout(site, deployment);
     let problems = problems(plan, outcomes, &app);
-    let (database, db_ready) = database_state(statefulset, &problems, previous, plan.paused);
+    let patroni = observed.patroni(site);
+    // A paused site plans nothing: the instance count as last reported, else as observed.
+    let instances = if plan.paused {
+        resources::statefulset::instances(site, statefulset)
+    } else {
+        plan.instances
+    };
+    let (mut database, db_ready) = database_state(
+        statefulset,
+        &problems,
+        previous,
+        plan.paused,
+        instances,
+        database_report::leader_ok(&patroni),
+    );
+    database_report::fill(
+        &mut database,
+        &patroni,
+        previous.and_then(|p| p.database.as_ref()),
+        outcomes,
+        now,
+    );
+    let (db_ha, db_ha_reason, db_ha_message) = database_report::highly_available(
+        instances,
+        site.spec.database.synchronous_mode,
+        &patroni,
+        &database,
+    );
     let desired = site.spec.app.replicas;
 
     let (ready, ready_reason, ready_message) = if desired == 0 {
@@ -374,6 +406,13 @@ pub fn compute(
             generation,
         ),
         condition(HIGHLY_AVAILABLE, ha_ok, ha_reason, ha_message, generation),
+        condition(
+            DATABASE_HIGHLY_AVAILABLE,
+            db_ha,
+            db_ha_reason,
+            db_ha_message,
+            generation,
+        ),
     ];
     transition_times(&mut conditions, previous, now);
 
@@ -453,7 +492,7 @@ mod tests {
     }
 
     fn statefulset(site: &ArticleSite, ready: i32) -> StatefulSet {
-        let mut s = resources::statefulset::build(site, "1Gi");
+        let mut s = resources::statefulset::build(site, "1Gi", 1);
         s.metadata.generation = Some(1);
         s.status = Some(StatefulSetStatus {
             observed_generation: Some(1),

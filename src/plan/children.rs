@@ -15,11 +15,14 @@ use crate::observe::Observed;
 use crate::problem::Problem;
 use crate::quantity;
 use crate::reason::Reason;
-use crate::resources::{self, security, statefulset};
+use crate::resources::{self, Names, security, statefulset};
 
 pub struct ChildrenPlan {
     pub applies: Vec<Apply>,
     pub delete_ingress: Option<String>,
+    pub delete_pdbs: Vec<String>,
+    /// `spec.database.instances`, resolved (`statefulset::instances`).
+    pub instances: i32,
     pub rollout: Rollout,
     pub problems: Vec<Problem>,
 }
@@ -39,12 +42,35 @@ pub fn plan(
         }
     };
 
-    // First: the pods name the ServiceAccount.
+    // First: the pods name the ServiceAccounts.
     let (sa, why) = compare(
         resources::security::service_account(site),
         observed.service_account.as_ref(),
     );
     push(Child::ServiceAccount(sa), why);
+    let (sa, why) = compare(
+        resources::rbac::service_account(site),
+        observed.database_service_account.as_ref(),
+    );
+    push(Child::ServiceAccount(sa), why);
+    let (role, why) = compare(resources::rbac::role(site), observed.database_role.as_ref());
+    push(Child::Role(role), why);
+    let (binding, why) = compare(
+        resources::rbac::role_binding(site),
+        observed.database_role_binding.as_ref(),
+    );
+    push(Child::RoleBinding(binding), why);
+    let instances = statefulset::instances(site, observed.statefulset.as_ref());
+    let claim_size = observed
+        .statefulset
+        .as_ref()
+        .and_then(statefulset::claim_template_size)
+        .unwrap_or_else(|| site.spec.database.storage.size.clone());
+    let (config, why) = compare(
+        resources::patroni_config::build(site, &claim_size),
+        observed.patroni_config.as_ref(),
+    );
+    push(Child::ConfigMap(config), why);
 
     let (deployment, rollout) = deployment(site, observed);
     if !waiting_for_secrets {
@@ -53,13 +79,8 @@ pub fn plan(
     }
     let storage_blocked = problems.iter().any(|p| p.blocks_database);
     if !waiting_for_secrets && !storage_blocked {
-        let claim_size = observed
-            .statefulset
-            .as_ref()
-            .and_then(statefulset::claim_template_size)
-            .unwrap_or_else(|| site.spec.database.storage.size.clone());
         let (s, why) = compare(
-            statefulset::build(site, &claim_size),
+            statefulset::build(site, &claim_size, instances),
             observed.statefulset.as_ref(),
         );
         push(Child::StatefulSet(s), why);
@@ -68,12 +89,35 @@ pub fn plan(
         resources::service::app(site),
         resources::service::database_headless(site),
         resources::service::database_client(site),
+        resources::service::database_replicas(site),
+        resources::service::database_config(site),
     ] {
         let live = named(&observed.services, &desired.name_any());
         let (s, why) = compare(desired, live);
         push(Child::Service(s), why);
     }
-    for desired in [resources::pdb::app(site), resources::pdb::database(site)] {
+    let primary_pdb = resources::pdb::database_primary(site, instances);
+    let uid = site.uid().unwrap_or_default();
+    // Back to one instance: the primary's budget would block every drain.
+    let delete_pdbs: Vec<String> = match &primary_pdb {
+        Some(_) => Vec::new(),
+        None => named(
+            &observed.pdbs,
+            &Names::database_primary_pdb(&site.name_any()),
+        )
+        .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
+        .map(|p| p.name_any())
+        .into_iter()
+        .collect(),
+    };
+    for desired in [
+        Some(resources::pdb::app(site)),
+        Some(resources::pdb::database(site, instances)),
+        primary_pdb,
+    ]
+    .into_iter()
+    .flatten()
+    {
         let live = named(&observed.pdbs, &desired.name_any());
         let (p, why) = compare(desired, live);
         push(Child::PodDisruptionBudget(p), why);
@@ -93,7 +137,6 @@ pub fn plan(
             push(Child::Ingress(i), why);
         }
         None => {
-            let uid = site.uid().unwrap_or_default();
             delete_ingress = observed
                 .ingress
                 .as_ref()
@@ -118,6 +161,8 @@ pub fn plan(
     ChildrenPlan {
         applies,
         delete_ingress,
+        delete_pdbs,
+        instances,
         rollout,
         problems,
     }

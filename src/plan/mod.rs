@@ -15,6 +15,7 @@
 //! 4. storage expansion, and the pod actions of high availability (`pods`).
 
 mod children;
+pub mod database;
 mod environment;
 mod pods;
 mod secrets;
@@ -22,9 +23,10 @@ mod secrets;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{ArticleSite, FailedRollout};
@@ -49,6 +51,12 @@ pub struct Plan {
     pub applies: Vec<Apply>,
     /// Name of an Ingress the spec no longer asks for (the operator's own).
     pub delete_ingress: Option<String>,
+    /// Budgets the spec no longer asks for (the primary's, after going back to one instance).
+    pub delete_pdbs: Vec<String>,
+    /// What the operator asks of Patroni, and stale EndpointSlices to delete.
+    pub database: database::DatabasePlan,
+    /// `spec.database.instances`, resolved (the live count when unset).
+    pub instances: i32,
     /// Data claims to grow to a larger `storage.size`.
     pub expand_claims: Vec<Expansion>,
     pub pods: PodActions,
@@ -82,6 +90,9 @@ pub struct Apply {
 #[allow(clippy::large_enum_variant)]
 pub enum Child {
     ServiceAccount(ServiceAccount),
+    Role(Role),
+    RoleBinding(RoleBinding),
+    ConfigMap(ConfigMap),
     Deployment(Deployment),
     StatefulSet(StatefulSet),
     Service(Service),
@@ -95,6 +106,9 @@ impl Child {
         use k8s_openapi::Resource as _;
         match self {
             Child::ServiceAccount(_) => ServiceAccount::KIND,
+            Child::Role(_) => Role::KIND,
+            Child::RoleBinding(_) => RoleBinding::KIND,
+            Child::ConfigMap(_) => ConfigMap::KIND,
             Child::Deployment(_) => Deployment::KIND,
             Child::StatefulSet(_) => StatefulSet::KIND,
             Child::Service(_) => Service::KIND,
@@ -107,6 +121,9 @@ impl Child {
     pub fn name(&self) -> &str {
         let meta = match self {
             Child::ServiceAccount(o) => &o.metadata,
+            Child::Role(o) => &o.metadata,
+            Child::RoleBinding(o) => &o.metadata,
+            Child::ConfigMap(o) => &o.metadata,
             Child::Deployment(o) => &o.metadata,
             Child::StatefulSet(o) => &o.metadata,
             Child::Service(o) => &o.metadata,
@@ -162,6 +179,8 @@ impl Plan {
             && self.rotate_write_token.is_none()
             && self.applies.is_empty()
             && self.delete_ingress.is_none()
+            && self.delete_pdbs.is_empty()
+            && self.database.is_empty()
             && self.expand_claims.is_empty()
             && self.pods.is_empty()
     }
@@ -181,6 +200,8 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
     problems.extend(children.problems);
     let expand_claims = children::expansions(site, observed, &problems);
     let pods = pods::plan(site, observed, now);
+    let patroni = observed.patroni(site);
+    let database = database::plan(site, observed, &patroni, now);
     let recheck = [
         pods.recheck,
         // A refused database pod shows only in an Event, which triggers no reconcile.
@@ -188,6 +209,8 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
             .database_refusal
             .is_some()
             .then_some(Duration::from_secs(5)),
+        // A pending switchover is looked at again until it happened or timed out.
+        database::pending(site, now).map(|_| Duration::from_secs(5)),
     ]
     .into_iter()
     .flatten()
@@ -197,6 +220,9 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
         rotate_write_token: secrets.rotate,
         applies: children.applies,
         delete_ingress: children.delete_ingress,
+        delete_pdbs: children.delete_pdbs,
+        database,
+        instances: children.instances,
         expand_claims,
         pods: pods.actions,
         rollout: children.rollout,

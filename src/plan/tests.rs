@@ -46,7 +46,13 @@ fn with_secrets() -> Observed {
 fn applied(mut observed: Observed, plan: &Plan) -> Observed {
     for a in &plan.applies {
         match a.child.clone() {
-            Child::ServiceAccount(o) => observed.service_account = Some(o),
+            Child::ServiceAccount(o) if o.metadata.name.as_deref() == Some("news") => {
+                observed.service_account = Some(o)
+            }
+            Child::ServiceAccount(o) => observed.database_service_account = Some(o),
+            Child::Role(o) => observed.database_role = Some(o),
+            Child::RoleBinding(o) => observed.database_role_binding = Some(o),
+            Child::ConfigMap(o) => observed.patroni_config = Some(o),
             Child::Deployment(mut d) => {
                 d.metadata.uid = Some("deployment-uid".into());
                 d.metadata.generation = Some(1);
@@ -126,14 +132,21 @@ fn a_fresh_site_creates_its_secrets_first_and_the_workloads_wait() {
     assert!(planned.iter().all(|(_, _, why)| *why == Outcome::Created));
     let names: Vec<&str> = planned.iter().map(|(k, _, _)| *k).collect();
     assert!(!names.contains(&"Deployment") && !names.contains(&"StatefulSet"));
-    assert_eq!(names.iter().filter(|k| **k == "Service").count(), 3);
+    // app, client, headless, replicas, config
+    assert_eq!(names.iter().filter(|k| **k == "Service").count(), 5);
+    // app, database, primary (a new site gets 3 instances)
     assert_eq!(
         names
             .iter()
             .filter(|k| **k == "PodDisruptionBudget")
             .count(),
-        2
+        3
     );
+    assert_eq!(p.instances, 3);
+    for kind in ["Role", "RoleBinding", "ConfigMap"] {
+        assert!(names.contains(&kind), "{kind} in {names:?}");
+    }
+    assert_eq!(names.iter().filter(|k| **k == "ServiceAccount").count(), 2);
     assert_eq!(names.iter().filter(|k| **k == "NetworkPolicy").count(), 2);
     assert!(p.pods.is_empty() && p.problems.is_empty());
 }
@@ -438,4 +451,223 @@ fn an_ingress_that_is_no_longer_asked_for_is_deleted_if_it_is_ours() {
     );
     observed.ingress = Some(owned("someone-else"));
     assert_eq!(plan(&s, &observed, now()).delete_ingress, None);
+}
+
+// The database: what the operator asks of Patroni.
+
+use crate::plan::database::{SWITCHOVER_ANNOTATION, SwitchoverReason};
+
+fn endpoints(name: &str, annotations: serde_json::Value) -> k8s_openapi::api::core::v1::Endpoints {
+    serde_json::from_value(json!({"metadata": {"name": name, "resourceVersion": "42",
+        "annotations": annotations}}))
+    .unwrap()
+}
+
+fn db_pod(name: &str, node: &str, role: &str, state: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "database",
+            "app.kubernetes.io/instance": "news", "role": role},
+            "annotations": {"status": json!({"role": role, "state": state,
+                "xlog_location": 100}).to_string()}},
+        "spec": {"nodeName": node, "containers": [{"name": "postgresql"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+    .unwrap()
+}
+
+fn node(name: &str, cordoned: bool) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(json!({"metadata": {"name": name},
+        "spec": {"unschedulable": cordoned}}))
+    .unwrap()
+}
+
+/// A steady three-instance site with Patroni running: news-postgresql-0 leads, -1 is in sync.
+fn replicated() -> (ArticleSite, Observed) {
+    let s = site("news");
+    let mut o = steady(&s);
+    o.pods = vec![
+        db_pod("news-postgresql-0", "n1", "primary", "running"),
+        db_pod("news-postgresql-1", "n2", "replica", "streaming"),
+        db_pod("news-postgresql-2", "n3", "replica", "streaming"),
+    ];
+    o.endpoints = vec![
+        endpoints("news-postgresql", json!({"leader": "news-postgresql-0"})),
+        endpoints(
+            "news-postgresql-sync",
+            json!({"leader": "news-postgresql-0", "sync_standby": "news-postgresql-1"}),
+        ),
+        endpoints(
+            "news-postgresql-config",
+            json!({"config": "{\"ttl\":20,\"synchronous_mode\":true}"}),
+        ),
+    ];
+    o.primary_node = Some(node("n1", false));
+    (s, o)
+}
+
+#[test]
+fn patroni_running_steady_plans_nothing() {
+    let (s, o) = replicated();
+    let p = plan(&s, &o, now());
+    assert!(p.is_empty(), "{:?} {:?}", kinds(&p), p.database);
+}
+
+#[test]
+fn an_upgraded_single_instance_site_keeps_one_instance() {
+    let s = site("news");
+    let mut o = steady(&s);
+    // The StatefulSet of an operator from before `instances`: one replica.
+    if let Some(spec) = o.statefulset.as_mut().and_then(|s| s.spec.as_mut()) {
+        spec.replicas = Some(1);
+    }
+    let p = plan(&s, &o, now());
+    assert_eq!(p.instances, 1);
+    let Some(Child::StatefulSet(sts)) = p
+        .applies
+        .iter()
+        .map(|a| &a.child)
+        .find(|c| matches!(c, Child::StatefulSet(_)))
+    else {
+        panic!(
+            "the StatefulSet is applied with one replica: {:?}",
+            kinds(&p)
+        );
+    };
+    assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(1));
+    // One instance: no primary budget, and the one the site had is deleted.
+    let primary = o
+        .pdbs
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("news-postgresql-primary"));
+    assert!(primary.is_some());
+    assert_eq!(p.delete_pdbs, ["news-postgresql-primary"]);
+}
+
+#[test]
+fn a_switchover_request_is_handed_to_patroni_once() {
+    let (mut s, o) = replicated();
+    s.metadata.annotations = Some(
+        [(
+            SWITCHOVER_ANNOTATION.to_string(),
+            "news-postgresql-1".to_string(),
+        )]
+        .into(),
+    );
+    let p = plan(&s, &o, now()).database;
+    let sw = p.switchover.expect("a switchover");
+    assert_eq!(
+        (sw.leader.as_str(), sw.member.as_deref()),
+        ("news-postgresql-0", Some("news-postgresql-1"))
+    );
+    assert_eq!(sw.reason, SwitchoverReason::Requested);
+    assert!(!sw.object_exists);
+    assert!(p.clear_annotation && p.refused.is_none());
+
+    // `any` lets Patroni choose; a non-synchronous, unknown or primary target is refused.
+    for (value, member, refused) in [
+        ("any", None, None),
+        ("news-postgresql-2", None, Some("not a synchronous standby")),
+        ("news-postgresql-7", None, Some("not an instance")),
+        ("news-postgresql-0", None, Some("already the primary")),
+    ] {
+        s.metadata.annotations =
+            Some([(SWITCHOVER_ANNOTATION.to_string(), value.to_string())].into());
+        let p = plan(&s, &o, now()).database;
+        assert!(p.clear_annotation, "{value}");
+        match refused {
+            None => assert_eq!(p.switchover.unwrap().member, member, "{value}"),
+            Some(why) => {
+                assert!(p.switchover.is_none(), "{value}");
+                assert!(
+                    p.refused.as_deref().unwrap().contains(why),
+                    "{value}: {:?}",
+                    p.refused
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_cordoned_primary_node_asks_for_exactly_one_switchover() {
+    let (mut s, mut o) = replicated();
+    o.primary_node = Some(node("n1", true));
+    let p = plan(&s, &o, now()).database;
+    let sw = p.switchover.expect("a switchover before the drain");
+    assert_eq!(
+        sw.member.as_deref(),
+        Some("news-postgresql-1"),
+        "the synchronous standby"
+    );
+    assert_eq!(sw.reason, SwitchoverReason::NodeDrain);
+    assert!(!p.clear_annotation);
+
+    // Recorded as pending in the status: no second request while it is.
+    let requested = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now());
+    s.status = Some(crate::crd::ArticleSiteStatus {
+        database: Some(crate::crd::DatabaseStatus {
+            pending_switchover: Some(sw.request(&requested)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert!(plan(&s, &o, now()).database.switchover.is_none());
+    // Nor while Patroni's failover object holds one.
+    s.status = None;
+    o.endpoints.push(endpoints(
+        "news-postgresql-failover",
+        json!({"leader": "news-postgresql-0"}),
+    ));
+    assert!(plan(&s, &o, now()).database.switchover.is_none());
+    // A pending request times out: one more may be asked for.
+    o.endpoints.pop();
+    let later = now() + crate::plan::database::SWITCHOVER_TIMEOUT;
+    s.status = Some(crate::crd::ArticleSiteStatus {
+        database: Some(crate::crd::DatabaseStatus {
+            pending_switchover: Some(sw.request(&requested)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert!(plan(&s, &o, later).database.switchover.is_some());
+}
+
+#[test]
+fn no_switchover_without_a_healthy_synchronous_standby() {
+    let (s, mut o) = replicated();
+    o.primary_node = Some(node("n1", true));
+    o.pods[1] = db_pod("news-postgresql-1", "n2", "replica", "starting");
+    assert!(plan(&s, &o, now()).database.switchover.is_none());
+}
+
+#[test]
+fn a_changed_synchronous_mode_is_written_into_patronis_configuration() {
+    let (mut s, o) = replicated();
+    s.spec.database.synchronous_mode = crate::crd::SynchronousMode::Strict;
+    let p = plan(&s, &o, now()).database.config.expect("a config patch");
+    assert_eq!(p.resource_version, "42");
+    assert_eq!(p.config["synchronous_mode_strict"], true);
+    assert_eq!(p.config["ttl"], 20);
+}
+
+#[test]
+fn stale_endpoint_slices_go_once_the_service_has_no_selector() {
+    let (s, mut o) = replicated();
+    o.stale_endpoint_slices = vec!["news-postgresql-abcde".into()];
+    assert_eq!(
+        plan(&s, &o, now()).database.delete_endpoint_slices,
+        ["news-postgresql-abcde"]
+    );
+    // Before the apply removed the selector, the controller still owns them.
+    for svc in o.services.iter_mut() {
+        if svc.metadata.name.as_deref() == Some("news-postgresql") {
+            svc.spec.as_mut().unwrap().selector = Some(BTreeMap::from([("a".into(), "b".into())]));
+        }
+    }
+    assert!(
+        plan(&s, &o, now())
+            .database
+            .delete_endpoint_slices
+            .is_empty()
+    );
 }

@@ -58,6 +58,15 @@ pub fn app_env(site: &ArticleSite, cluster_domain: &str) -> Vec<EnvVar> {
             "ARTICLES_DATABASE_HOST",
             format!("{}.{ns}.svc.{cluster_domain}", Names::database(&name)),
         ),
+        // The replicas, read-only: the server's fallback pool for reads while the primary is
+        // unreachable (a failover).
+        env(
+            "ARTICLES_DATABASE_READ_HOST",
+            format!(
+                "{}.{ns}.svc.{cluster_domain}",
+                Names::database_replicas(&name)
+            ),
+        ),
         env("ARTICLES_DATABASE_PORT", POSTGRES_PORT.to_string()),
         env("ARTICLES_DATABASE_NAME", db.name.clone()),
         secret_env(

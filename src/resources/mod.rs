@@ -12,8 +12,10 @@ use crate::crd::{ArticleSite, ComputeResources};
 pub mod deployment;
 pub mod ingress;
 pub mod network_policy;
+pub mod patroni_config;
 pub mod pdb;
 pub mod placement;
+pub mod rbac;
 pub mod secret;
 pub mod security;
 pub mod service;
@@ -22,8 +24,10 @@ pub mod statefulset;
 /// Value of `app.kubernetes.io/managed-by`; the operator watches children by this label.
 pub const MANAGED_BY: &str = "articlesite-operator";
 pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=articlesite-operator";
-/// PostgreSQL port inside the pod and on both database Services.
+/// PostgreSQL port inside the pod and on the database Services.
 pub const POSTGRES_PORT: i32 = 5432;
+/// Patroni's REST API (health probes, `/failsafe` between members).
+pub const PATRONI_PORT: i32 = 8008;
 /// Port of the app Service.
 pub const HTTP_SERVICE_PORT: i32 = 80;
 /// Key names inside the generated Secrets.
@@ -66,6 +70,26 @@ impl Names {
     }
     pub fn database_headless(site: &str) -> String {
         format!("{site}-postgresql-hl")
+    }
+    /// The read-only Service over the replicas.
+    pub fn database_replicas(site: &str) -> String {
+        format!("{site}-postgresql-replicas")
+    }
+    /// The headless selector-less Service that keeps Patroni's `-config` Endpoints alive.
+    pub fn database_config(site: &str) -> String {
+        format!("{site}-postgresql-config")
+    }
+    /// The ConfigMap with `patroni.yml`.
+    pub fn patroni_config(site: &str) -> String {
+        format!("{site}-postgresql-patroni")
+    }
+    /// ServiceAccount, Role and RoleBinding of the database pods (Patroni's API access).
+    pub fn database_service_account(site: &str) -> String {
+        Self::database(site)
+    }
+    /// The budget that keeps the primary from being evicted directly.
+    pub fn database_primary_pdb(site: &str) -> String {
+        format!("{site}-postgresql-primary")
     }
     pub fn database_credentials(site: &str) -> String {
         format!("{site}-postgresql-credentials")

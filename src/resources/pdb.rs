@@ -1,12 +1,16 @@
-//! PodDisruptionBudgets: drains may take one app pod at a time; the single database pod is
-//! protected (like CloudNativePG's primary) unless it is unhealthy anyway.
+//! PodDisruptionBudgets: drains may take one app pod and one database instance at a time, and
+//! with replicas the primary is never evicted directly: the operator switches over first (a
+//! cordoned primary node triggers it), Patroni relabels the old primary `replica`, and then the
+//! eviction goes through. Unhealthy pods are always evictable.
 
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{Component, Names, label_selector, object_meta};
 use crate::crd::ArticleSite;
+use crate::patroni;
 
 fn pdb(
     site: &ArticleSite,
@@ -17,7 +21,10 @@ fn pdb(
     PodDisruptionBudget {
         metadata: object_meta(site, name, component),
         spec: Some(PodDisruptionBudgetSpec {
-            selector: Some(label_selector(site, component)),
+            selector: spec
+                .selector
+                .clone()
+                .or_else(|| Some(label_selector(site, component))),
             // A crash-looping pod must never block a node drain.
             unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
             ..spec
@@ -43,11 +50,14 @@ pub fn app(site: &ArticleSite) -> PodDisruptionBudget {
     )
 }
 
-/// The single database pod: by default a drain may move it (`maxUnavailable: 1`, never
-/// blocks); with `blockDatabaseDrain` it stays up during voluntary disruptions and draining its
-/// node needs an explicit decision, as with a single-instance CloudNativePG cluster.
-pub fn database(site: &ArticleSite) -> PodDisruptionBudget {
-    let spec = if site.spec.high_availability.block_database_drain {
+/// The instances one at a time (`maxUnavailable: 1`). With replicas it covers every instance
+/// but the primary (`role NotIn [primary]`, so also pods Patroni has not labelled yet): the
+/// Eviction API refuses a pod that two budgets select (an error, not a 429, which ends a
+/// `kubectl drain`), so the primary's own budget must not overlap this one. A single instance
+/// with `blockDatabaseDrain` stays up through voluntary disruptions (`minAvailable: 1`), as with
+/// a single-instance CloudNativePG cluster.
+pub fn database(site: &ArticleSite, instances: i32) -> PodDisruptionBudget {
+    let mut spec = if instances == 1 && site.spec.high_availability.block_database_drain {
         PodDisruptionBudgetSpec {
             min_available: Some(IntOrString::Int(1)),
             ..Default::default()
@@ -58,12 +68,42 @@ pub fn database(site: &ArticleSite) -> PodDisruptionBudget {
             ..Default::default()
         }
     };
+    if instances >= 2 {
+        let mut selector = label_selector(site, Component::Database);
+        selector.match_expressions = Some(vec![LabelSelectorRequirement {
+            key: patroni::ROLE_LABEL.into(),
+            operator: "NotIn".into(),
+            values: Some(vec![patroni::PRIMARY.into()]),
+        }]);
+        spec.selector = Some(selector);
+    }
     pdb(
         site,
         Names::database(&site.name_any()),
         Component::Database,
         spec,
     )
+}
+
+/// The primary (`role=primary`, Patroni's label): never evicted directly, only with replicas
+/// to switch over to. With one instance there is no such budget, so a drain never deadlocks.
+pub fn database_primary(site: &ArticleSite, instances: i32) -> Option<PodDisruptionBudget> {
+    (instances >= 2).then(|| {
+        let mut selector = label_selector(site, Component::Database);
+        if let Some(labels) = selector.match_labels.as_mut() {
+            labels.insert(patroni::ROLE_LABEL.into(), patroni::PRIMARY.into());
+        }
+        pdb(
+            site,
+            Names::database_primary_pdb(&site.name_any()),
+            Component::Database,
+            PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(0)),
+                selector: Some(selector),
+                ..Default::default()
+            },
+        )
+    })
 }
 
 #[cfg(test)]
@@ -81,16 +121,59 @@ mod tests {
             spec.unhealthy_pod_eviction_policy.as_deref(),
             Some("AlwaysAllow")
         );
-        let d = database(&s);
+        let d = database(&s, 3);
         assert_eq!(d.metadata.name.as_deref(), Some("news-postgresql"));
         assert_eq!(
             d.spec.as_ref().unwrap().max_unavailable,
             Some(IntOrString::Int(1))
         );
+        let others = d.spec.as_ref().unwrap().selector.as_ref().unwrap();
+        let not_primary = &others.match_expressions.as_ref().unwrap()[0];
+        assert_eq!(
+            (not_primary.operator.as_str(), not_primary.values.as_deref()),
+            ("NotIn", Some(&["primary".to_string()][..])),
+            "the two budgets never select the same pod"
+        );
+        let one = database(&s, 1);
+        assert!(
+            one.spec
+                .as_ref()
+                .unwrap()
+                .selector
+                .as_ref()
+                .unwrap()
+                .match_expressions
+                .is_none()
+        );
+        let p = database_primary(&s, 3).unwrap();
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(p.metadata.name.as_deref(), Some("news-postgresql-primary"));
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(
+            spec.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
+        );
+        let labels = spec
+            .selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(labels["role"], "primary");
+        assert_eq!(labels["app.kubernetes.io/instance"], "news");
+        assert!(
+            database_primary(&s, 1).is_none(),
+            "one instance: a drain never deadlocks"
+        );
         let mut s = s;
         s.spec.high_availability.block_database_drain = true;
         assert_eq!(
-            database(&s).spec.as_ref().unwrap().min_available,
+            database(&s, 1).spec.as_ref().unwrap().min_available,
+            Some(IntOrString::Int(1))
+        );
+        assert_eq!(
+            database(&s, 3).spec.as_ref().unwrap().max_unavailable,
             Some(IntOrString::Int(1))
         );
     }

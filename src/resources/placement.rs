@@ -72,7 +72,7 @@ mod tests {
 
     fn pods(site: &ArticleSite) -> [PodSpec; 2] {
         let d = build(site, "cluster.local");
-        let s = statefulset::build(site, "1Gi");
+        let s = statefulset::build(site, "1Gi", 1);
         [
             d.spec.and_then(|s| s.template.spec).expect("app pod spec"),
             s.spec.and_then(|s| s.template.spec).expect("db pod spec"),

@@ -1,4 +1,10 @@
-//! The PostgreSQL StatefulSet: one instance of the official `postgres` image on a PVC.
+//! The PostgreSQL StatefulSet: `instances` pods running Patroni (contract in
+//! docs/high-availability.md, "Replicated database"), each on its own claim.
+//!
+//! Fields that are immutable on a StatefulSet (selector, serviceName, podManagementPolicy,
+//! claim templates) keep the values of the single-instance StatefulSet, so an upgraded site's
+//! StatefulSet is updated in place: same name, same claim `data-<site>-postgresql-0`, same
+//! PGDATA, and its pod is rolled once to Patroni, which takes the data directory over.
 
 use std::collections::BTreeMap;
 
@@ -7,48 +13,61 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-    VolumeResourceRequirements,
+    ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, Probe, SecretKeySelector, Volume, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::deployment::{affinity, empty_dir, mount, topology_spread};
+use super::patroni_config::{self, PGDATA, SOCKET_DIR};
 use super::placement;
 use super::security::{self, restricted_container_security};
 use super::{
-    Component, DB_PASSWORD_KEY, DB_USERNAME_KEY, MANAGED_BY, Names, POSTGRES_PORT, label_selector,
-    object_meta, resource_requirements, selector_labels,
+    Component, DB_PASSWORD_KEY, DB_USERNAME_KEY, MANAGED_BY, Names, PATRONI_PORT, POSTGRES_PORT,
+    label_selector, object_meta, resource_requirements, selector_labels,
 };
 use crate::crd::ArticleSite;
+use crate::patroni;
 
 pub const CONTAINER_NAME: &str = "postgresql";
 pub const DATA_VOLUME: &str = "data";
 /// The volume is mounted at the parent of PGDATA so the data directory is a fresh subdirectory
-/// (no lost+found), which works for the image layouts of PostgreSQL ≤17 and 18+.
+/// (no lost+found).
 const DATA_MOUNT: &str = "/var/lib/postgresql";
-const PGDATA: &str = "/var/lib/postgresql/pgdata";
+/// Instances of a new site when `spec.database.instances` is unset.
+pub const DEFAULT_INSTANCES: i32 = 3;
 
 /// Name of the PVC of database pod `ordinal`.
 pub fn pvc_name(site: &str, ordinal: u32) -> String {
     format!("{DATA_VOLUME}-{}-{ordinal}", Names::database(site))
 }
 
-fn pg_isready_probe(period: i32, failure_threshold: i32) -> Probe {
+/// The instances to run: the spec's; when unset, the live StatefulSet's replica count (a site
+/// created before the field existed keeps its single instance), else 3. Not a schema default:
+/// the API server applies schema defaults to stored objects too, which would triple every
+/// existing single-instance site on upgrade.
+pub fn instances(site: &ArticleSite, live: Option<&StatefulSet>) -> i32 {
+    site.spec.database.instances.unwrap_or_else(|| {
+        live.and_then(|s| s.spec.as_ref()?.replicas)
+            .filter(|n| *n >= 1)
+            .unwrap_or(DEFAULT_INSTANCES)
+    })
+}
+
+fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
     Probe {
-        exec: Some(ExecAction {
-            // Exec probes get no $(VAR) expansion, so a shell reads the environment.
-            command: Some(vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                "exec pg_isready -h 127.0.0.1 -p 5432 -U \"$POSTGRES_USER\" -d \"$POSTGRES_DB\""
-                    .into(),
-            ]),
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("patroni".into()),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
         }),
         period_seconds: Some(period),
-        timeout_seconds: Some(5),
+        timeout_seconds: Some(3),
         failure_threshold: Some(failure_threshold),
         success_threshold: Some(1),
         ..Default::default()
@@ -70,12 +89,71 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn value_env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
         ..Default::default()
     }
+}
+
+/// Patroni's environment. Credentials only by reference: the app's user is the bootstrap
+/// superuser today and doubles as replication and REST API user (a dedicated replication role
+/// is a documented follow-up).
+fn patroni_env(site: &ArticleSite) -> Vec<EnvVar> {
+    let name = site.name_any();
+    let credentials = Names::database_credentials(&name);
+    let labels = serde_json::to_string(&patroni::labels(site)).unwrap_or_default();
+    // The leader's Endpoints port must carry the Service port's name, or the selector-less
+    // client Service would not route to it.
+    let ports = format!(r#"[{{"name":"postgresql","port":{POSTGRES_PORT}}}]"#);
+    let mut env = vec![
+        field_env("PATRONI_NAME", "metadata.name"),
+        value_env("PATRONI_SCOPE", &patroni::scope(&name)),
+        field_env("PATRONI_KUBERNETES_NAMESPACE", "metadata.namespace"),
+        field_env("PATRONI_KUBERNETES_POD_IP", "status.podIP"),
+        value_env("PATRONI_KUBERNETES_USE_ENDPOINTS", "true"),
+        value_env("PATRONI_KUBERNETES_LABELS", &labels),
+        value_env("PATRONI_KUBERNETES_PORTS", &ports),
+        // What the other members dial (Patroni would otherwise advertise 0.0.0.0).
+        value_env(
+            "PATRONI_POSTGRESQL_CONNECT_ADDRESS",
+            &format!("$(PATRONI_KUBERNETES_POD_IP):{POSTGRES_PORT}"),
+        ),
+        value_env(
+            "PATRONI_RESTAPI_CONNECT_ADDRESS",
+            &format!("$(PATRONI_KUBERNETES_POD_IP):{PATRONI_PORT}"),
+        ),
+    ];
+    for prefix in ["SUPERUSER", "REPLICATION", "RESTAPI"] {
+        env.push(secret_env(
+            &format!("PATRONI_{prefix}_USERNAME"),
+            &credentials,
+            DB_USERNAME_KEY,
+        ));
+        env.push(secret_env(
+            &format!("PATRONI_{prefix}_PASSWORD"),
+            &credentials,
+            DB_PASSWORD_KEY,
+        ));
+    }
+    env.push(value_env("POSTGRES_DB", &site.spec.database.name));
+    env.push(value_env("PGDATA", PGDATA));
+    env
 }
 
 /// Labels of the claim template. Without the version label: volumeClaimTemplates are immutable,
@@ -87,20 +165,41 @@ fn claim_labels(site: &ArticleSite) -> BTreeMap<String, String> {
     labels
 }
 
+fn port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
 /// `claim_size` is the size in the claim template: the spec's size for a new StatefulSet, the
 /// live template's size afterwards (templates are immutable; growth is applied to the PVCs).
-pub fn build(site: &ArticleSite, claim_size: &str) -> StatefulSet {
+pub fn build(site: &ArticleSite, claim_size: &str, instances: i32) -> StatefulSet {
     let name = site.name_any();
     let db = &site.spec.database;
     let meta = object_meta(site, Names::database(&name), Component::Database);
-    let pod_labels = meta.labels.clone();
-    let credentials = Names::database_credentials(&name);
+    // Patroni finds its members by its labels plus the scope label.
+    let mut pod_labels = meta.labels.clone().unwrap_or_default();
+    pod_labels.insert(patroni::SCOPE_LABEL.into(), patroni::scope(&name));
+    let config_volume = Volume {
+        name: "patroni".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: Names::patroni_config(&name),
+            default_mode: Some(0o444),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     StatefulSet {
         metadata: meta,
         spec: Some(StatefulSetSpec {
-            replicas: Some(1),
+            replicas: Some(instances),
             service_name: Some(Names::database_headless(&name)),
             selector: label_selector(site, Component::Database),
+            // Immutable, and what Patroni wants anyway: pod-0 bootstraps (or takes the data
+            // over) before the replicas clone it.
             pod_management_policy: Some("OrderedReady".into()),
             revision_history_limit: Some(5),
             update_strategy: Some(StatefulSetUpdateStrategy {
@@ -116,14 +215,15 @@ pub fn build(site: &ArticleSite, claim_size: &str) -> StatefulSet {
             ),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: pod_labels,
+                    labels: Some(pod_labels),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
+                    // The only pods with a token: Patroni keeps its lock in the API.
+                    automount_service_account_token: Some(true),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(60),
-                    service_account_name: Some(Names::service_account(&name)),
+                    service_account_name: Some(Names::database_service_account(&name)),
                     security_context: Some(security::database_pod_security()),
                     topology_spread_constraints: Some(topology_spread(site, Component::Database)),
                     affinity: affinity(site, Component::Database),
@@ -133,31 +233,33 @@ pub fn build(site: &ArticleSite, claim_size: &str) -> StatefulSet {
                         name: CONTAINER_NAME.into(),
                         image: Some(db.image.clone()),
                         image_pull_policy: Some(db.image_pull_policy.as_str().into()),
-                        ports: Some(vec![ContainerPort {
-                            name: Some("postgresql".into()),
-                            container_port: POSTGRES_PORT,
-                            protocol: Some("TCP".into()),
-                            ..Default::default()
-                        }]),
-                        env: Some(vec![
-                            secret_env("POSTGRES_USER", &credentials, DB_USERNAME_KEY),
-                            secret_env("POSTGRES_PASSWORD", &credentials, DB_PASSWORD_KEY),
-                            value_env("POSTGRES_DB", &db.name),
-                            value_env("PGDATA", PGDATA),
+                        ports: Some(vec![
+                            port("postgresql", POSTGRES_PORT),
+                            port("patroni", PATRONI_PORT),
                         ]),
+                        env: Some(patroni_env(site)),
                         resources: Some(resource_requirements(&db.resources)),
-                        startup_probe: Some(pg_isready_probe(5, 60)),
-                        readiness_probe: Some(pg_isready_probe(5, 3)),
-                        liveness_probe: Some(pg_isready_probe(10, 6)),
+                        // Patroni answers /readiness once PostgreSQL runs as primary or
+                        // replica; /liveness while its loop runs (also during a long clone).
+                        readiness_probe: Some(http_probe("/readiness", 5, 3)),
+                        liveness_probe: Some(http_probe("/liveness", 10, 6)),
                         security_context: Some(restricted_container_security()),
                         volume_mounts: Some(vec![
                             mount(DATA_VOLUME, DATA_MOUNT),
-                            mount("run", "/var/run/postgresql"),
+                            mount("run", SOCKET_DIR),
                             mount("tmp", "/tmp"),
+                            k8s_openapi::api::core::v1::VolumeMount {
+                                read_only: Some(true),
+                                ..mount("patroni", patroni_config::MOUNT_DIR)
+                            },
                         ]),
                         ..Default::default()
                     }],
-                    volumes: Some(vec![empty_dir("run", "16Mi"), empty_dir("tmp", "256Mi")]),
+                    volumes: Some(vec![
+                        empty_dir("run", "16Mi"),
+                        empty_dir("tmp", "256Mi"),
+                        config_volume,
+                    ]),
                     ..Default::default()
                 }),
             },
@@ -217,39 +319,136 @@ mod tests {
     use super::*;
     use crate::resources::testing::site;
 
+    fn env_of(sts: &StatefulSet) -> BTreeMap<String, EnvVar> {
+        sts.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect()
+    }
+
     #[test]
-    fn postgres_follows_the_image_conventions() {
+    fn patroni_pods_follow_the_contract() {
         let s = site("news");
-        let sts = build(&s, "1Gi");
+        let sts = build(&s, "1Gi", 3);
         let spec = sts.spec.as_ref().unwrap();
         assert_eq!(spec.service_name.as_deref(), Some("news-postgresql-hl"));
-        assert_eq!(spec.replicas, Some(1));
-        let c = &spec.template.spec.as_ref().unwrap().containers[0];
-        let names: Vec<_> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert_eq!(spec.replicas, Some(3));
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(true));
+        assert_eq!(pod.service_account_name.as_deref(), Some("news-postgresql"));
+        let labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(labels["cluster-name"], "news-postgresql");
+        let c = &pod.containers[0];
+        let env = env_of(&sts);
         assert_eq!(
-            names,
-            [
-                "POSTGRES_USER",
-                "POSTGRES_PASSWORD",
-                "POSTGRES_DB",
-                "PGDATA"
-            ]
+            env["PATRONI_SCOPE"].value.as_deref(),
+            Some("news-postgresql")
         );
-        let pgdata = &c.env.as_ref().unwrap()[3];
-        assert!(pgdata.value.as_ref().unwrap().starts_with(DATA_MOUNT));
-        assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 5432);
-        let probe = c.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap();
-        assert!(probe.command.as_ref().unwrap()[2].contains("pg_isready"));
+        assert_eq!(
+            env["PATRONI_KUBERNETES_USE_ENDPOINTS"].value.as_deref(),
+            Some("true")
+        );
+        let labels: BTreeMap<String, String> =
+            serde_json::from_str(env["PATRONI_KUBERNETES_LABELS"].value.as_ref().unwrap()).unwrap();
+        assert_eq!(labels, selector_labels(&s, Component::Database));
+        assert_eq!(
+            env["PATRONI_NAME"]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.name"
+        );
+        // Every credential by reference, none by value.
+        for key in ["SUPERUSER", "REPLICATION", "RESTAPI"] {
+            for part in ["USERNAME", "PASSWORD"] {
+                let e = &env[&format!("PATRONI_{key}_{part}")];
+                assert!(e.value.is_none());
+                let r = e
+                    .value_from
+                    .as_ref()
+                    .unwrap()
+                    .secret_key_ref
+                    .as_ref()
+                    .unwrap();
+                assert_eq!(r.name, "news-postgresql-credentials");
+            }
+        }
+        assert_eq!(env["PGDATA"].value.as_deref(), Some(PGDATA));
+        assert!(PGDATA.starts_with(DATA_MOUNT), "PGDATA is on the claim");
+        let ports: Vec<_> = c.ports.iter().flatten().map(|p| p.container_port).collect();
+        assert_eq!(ports, [5432, 8008]);
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.path.as_deref(), Some("/readiness"));
+        let live = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(live.path.as_deref(), Some("/liveness"));
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.mount_path.as_str(), m.read_only.unwrap_or(false)))
+            .collect();
+        assert!(mounts.contains(&("/etc/patroni", true)));
+        assert!(mounts.contains(&("/tmp", false)));
+        assert!(mounts.contains(&("/var/run/postgresql", false)));
         assert_eq!(claim_template_size(&sts).as_deref(), Some("1Gi"));
         assert_eq!(pvc_name("news", 0), "data-news-postgresql-0");
     }
 
     #[test]
+    fn instances_default_to_the_live_count_then_three() {
+        let mut s = site("news");
+        assert_eq!(instances(&s, None), 3);
+        let live = build(&s, "1Gi", 1);
+        assert_eq!(instances(&s, Some(&live)), 1, "an upgraded site keeps one");
+        s.spec.database.instances = Some(5);
+        assert_eq!(instances(&s, Some(&live)), 5);
+    }
+
+    #[test]
     fn claim_template_ignores_image_changes() {
         let mut s = site("news");
-        let a = build(&s, "1Gi");
+        let a = build(&s, "1Gi", 3);
         s.spec.database.image = "postgres:18".into();
-        let b = build(&s, "1Gi");
+        let b = build(&s, "1Gi", 3);
         assert_eq!(
             a.spec.as_ref().unwrap().volume_claim_templates,
             b.spec.as_ref().unwrap().volume_claim_templates
