@@ -156,28 +156,33 @@ const DEFAULTS: &[&str] = &[
 
 /// Exactly the operator's calls (docs/install.md, RBAC).
 const SITE_RULES: &[&str] = &[
-    "articlesites.articlesite.io [] [list watch]",
+    "articlesites.articlesite.io [] [list watch patch]",
     "articlesites.articlesite.io/status [] [patch]",
     "articlesites.articlesite.io/finalizers [] [update]",
     "deployments.apps [] [get list watch create patch]",
     "statefulsets.apps [] [get list watch create patch]",
     "services [] [get list watch create patch]",
+    "configmaps [] [get create patch]",
+    "roles.rbac.authorization.k8s.io [] [get create patch]",
+    "rolebindings.rbac.authorization.k8s.io [] [get create patch]",
+    "endpoints [] [get list watch create patch update]",
+    "endpointslices.discovery.k8s.io [] [list delete]",
     "serviceaccounts [] [get list watch create patch]",
     "secrets [] [get list watch create update]",
     "events [] [list]",
     "persistentvolumeclaims [] [get patch]",
-    "poddisruptionbudgets.policy [] [get list watch create patch]",
+    "poddisruptionbudgets.policy [] [get list watch create patch delete]",
     "networkpolicies.networking.k8s.io [] [get list watch create patch]",
     "ingresses.networking.k8s.io [] [get list watch create patch delete]",
     "events.events.k8s.io [] [create patch]",
-    "pods [] [get list watch patch delete]",
+    "pods [] [get list watch patch update delete]",
     "pods/eviction [] [create]",
     "replicasets.apps [] [list]",
 ];
 
 const CLUSTER_RULES: &[&str] = &[
     "storageclasses.storage.k8s.io [] [get list]",
-    "nodes [] [list]",
+    "nodes [] [get list]",
 ];
 
 const LEASE_RULES: &[&str] = &[

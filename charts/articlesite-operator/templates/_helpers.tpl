@@ -27,9 +27,10 @@ Permissions on namespaced objects, exactly what the operator calls (docs/install
 Server-side apply of a missing object needs create as well as patch.
 */}}
 {{- define "aso.namespacedRules" -}}
+# patch: removes the articlesite.io/switchover annotation once the request is handed to Patroni.
 - apiGroups: [articlesite.io]
   resources: [articlesites]
-  verbs: [list, watch]
+  verbs: [list, watch, patch]
 - apiGroups: [articlesite.io]
   resources: [articlesites/status]
   verbs: [patch]
@@ -52,13 +53,34 @@ Server-side apply of a missing object needs create as well as patch.
 - apiGroups: [""]
   resources: [events]
   verbs: [list]
+# The database's Patroni configuration.
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+# The database pods' Role and RoleBinding (Patroni's API access). RBAC lets the operator grant
+# only what it holds itself, so it holds Patroni's rules (endpoints and pods below) rather than
+# `escalate` or `bind`, which would let it grant anything.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch]
+# Patroni's objects: list (its state), create and patch (the failover object, the synchronous
+# mode in the config object); get, watch and update only because the Role it creates grants them.
+- apiGroups: [""]
+  resources: [endpoints]
+  verbs: [get, list, watch, create, patch, update]
+# The client Service's EndpointSlices the endpointslice controller left from before the
+# Service lost its selector (upgrade to Patroni).
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, delete]
 # Storage expansion of the database volume.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get, patch]
+# delete: the primary's budget when a site goes back to one instance.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch]
@@ -71,9 +93,10 @@ Server-side apply of a missing object needs create as well as patch.
   verbs: [create, patch]
 # High availability: watch app pods, restart a broken one through the Eviction API (so budgets
 # hold), steer scale-down with pod-deletion-cost, force-delete pods of a node that is gone.
+# update: only because the database pods' Role grants it to Patroni.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch, delete]
+  verbs: [get, list, watch, patch, update, delete]
 - apiGroups: [""]
   resources: [pods/eviction]
   verbs: [create]
