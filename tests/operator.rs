@@ -178,6 +178,8 @@ async fn site_lifecycle() {
         ("news", "app"),
         ("news-postgresql", "database"),
         ("news-postgresql-hl", "database"),
+        ("news-postgresql-replicas", "database"),
+        ("news-postgresql-config", "database"),
     ] {
         let svc: Service = get(&client, &ns.name, svc).await;
         assert_owned(&svc, &s, component);
@@ -246,7 +248,7 @@ async fn site_lifecycle() {
 
     // Pods run on the simulated nodes; status carries counts and the URL.
     let zones = running_pods(&client, &ns.name, "news", "app", 3).await;
-    running_pods(&client, &ns.name, "news", "database", 1).await;
+    running_pods(&client, &ns.name, "news", "database", 3).await;
     eprintln!("app pod zones: {zones:?}");
     let st = s.status.clone().unwrap();
     assert_eq!(st.app.as_ref().unwrap().ready, "3/3");
@@ -1143,8 +1145,8 @@ async fn placement_pins_pods_and_bad_tolerations_are_reported() {
         ["zone-b", "zone-b"]
     );
     assert_eq!(
-        running_pods(&client, &ns.name, "pinned", "database", 1).await,
-        ["zone-b"]
+        running_pods(&client, &ns.name, "pinned", "database", 3).await,
+        ["zone-b", "zone-b", "zone-b"]
     );
     let d: Deployment = get(&client, &ns.name, "pinned").await;
     let s: StatefulSet = get(&client, &ns.name, "pinned-postgresql").await;
