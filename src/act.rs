@@ -60,6 +60,8 @@ pub struct Outcomes {
     /// The synchronous keys were written into Patroni's dynamic configuration.
     pub config_patched: bool,
     pub endpoint_slices_deleted: Vec<String>,
+    /// The database pod deleted to move it to the new pod template.
+    pub database_pod_restarted: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -204,7 +206,7 @@ pub async fn act(
     // 5. What the operator asks of Patroni, the budgets and slices no longer wanted, and the
     // switchover annotation last (so a failed write leaves the request to be retried).
     let db = &plan.database;
-    let (pdbs, slices, switchover, config_patched) = futures::try_join!(
+    let (pdbs, slices, switchover, config_patched, restarted) = futures::try_join!(
         futures::future::try_join_all(plan.delete_pdbs.iter().map(|n| delete_named::<
             PodDisruptionBudget,
         >(
@@ -217,7 +219,9 @@ pub async fn act(
         ))),
         write_switchover(client, &ns, metrics, site, db.switchover.as_ref()),
         patch_config(client, &ns, metrics, site, db.config.as_ref()),
+        restart_database_pod(&pods, metrics, db.restart_pod.as_deref()),
     )?;
+    out.database_pod_restarted = restarted;
     out.pdbs_deleted = pdbs.into_iter().flatten().collect();
     out.endpoint_slices_deleted = slices.into_iter().flatten().collect();
     out.switchover = switchover;
@@ -345,6 +349,25 @@ async fn patch_config(
         }
         Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => Ok(false),
         Err(e) => Err(Error::kube("patch", "Endpoints")(e)),
+    }
+}
+
+/// Deletes a database pod (graceful: Patroni stops PostgreSQL cleanly and a primary releases
+/// its lock) so that the StatefulSet recreates it with its update revision.
+async fn restart_database_pod(
+    pods: &Api<Pod>,
+    metrics: &Metrics,
+    pod: Option<&str>,
+) -> Result<Option<String>> {
+    let Some(pod) = pod else { return Ok(None) };
+    metrics.write("delete", "Pod");
+    match pods.delete(pod, &DeleteParams::default()).await {
+        Ok(_) => {
+            info!(pod, "restarted database pod onto the new pod template");
+            Ok(Some(pod.to_string()))
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(Error::kube("delete", "Pod")(e)),
     }
 }
 

@@ -27,10 +27,12 @@ pub fn missing_pods(sts: &StatefulSet) -> bool {
     have < want
 }
 
-/// The newest fresh refusal among `events`, as of `now` (Unix seconds). Only admission answers
-/// ("… is forbidden: …") count: a transient conflict while a pod is replaced ("already exists")
-/// is no problem of the user's.
-pub fn latest_failure(events: &[Event], now: i64) -> Option<String> {
+/// The newest fresh refusal among `events`, as of `now` (Unix seconds), and later than
+/// `since` (the newest database pod's creation: a pod admitted after a refusal shows that the
+/// refusal is over, while the StatefulSet creates its other instances one by one). Only
+/// admission answers ("… is forbidden: …") count: a transient conflict while a pod is replaced
+/// ("already exists") is no problem of the user's.
+pub fn latest_failure(events: &[Event], now: i64, since: i64) -> Option<String> {
     events
         .iter()
         .filter(|e| e.reason.as_deref() == Some("FailedCreate"))
@@ -45,7 +47,8 @@ pub fn latest_failure(events: &[Event], now: i64) -> Option<String> {
                 .as_ref()
                 .map(|t| t.0.as_second())
                 .or_else(|| e.event_time.as_ref().map(|t| t.0.as_second()))?;
-            (now - at <= FRESH_SECONDS).then(|| (at, e.message.clone().unwrap_or_default()))
+            (now - at <= FRESH_SECONDS && at > since)
+                .then(|| (at, e.message.clone().unwrap_or_default()))
         })
         .max_by_key(|(at, _)| *at)
         .map(|(_, m)| m)
@@ -86,10 +89,12 @@ mod tests {
             event("SuccessfulCreate", 3000, "created"),
         ];
         assert_eq!(
-            latest_failure(&events, 2100).as_deref(),
+            latest_failure(&events, 2100, 0).as_deref(),
             Some("pods \"a\" is forbidden: new")
         );
-        assert_eq!(latest_failure(&events, 2000 + FRESH_SECONDS + 1), None);
+        assert_eq!(latest_failure(&events, 2000 + FRESH_SECONDS + 1, 0), None);
+        // A database pod admitted after the refusal: it is over.
+        assert_eq!(latest_failure(&events, 2100, 2050), None);
     }
 
     #[test]

@@ -200,7 +200,17 @@ fn database(
                         "annotation articlesite.io/switchover",
                     crate::plan::database::SwitchoverReason::NodeDrain =>
                         "the primary's node is cordoned or out of service",
+                    crate::plan::database::SwitchoverReason::Restart =>
+                        "the primary is restarted last onto the new pod template",
                 }
+            ),
+        ));
+    }
+    if let Some(pod) = &outcomes.database_pod_restarted {
+        events.push(SiteEvent::normal(
+            Reason::DatabaseInstanceRestarted,
+            format!(
+                "deleted {pod} so that it restarts with the new pod template (replicas first, the primary after a switchover)"
             ),
         ));
     }

@@ -277,7 +277,23 @@ pub async fn observe(
     let database_refusal = match &statefulset {
         Some(sts) if admission::missing_pods(sts) => {
             let events = statefulset_events(&namespaced::<Event>(client, &ns), sts).await?;
-            admission::latest_failure(&events, k8s_openapi::jiff::Timestamp::now().as_second())
+            let newest_pod = pods
+                .iter()
+                .filter(|p| {
+                    p.labels()
+                        .get("app.kubernetes.io/component")
+                        .map(String::as_str)
+                        == Some("database")
+                })
+                .filter_map(|p| p.metadata.creation_timestamp.as_ref())
+                .map(|t| t.0.as_second())
+                .max()
+                .unwrap_or(0);
+            admission::latest_failure(
+                &events,
+                k8s_openapi::jiff::Timestamp::now().as_second(),
+                newest_pod,
+            )
         }
         _ => None,
     };

@@ -61,6 +61,7 @@ pub enum Reason {
     SwitchoverRequested,
     SwitchoverRefused,
     SwitchoverFailed,
+    DatabaseInstanceRestarted,
     // Actions (Events)
     SecretCreated,
     CredentialsRecreated,

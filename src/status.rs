@@ -109,8 +109,9 @@ fn database_state(
         .unwrap_or(0);
     let rolled_out = sts.is_some_and(|s| {
         let st = s.status.clone().unwrap_or_default();
+        // Not `currentRevision == updateRevision`: with `OnDelete` the StatefulSet controller
+        // never advances `currentRevision`; the operator restarts the pods itself.
         st.observed_generation.unwrap_or(0) >= s.metadata.generation.unwrap_or(0)
-            && st.current_revision == st.update_revision
             && st.updated_replicas.unwrap_or(0) >= 1
     });
     let ready = ready_replicas >= 1 && rolled_out && leader_ok;

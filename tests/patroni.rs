@@ -895,3 +895,104 @@ async fn bad_database_specs_are_refused_with_a_reason() {
         .expect_err("lowering below 2 refused");
     assert!(err.to_string().contains("wait forever"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_change_restarts_the_replicas_before_the_primary() {
+    let f = fixture("pg-restart").await;
+    f.sites
+        .create(&PostParams::default(), &site("db", spec(Some(3))))
+        .await
+        .expect("create site");
+    let pods = f.database_pods("db", 3).await;
+    let [p0, p1, p2] = ["db-postgresql-0", "db-postgresql-1", "db-postgresql-2"];
+    f.patroni_cluster("db", &pods, p0, p1).await;
+    f.wait_status("db", "primary reported", |s| {
+        (s.status.as_ref()?.database.as_ref()?.primary.as_deref() == Some(p0)).then_some(())
+    })
+    .await;
+    let sts: StatefulSet = f.get("db-postgresql").await;
+    let strategy = sts.spec.unwrap().update_strategy.unwrap().type_;
+    assert_eq!(
+        strategy.as_deref(),
+        Some("OnDelete"),
+        "the operator orders the restarts"
+    );
+    let mut uids: BTreeMap<String, String> = pods
+        .iter()
+        .map(|p| (p.name_any(), p.uid().unwrap()))
+        .collect();
+
+    // A new pod template.
+    let started = Instant::now();
+    f.sites
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"database": {"resources": {"requests": {"cpu": "20m"}}}}}),
+            ),
+        )
+        .await
+        .expect("change the template");
+    let mut order: Vec<String> = Vec::new();
+    let mut switched = false;
+    let deadline = Instant::now() + TIMEOUT;
+    while order.len() < 3 {
+        assert!(Instant::now() < deadline, "restarts so far: {order:?}");
+        for p in live_pods(&f.pods, "db", "database").await.unwrap() {
+            let name = p.name_any();
+            if uids.get(&name) != p.uid().as_ref() && is_ready(&p) {
+                // Recreated and ready: Patroni (the test) brings it back as a streaming replica.
+                uids.insert(name.clone(), p.uid().unwrap());
+                order.push(name.clone());
+                f.member(&name, "replica", "streaming", 5000).await;
+            }
+        }
+        let failover = f.endpoints.get_opt("db-postgresql-failover").await.unwrap();
+        if !switched && let Some(fo) = failover.filter(|e| e.annotations().contains_key("leader")) {
+            assert_eq!(
+                order,
+                [p2, p1],
+                "both replicas restarted before the switchover"
+            );
+            assert_eq!(fo.annotations()["leader"], p0);
+            assert_eq!(fo.annotations()["member"], p1, "to the synchronous standby");
+            let pending = f.database_status("db").await.pending_switchover;
+            assert_eq!(pending.map(|p| p.reason), Some("Restart".to_string()));
+            // Patroni switches over.
+            f.member(p1, "primary", "running", 5000).await;
+            f.member(p0, "replica", "streaming", 5000).await;
+            f.patroni_object("db", "db-postgresql", json!({"leader": p1}))
+                .await;
+            f.patroni_object(
+                "db",
+                "db-postgresql-sync",
+                json!({"leader": p1, "sync_standby": p2}),
+            )
+            .await;
+            f.patroni_object(
+                "db",
+                "db-postgresql-failover",
+                json!({"leader": null, "member": null}),
+            )
+            .await;
+            switched = true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "kwok: three instances restarted in order {order:?} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(switched, "the primary was switched over before its restart");
+    assert_eq!(order, [p2, p1, p0], "replicas first, the old primary last");
+    wait_for(
+        "three DatabaseInstanceRestarted Events",
+        TIMEOUT,
+        || async {
+            let n = f.events("DatabaseInstanceRestarted").await.len();
+            (n == 3).then_some(()).ok_or(format!("{n}"))
+        },
+    )
+    .await;
+}

@@ -46,12 +46,13 @@ async fn live_pods(client: &Client, ns: &str, site: &str, component: &str) -> Ve
 }
 
 /// Asserts the restricted settings on a pod as the API server stored it.
+/// Only the database pods (Patroni keeps its lock in the API) mount a token.
 fn assert_restricted(pod: &Pod, uid: i64, sa: &str) {
     let name = pod.name_any();
     let spec = pod.spec.as_ref().expect("pod spec");
     assert_eq!(
         spec.automount_service_account_token,
-        Some(false),
+        Some(sa.ends_with("-postgresql")),
         "{name}: SA token"
     );
     assert_eq!(spec.service_account_name.as_deref(), Some(sa), "{name}: SA");
@@ -160,12 +161,16 @@ async fn restricted_namespace_admits_every_pod_and_refuses_a_weakened_one() {
     // Every pod exists, so PodSecurity admission accepted it; check what it stored.
     let app = live_pods(&client, &ns.name, "hardened", "app").await;
     let db = live_pods(&client, &ns.name, "hardened", "database").await;
-    assert_eq!((app.len(), db.len()), (2, 1));
+    assert_eq!(
+        (app.len(), db.len()),
+        (2, 3),
+        "a new site gets three instances"
+    );
     for p in &app {
         assert_restricted(p, 65532, "hardened");
     }
     for p in &db {
-        assert_restricted(p, 999, "hardened");
+        assert_restricted(p, 999, "hardened-postgresql");
         let psc = p.spec.as_ref().unwrap().security_context.as_ref().unwrap();
         assert_eq!(psc.fs_group, Some(999), "postgres owns its volume");
     }
@@ -722,10 +727,20 @@ async fn network_policies_isolate_two_sites() {
     for (name, port) in [("alpha", 8080), ("beta", 9090)] {
         let app = component_labels(name, "article-server", "app");
         let db = component_labels(name, "postgresql", "database");
+        // PostgreSQL from the app and the instances, Patroni's API from the instances;
+        // out: DNS, the instances, the API server (Patroni's store).
         let expected_db = json!({
             "podSelector": db,
             "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": [{"podSelector": app}], "ports": [{"port": 5432, "protocol": "TCP"}]}],
+            "ingress": [
+                {"from": [{"podSelector": app}, {"podSelector": db}], "ports": [{"port": 5432, "protocol": "TCP"}]},
+                {"from": [{"podSelector": db}], "ports": [{"port": 8008, "protocol": "TCP"}]},
+            ],
+            "egress": [
+                {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+                {"to": [{"podSelector": db}], "ports": [{"port": 5432, "protocol": "TCP"}, {"port": 8008, "protocol": "TCP"}]},
+                {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]},
+            ],
         });
         let expected_app = json!({
             "podSelector": app,

@@ -8,6 +8,9 @@
 //!   `any`), the way `patronictl switchover` does without the REST API.
 //! - The dynamic configuration's synchronous keys, when `spec.database.synchronousMode`
 //!   changed after bootstrap (`bootstrap.dcs` is read only once).
+//! - The restart order on a new pod template (the StatefulSet is `OnDelete`): outdated pods
+//!   that do not serve first, then the replicas one at a time (each ready again before the
+//!   next), then a switchover, then the old primary; a single instance is simply restarted.
 //! - Deleting the EndpointSlices the endpointslice controller left for the client Service
 //!   from before it lost its selector: kube-proxy would otherwise keep routing to the old pod
 //!   IP next to Patroni's leader.
@@ -38,6 +41,8 @@ pub enum SwitchoverReason {
     Requested,
     /// The primary's node is cordoned or out of service.
     NodeDrain,
+    /// The primary runs an old pod template and every replica has been restarted.
+    Restart,
 }
 
 /// A write to Patroni's failover object.
@@ -81,6 +86,8 @@ pub struct DatabasePlan {
     pub refused: Option<String>,
     pub config: Option<ConfigPatch>,
     pub delete_endpoint_slices: Vec<String>,
+    /// A database pod to delete so that the StatefulSet recreates it with its new template.
+    pub restart_pod: Option<String>,
 }
 
 impl DatabasePlan {
@@ -89,6 +96,7 @@ impl DatabasePlan {
             && !self.clear_annotation
             && self.config.is_none()
             && self.delete_endpoint_slices.is_empty()
+            && self.restart_pod.is_none()
     }
 }
 
@@ -173,8 +181,126 @@ pub fn plan(
             reason: SwitchoverReason::NodeDrain,
             object_exists: state.failover_object,
         });
+        return out;
+    }
+    match restart_step(site, observed, state) {
+        Some(RestartStep::Delete(pod)) => out.restart_pod = Some(pod),
+        Some(RestartStep::SwitchOver) if !busy => {
+            if let (Some(leader), Some(standby)) =
+                (state.leader.clone(), restart_target(site, state))
+            {
+                out.switchover = Some(Switchover {
+                    leader,
+                    member: standby,
+                    reason: SwitchoverReason::Restart,
+                    object_exists: state.failover_object,
+                });
+            }
+        }
+        _ => {}
     }
     out
+}
+
+/// The next step of moving the database pods to the StatefulSet's update revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RestartStep {
+    Delete(String),
+    /// Only the primary is left on the old template.
+    SwitchOver,
+}
+
+/// The StatefulSet controller labels each pod with the revision of its template.
+const REVISION_LABEL: &str = "controller-revision-hash";
+
+fn restart_step(site: &ArticleSite, observed: &Observed, state: &State) -> Option<RestartStep> {
+    let sts = observed.statefulset.as_ref()?;
+    let status = sts.status.as_ref()?;
+    // A status from before the last change of the template names an old revision.
+    if status.observed_generation.unwrap_or(0) < sts.metadata.generation.unwrap_or(0) {
+        return None;
+    }
+    let update = status.update_revision.as_deref()?;
+    let replicas = usize::try_from(sts.spec.as_ref()?.replicas.unwrap_or(1)).unwrap_or(1);
+    let pods: Vec<&k8s_openapi::api::core::v1::Pod> = observed
+        .pods
+        .iter()
+        .filter(|p| {
+            p.labels()
+                .get("app.kubernetes.io/component")
+                .map(String::as_str)
+                == Some("database")
+                && p.labels().get("app.kubernetes.io/instance") == Some(&site.name_any())
+        })
+        .collect();
+    // One at a time: while a pod goes or comes, wait.
+    if pods.iter().any(|p| p.metadata.deletion_timestamp.is_some()) || pods.len() < replicas {
+        return None;
+    }
+    let outdated = |p: &&&k8s_openapi::api::core::v1::Pod| {
+        p.labels().get(REVISION_LABEL).map(String::as_str) != Some(update)
+    };
+    let by_ordinal_desc = |mut v: Vec<String>| {
+        v.sort_by_key(|n| std::cmp::Reverse(ordinal(n)));
+        v.into_iter().next()
+    };
+    // An outdated pod that does not serve first: it cannot get worse, and only its deletion
+    // gives it a fixed template.
+    let unready: Vec<String> = pods
+        .iter()
+        .filter(outdated)
+        .filter(|p| !crate::ha::is_ready(p))
+        .map(|p| p.name_any())
+        .collect();
+    if let Some(pod) = by_ordinal_desc(unready) {
+        return Some(RestartStep::Delete(pod));
+    }
+    if pods.iter().any(|p| !crate::ha::is_ready(p)) {
+        return None;
+    }
+    let leader = state.leader.as_deref();
+    if state.leader_object && leader.is_none() && pods.len() > 1 {
+        // A leader race is on: no ready instance goes before its result.
+        return None;
+    }
+    let replicas_outdated: Vec<String> = pods
+        .iter()
+        .filter(outdated)
+        .map(|p| p.name_any())
+        .filter(|n| Some(n.as_str()) != leader)
+        .collect();
+    if let Some(pod) = by_ordinal_desc(replicas_outdated) {
+        return Some(RestartStep::Delete(pod));
+    }
+    let primary = pods.iter().filter(outdated).map(|p| p.name_any()).next()?;
+    if pods.len() == 1 || !state.leader_object {
+        // Nobody to switch over to, or no Patroni yet (it has never published a leader).
+        Some(RestartStep::Delete(primary))
+    } else {
+        Some(RestartStep::SwitchOver)
+    }
+}
+
+/// Whom the primary hands over to before its restart: the healthy synchronous standby (in
+/// synchronous modes nobody else may take over), any ready replica in asynchronous mode.
+/// `None` inside: let Patroni choose; outer `None`: nobody can take over now.
+fn restart_target(site: &ArticleSite, state: &State) -> Option<Option<String>> {
+    match site.spec.database.synchronous_mode {
+        crate::crd::SynchronousMode::Asynchronous => state
+            .members
+            .iter()
+            .any(|m| Some(m.pod.as_str()) != state.leader.as_deref() && m.ready)
+            .then_some(None),
+        _ => state.healthy_sync_standby().map(|m| Some(m.pod.clone())),
+    }
+}
+
+/// The ordinal of a StatefulSet pod name (`<sts>-<n>`).
+fn ordinal(pod: &str) -> u32 {
+    pod.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// (leader, member) for an annotation value, or why not.

@@ -466,7 +466,7 @@ fn endpoints(name: &str, annotations: serde_json::Value) -> k8s_openapi::api::co
 fn db_pod(name: &str, node: &str, role: &str, state: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "database",
-            "app.kubernetes.io/instance": "news", "role": role},
+            "app.kubernetes.io/instance": "news", "role": role, "controller-revision-hash": "r1"},
             "annotations": {"status": json!({"role": role, "state": state,
                 "xlog_location": 100}).to_string()}},
         "spec": {"nodeName": node, "containers": [{"name": "postgresql"}]},
@@ -669,5 +669,111 @@ fn stale_endpoint_slices_go_once_the_service_has_no_selector() {
             .database
             .delete_endpoint_slices
             .is_empty()
+    );
+}
+
+/// The StatefulSet of `replicated()` after a template change: its pods run revision r1, the
+/// update revision is r2; `updated` pods are already on r2.
+fn template_changed(o: &mut Observed, updated: &[&str]) {
+    let sts = o.statefulset.as_mut().unwrap();
+    sts.spec.as_mut().unwrap().replicas = Some(3);
+    let st = sts.status.as_mut().unwrap();
+    st.replicas = 3;
+    st.update_revision = Some("r2".into());
+    for p in o.pods.iter_mut() {
+        if updated.contains(&p.metadata.name.as_deref().unwrap()) {
+            p.metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .insert("controller-revision-hash".into(), "r2".into());
+        }
+    }
+}
+
+#[test]
+fn a_new_template_restarts_replicas_first_then_switches_over_then_the_primary() {
+    let (s, mut o) = replicated();
+    template_changed(&mut o, &[]);
+    // The replicas first, highest ordinal first, one at a time.
+    assert_eq!(
+        plan(&s, &o, now()).database.restart_pod.as_deref(),
+        Some("news-postgresql-2")
+    );
+    template_changed(&mut o, &["news-postgresql-2"]);
+    assert_eq!(
+        plan(&s, &o, now()).database.restart_pod.as_deref(),
+        Some("news-postgresql-1")
+    );
+    // Not while a restarted pod is not ready again.
+    let mut starting = o.clone();
+    starting.pods[2] = db_pod("news-postgresql-2", "n3", "replica", "starting");
+    starting.pods[2].status = serde_json::from_value(json!({"phase": "Running",
+        "conditions": [{"type": "Ready", "status": "False"}]}))
+    .unwrap();
+    starting.pods[2]
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("controller-revision-hash".into(), "r2".into());
+    let p = plan(&s, &starting, now()).database;
+    assert_eq!((p.restart_pod, p.switchover), (None, None));
+    // Only the primary is left: a switchover to the synchronous standby, not a deletion.
+    template_changed(&mut o, &["news-postgresql-2", "news-postgresql-1"]);
+    let p = plan(&s, &o, now()).database;
+    assert_eq!(p.restart_pod, None);
+    let sw = p
+        .switchover
+        .expect("a switchover before the primary's restart");
+    assert_eq!(
+        (sw.member.as_deref(), sw.reason),
+        (Some("news-postgresql-1"), SwitchoverReason::Restart)
+    );
+    // After it, the old primary is a replica: deleted.
+    o.endpoints[0] = endpoints("news-postgresql", json!({"leader": "news-postgresql-1"}));
+    assert_eq!(
+        plan(&s, &o, now()).database.restart_pod.as_deref(),
+        Some("news-postgresql-0")
+    );
+    // Everything on r2: nothing.
+    template_changed(
+        &mut o,
+        &[
+            "news-postgresql-2",
+            "news-postgresql-1",
+            "news-postgresql-0",
+        ],
+    );
+    assert!(plan(&s, &o, now()).database.is_empty());
+}
+
+#[test]
+fn a_single_instance_or_a_database_without_patroni_is_simply_restarted() {
+    let (s, mut o) = replicated();
+    o.endpoints.clear();
+    template_changed(&mut o, &["news-postgresql-2", "news-postgresql-1"]);
+    // No Patroni has ever published a leader: nobody to switch over to.
+    assert_eq!(
+        plan(&s, &o, now()).database.restart_pod.as_deref(),
+        Some("news-postgresql-0")
+    );
+    // A leader race in progress: wait for it.
+    o.endpoints = vec![endpoints("news-postgresql", json!({"leader": ""}))];
+    assert_eq!(plan(&s, &o, now()).database.restart_pod, None);
+    // One instance: restarted even with a leader object.
+    o.pods.truncate(1);
+    o.statefulset
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .replicas = Some(1);
+    let mut one = s.clone();
+    one.spec.database.instances = Some(1);
+    assert_eq!(
+        plan(&one, &o, now()).database.restart_pod.as_deref(),
+        Some("news-postgresql-0")
     );
 }

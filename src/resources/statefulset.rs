@@ -202,8 +202,10 @@ pub fn build(site: &ArticleSite, claim_size: &str, instances: i32) -> StatefulSe
             // over) before the replicas clone it.
             pod_management_policy: Some("OrderedReady".into()),
             revision_history_limit: Some(5),
+            // The operator restarts the pods on a new template itself: replicas first, the
+            // primary last after a switchover (`plan::database`).
             update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
+                type_: Some("OnDelete".into()),
                 ..Default::default()
             }),
             // Deleting the site deletes its data too; scaling never does.
