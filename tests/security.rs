@@ -102,10 +102,13 @@ fn assert_restricted(pod: &Pod, uid: i64, sa: &str) {
         );
         assert!(sc.privileged != Some(true), "{name}/{}", c.name);
     }
-    // Writable only through emptyDir volumes and the database's claim; no host paths.
+    // Writable only through emptyDir volumes and the database's claim; no host paths. The
+    // database pods also read Patroni's ConfigMap and their token (projected, read-only).
+    let database = sa.ends_with("-postgresql");
     for v in spec.volumes.iter().flatten() {
+        let read_only = database && (v.config_map.is_some() || v.projected.is_some());
         assert!(
-            v.empty_dir.is_some() || v.persistent_volume_claim.is_some(),
+            v.empty_dir.is_some() || v.persistent_volume_claim.is_some() || read_only,
             "{name}: volume {} is neither emptyDir nor PVC",
             v.name
         );
@@ -779,7 +782,9 @@ async fn network_policies_isolate_two_sites() {
     for name in ["alpha", "beta"] {
         for component in ["app", "database"] {
             let list = live_pods(&client, &ns.name, name, component).await;
-            assert_eq!(list.len(), 1, "{name} {component} pod");
+            // One app pod; three database instances (the default).
+            let want = if component == "app" { 1 } else { 3 };
+            assert_eq!(list.len(), want, "{name} {component} pods");
             pods.insert(format!("{name}-{component}"), labels_of(&list[0]));
         }
     }
@@ -798,6 +803,9 @@ async fn network_policies_isolate_two_sites() {
     check("alpha-app", "alpha-database", 22, false);
     check("alpha-database", "alpha-app", 8080, false);
     check("alpha-database", "beta-database", 5432, false);
+    // Patroni's API: from the site's own instances only.
+    check("alpha-app", "alpha-database", 8008, false);
+    check("beta-database", "alpha-database", 8008, false);
     check("alpha-app", "beta-app", 9090, false);
     check("beta-app", "alpha-app", 8080, false);
     drop(op);

@@ -50,14 +50,22 @@ pub fn app(site: &ArticleSite) -> PodDisruptionBudget {
     )
 }
 
-/// The instances one at a time (`maxUnavailable: 1`). With replicas it covers every instance
-/// but the primary (`role NotIn [primary]`, so also pods Patroni has not labelled yet): the
-/// Eviction API refuses a pod that two budgets select (an error, not a 429, which ends a
-/// `kubectl drain`), so the primary's own budget must not overlap this one. A single instance
-/// with `blockDatabaseDrain` stays up through voluntary disruptions (`minAvailable: 1`), as with
-/// a single-instance CloudNativePG cluster.
+/// The instances one at a time. With replicas it covers every instance but the primary
+/// (`role NotIn [primary]`, so also pods Patroni has not labelled yet): the Eviction API
+/// refuses a pod that two budgets select (an error, not a 429, which ends a `kubectl drain`),
+/// so the primary's own budget must not overlap this one. And it is `minAvailable:
+/// instances - 2` of those replicas rather than `maxUnavailable: 1`: for `maxUnavailable` the
+/// disruption controller expects the StatefulSet's whole scale, primary included, and would
+/// never allow an eviction. A single instance: `maxUnavailable: 1` (a drain moves it), or with
+/// `blockDatabaseDrain` `minAvailable: 1` (it stays up through voluntary disruptions, as with a
+/// single-instance CloudNativePG cluster).
 pub fn database(site: &ArticleSite, instances: i32) -> PodDisruptionBudget {
-    let mut spec = if instances == 1 && site.spec.high_availability.block_database_drain {
+    let mut spec = if instances >= 2 {
+        PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(instances - 2)),
+            ..Default::default()
+        }
+    } else if site.spec.high_availability.block_database_drain {
         PodDisruptionBudgetSpec {
             min_available: Some(IntOrString::Int(1)),
             ..Default::default()
@@ -124,7 +132,12 @@ mod tests {
         let d = database(&s, 3);
         assert_eq!(d.metadata.name.as_deref(), Some("news-postgresql"));
         assert_eq!(
-            d.spec.as_ref().unwrap().max_unavailable,
+            d.spec.as_ref().unwrap().min_available,
+            Some(IntOrString::Int(1)),
+            "one of the two replicas may go"
+        );
+        assert_eq!(
+            database(&s, 1).spec.as_ref().unwrap().max_unavailable,
             Some(IntOrString::Int(1))
         );
         let others = d.spec.as_ref().unwrap().selector.as_ref().unwrap();
@@ -173,7 +186,7 @@ mod tests {
             Some(IntOrString::Int(1))
         );
         assert_eq!(
-            database(&s, 3).spec.as_ref().unwrap().max_unavailable,
+            database(&s, 3).spec.as_ref().unwrap().min_available,
             Some(IntOrString::Int(1))
         );
     }
