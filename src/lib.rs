@@ -8,6 +8,7 @@
 pub mod act;
 pub mod admission;
 pub mod api_health;
+pub mod caches;
 pub mod controller;
 pub mod crd;
 pub mod diff;

@@ -11,21 +11,24 @@ use std::fmt::Debug;
 use k8s_openapi::Resource as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Event, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+    Event, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::act::CreatedSecret;
 use crate::admission;
+use crate::caches::Caches;
 use crate::crd::ArticleSite;
 use crate::error::{Error, Result};
 use crate::ha;
 use crate::resources::{self, Component, Names, statefulset};
+use crate::secrets::Generated;
 
 /// What the cluster looked like at the start of a reconcile.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +60,20 @@ pub struct Observed {
     /// The newest fresh admission refusal of a database pod, when the StatefulSet lacks pods
     /// (a refusal shows only in a `FailedCreate` Event; see `admission`).
     pub database_refusal: Option<String>,
+}
+
+impl Observed {
+    /// Completes the observation with the Secrets this reconcile created (the create's answers),
+    /// so that a second plan sees them without reading them again.
+    pub fn record_created(&mut self, created: &[CreatedSecret]) {
+        for c in created {
+            let seen = match c.which {
+                Generated::DatabaseCredentials => &mut self.credentials,
+                Generated::WriteToken => &mut self.write_token,
+            };
+            *seen = Some(c.metadata.clone());
+        }
+    }
 }
 
 /// What the cluster offers for `spec.database.storage.storageClass`.
@@ -110,9 +127,11 @@ where
         .items)
 }
 
-/// One round of concurrent reads (plus, only while the StatefulSet lacks pods, its Events).
+/// One round of concurrent reads (plus, only while the StatefulSet lacks pods, its Events);
+/// nodes, StorageClasses and claims come from the watch-backed `caches`.
 pub async fn observe(
     client: &Client,
+    caches: &Caches,
     site: &ArticleSite,
     cluster_domain: &str,
 ) -> Result<Observed> {
@@ -156,11 +175,8 @@ pub async fn observe(
         credentials,
         write_token,
         tls_secret_exists,
-        storage_class,
-        claims,
         replica_sets,
         pods,
-        nodes,
     ) = futures::try_join!(
         get_opt(namespaced::<Deployment>(client, &ns), Names::app(&name)),
         get_opt(
@@ -196,15 +212,20 @@ pub async fn observe(
                 None => Ok(None),
             }
         },
-        storage_class(client, site),
-        get_named(
-            namespaced::<PersistentVolumeClaim>(client, &ns),
-            vec![statefulset::pvc_name(&name, 0)]
-        ),
         list(namespaced::<ReplicaSet>(client, &ns), &app_selector),
         list(namespaced::<Pod>(client, &ns), &instance_selector),
-        nodes(client),
     )?;
+    let storage_class = storage_class(caches, site);
+    let claims = caches
+        .claim(&ns, &statefulset::pvc_name(&name, 0))
+        .map(|c| (*c).clone())
+        .into_iter()
+        .collect();
+    let nodes = caches
+        .nodes()
+        .iter()
+        .map(|n| (n.name_any(), ha::zone_of(n.metadata.labels.as_ref())))
+        .collect();
 
     let database_refusal = match &statefulset {
         Some(sts) if admission::missing_pods(sts) => {
@@ -236,25 +257,14 @@ pub async fn observe(
 }
 
 /// Whether the StorageClass the database claims would use exists.
-async fn storage_class(client: &Client, site: &ArticleSite) -> Result<StorageClassSeen> {
-    let classes: Api<StorageClass> = Api::all(client.clone());
+fn storage_class(caches: &Caches, site: &ArticleSite) -> StorageClassSeen {
     match &site.spec.database.storage.storage_class {
-        Some(class) => Ok(
-            match classes
-                .get_metadata_opt(class)
-                .await
-                .map_err(Error::kube("get", StorageClass::KIND))?
-            {
-                Some(_) => StorageClassSeen::Available,
-                None => StorageClassSeen::NamedMissing(class.clone()),
-            },
-        ),
+        Some(class) => match caches.storage_class(class) {
+            Some(_) => StorageClassSeen::Available,
+            None => StorageClassSeen::NamedMissing(class.clone()),
+        },
         None => {
-            let list = classes
-                .list_metadata(&ListParams::default())
-                .await
-                .map_err(Error::kube("list", StorageClass::KIND))?;
-            let is_default = |c: &kube::api::PartialObjectMeta<StorageClass>| {
+            let is_default = |c: &PartialObjectMeta<StorageClass>| {
                 let a = c.annotations();
                 [
                     "storageclass.kubernetes.io/is-default-class",
@@ -263,25 +273,13 @@ async fn storage_class(client: &Client, site: &ArticleSite) -> Result<StorageCla
                 .iter()
                 .any(|k| a.get(*k).map(String::as_str) == Some("true"))
             };
-            Ok(if list.items.iter().any(is_default) {
+            if caches.storage_classes().iter().any(|c| is_default(c)) {
                 StorageClassSeen::Available
             } else {
                 StorageClassSeen::NoDefault
-            })
+            }
         }
     }
-}
-
-/// node → zone, from node metadata.
-async fn nodes(client: &Client) -> Result<BTreeMap<String, String>> {
-    Ok(Api::<Node>::all(client.clone())
-        .list_metadata(&ListParams::default())
-        .await
-        .map_err(Error::kube("list", Node::KIND))?
-        .items
-        .into_iter()
-        .map(|n| (n.name_any(), ha::zone_of(n.metadata.labels.as_ref())))
-        .collect())
 }
 
 /// The `FailedCreate` Events of this StatefulSet (its uid, not only its name).

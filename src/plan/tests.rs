@@ -109,7 +109,7 @@ fn app_pod(name: &str, node: &str, ready: bool, waiting: Option<&str>) -> Pod {
 }
 
 #[test]
-fn a_fresh_site_creates_its_secrets_first_and_the_workloads_wait() {
+fn a_fresh_site_creates_its_secrets_first_and_everything_else_waits() {
     let s = site("news");
     let observed = Observed {
         cluster_domain: "cluster.local".into(),
@@ -121,11 +121,20 @@ fn a_fresh_site_creates_its_secrets_first_and_the_workloads_wait() {
         [Generated::DatabaseCredentials, Generated::WriteToken]
     );
     assert!(p.waiting_for_secrets);
+    // The controller plans again with the created Secrets (the next test's input).
+    assert!(p.applies.is_empty(), "{:?}", kinds(&p));
+    assert!(p.pods.is_empty() && p.problems.is_empty());
+}
+
+#[test]
+fn a_fresh_site_creates_every_child_once_its_secrets_exist() {
+    let s = site("news");
+    let p = plan(&s, &with_secrets(), now());
     let planned = kinds(&p);
     assert_eq!(planned[0].0, "ServiceAccount", "the pods name it: first");
     assert!(planned.iter().all(|(_, _, why)| *why == Outcome::Created));
     let names: Vec<&str> = planned.iter().map(|(k, _, _)| *k).collect();
-    assert!(!names.contains(&"Deployment") && !names.contains(&"StatefulSet"));
+    assert!(names.contains(&"Deployment") && names.contains(&"StatefulSet"));
     assert_eq!(names.iter().filter(|k| **k == "Service").count(), 3);
     assert_eq!(
         names
@@ -135,7 +144,6 @@ fn a_fresh_site_creates_its_secrets_first_and_the_workloads_wait() {
         2
     );
     assert_eq!(names.iter().filter(|k| **k == "NetworkPolicy").count(), 2);
-    assert!(p.pods.is_empty() && p.problems.is_empty());
 }
 
 #[test]

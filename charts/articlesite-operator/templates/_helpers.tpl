@@ -52,10 +52,10 @@ Server-side apply of a missing object needs create as well as patch.
 - apiGroups: [""]
   resources: [events]
   verbs: [list]
-# Storage expansion of the database volume.
+# The database claims (a watch-backed cache) and their expansion.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [get, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch]
