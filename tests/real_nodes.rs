@@ -788,10 +788,15 @@ async fn a_site_on_three_real_nodes_survives_node_failures_under_load() {
 
     let watch = PostmasterWatch::start();
     let load = Load::start(addr.clone(), token.clone(), published.to_string());
-    // A quiet minute's worth first: the load itself must not fail.
+    // Some undisturbed load first (20 reads and 10 writes): the load itself must not fail.
     let quiet = Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let (reads, fr, _, writes, fw) = load.counts(quiet);
+    let (reads, fr, writes, fw) = loop {
+        let (reads, fr, _, writes, fw) = load.counts(quiet);
+        if (reads >= 20 && writes >= 10) || quiet.elapsed() > Duration::from_secs(60) {
+            break (reads, fr, writes, fw);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(
         reads > 0 && writes > 0 && fr == 0 && fw == 0,
         "steady load: {fr}/{reads} reads, {fw}/{writes} writes failed"
