@@ -23,7 +23,8 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use common::e2e::{
-    HealAll, Load, PostmasterWatch, REAL_NODES, env_or, local_volumes, node_fault, node_status,
+    HealAll, Load, PostmasterWatch, REAL_NODES, env_or, local_volumes, missing_articles,
+    node_fault, node_status,
 };
 use common::http::request;
 use common::operator::OperatorProcess;
@@ -473,31 +474,7 @@ async fn a_site_on_three_real_nodes_survives_node_failures_under_load() {
     load.stop().await;
     let max = watch.stop().await;
     // No acknowledged write is lost: every article the site answered 201 for is there.
-    let mut lost = Vec::new();
-    for slug in &acked {
-        let path = format!("/api/v1/articles/{slug}");
-        let mut status = 0;
-        for _ in 0..3 {
-            if let Ok((s, _, _)) = request(
-                &addr,
-                "GET",
-                &path,
-                Some(&token),
-                None,
-                Duration::from_secs(5),
-            )
-            .await
-            {
-                status = s;
-                if s == 200 {
-                    break;
-                }
-            }
-        }
-        if status != 200 {
-            lost.push(format!("{slug}: {status}"));
-        }
-    }
+    let lost = missing_articles(&addr, &token, &acked).await;
     lines.push(format!(
         "{} acknowledged writes, {} lost",
         acked.len(),

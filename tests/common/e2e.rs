@@ -358,3 +358,34 @@ pub fn node_status() -> String {
         .expect("run node-fault.sh status");
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// The acknowledged articles (`slugs`) that the site at `addr` does not serve (each asked up
+/// to three times), with the last status seen.
+pub async fn missing_articles(addr: &str, token: &str, slugs: &[String]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for slug in slugs {
+        let path = format!("/api/v1/articles/{slug}");
+        let mut status = 0;
+        for _ in 0..3 {
+            if let Ok((s, _, _)) = super::http::request(
+                addr,
+                "GET",
+                &path,
+                Some(token),
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            {
+                status = s;
+                if s == 200 {
+                    break;
+                }
+            }
+        }
+        if status != 200 {
+            lost.push(format!("{slug}: {status}"));
+        }
+    }
+    lost
+}
