@@ -1,5 +1,5 @@
 //! Watch-backed caches of what `observe` would otherwise read again for every site: the nodes
-//! (their zones), the StorageClasses and the database claims. Each is one watch for the whole
+//! (zones, readiness, taints), the StorageClasses and the database claims. Each is one watch for the whole
 //! operator instead of a request per reconcile; at a thousand converging sites those requests
 //! were a measurable share of an API server that was the bottleneck.
 //!
@@ -28,7 +28,8 @@ use crate::watches;
 /// The caches, cheap to clone (each `Store` is a shared reader).
 #[derive(Clone)]
 pub struct Caches {
-    nodes: Store<PartialObjectMeta<Node>>,
+    /// Whole nodes, without what the operator never reads (their image lists, managed fields).
+    nodes: Store<Node>,
     storage_classes: Store<PartialObjectMeta<StorageClass>>,
     /// One store per watched namespace (a single one for all namespaces).
     claims: Vec<Store<PersistentVolumeClaim>>,
@@ -39,16 +40,18 @@ impl Caches {
     /// caches. `namespaces` empty means all namespaces.
     pub fn start(client: &Client, namespaces: &[String], metrics: Arc<Metrics>) -> Caches {
         let nodes = spawn(
-            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             Node::KIND,
             metrics.clone(),
+            trim_node,
         );
         let storage_classes = spawn(
             Api::<PartialObjectMeta<StorageClass>>::all(client.clone()),
             watcher::Config::default(),
             StorageClass::KIND,
             metrics.clone(),
+            drop_managed_fields,
         );
         let scopes: Vec<Api<PersistentVolumeClaim>> = if namespaces.is_empty() {
             vec![Api::all(client.clone())]
@@ -66,6 +69,7 @@ impl Caches {
                     watcher::Config::default().labels(MANAGED_BY_SELECTOR),
                     PersistentVolumeClaim::KIND,
                     metrics.clone(),
+                    drop_managed_fields,
                 )
             })
             .collect();
@@ -96,7 +100,7 @@ impl Caches {
         }
     }
 
-    pub fn nodes(&self) -> Vec<Arc<PartialObjectMeta<Node>>> {
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
         self.nodes.state()
     }
 
@@ -121,6 +125,7 @@ fn spawn<K>(
     config: watcher::Config,
     kind: &'static str,
     metrics: Arc<Metrics>,
+    trim: fn(&mut K),
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()>
@@ -134,8 +139,21 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher::watcher(api, config)
         .backoff(watch_backoff())
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .modify(trim)
         .filter_map(move |item| future::ready(watches::absorb(kind, &metrics, item).map(Ok)));
     tokio::spawn(reflector::reflector(writer, stream).for_each(|_| future::ready(())));
     reader
+}
+
+/// What no reconcile reads, dropped before an object is cached.
+fn drop_managed_fields<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// A node's image list (a few kilobytes per node) as well.
+fn trim_node(node: &mut Node) {
+    drop_managed_fields(node);
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+    }
 }

@@ -25,6 +25,7 @@ pub mod quantity;
 pub mod reason;
 pub mod resources;
 pub mod secrets;
+pub mod spread;
 pub mod status;
 pub mod telemetry;
 pub mod watches;

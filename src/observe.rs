@@ -26,9 +26,9 @@ use crate::admission;
 use crate::caches::Caches;
 use crate::crd::ArticleSite;
 use crate::error::{Error, Result};
-use crate::ha;
 use crate::resources::{self, Component, Names, statefulset};
 use crate::secrets::Generated;
+use crate::spread::NodeFacts;
 
 /// What the cluster looked like at the start of a reconcile.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +57,8 @@ pub struct Observed {
     pub pods: Vec<Pod>,
     /// node → zone ("" without a zone label), of every node of the cluster.
     pub nodes: BTreeMap<String, String>,
+    /// What decides whether the scheduler could place a pod on each node (`spread`).
+    pub node_facts: Vec<NodeFacts>,
     /// The newest fresh admission refusal of a database pod, when the StatefulSet lacks pods
     /// (a refusal shows only in a `FailedCreate` Event; see `admission`).
     pub database_refusal: Option<String>,
@@ -221,10 +223,10 @@ pub async fn observe(
         .map(|c| (*c).clone())
         .into_iter()
         .collect();
-    let nodes = caches
-        .nodes()
+    let node_facts: Vec<NodeFacts> = caches.nodes().iter().map(|n| NodeFacts::of(n)).collect();
+    let nodes = node_facts
         .iter()
-        .map(|n| (n.name_any(), ha::zone_of(n.metadata.labels.as_ref())))
+        .map(|n| (n.name.clone(), n.zone.clone()))
         .collect();
 
     let database_refusal = match &statefulset {
@@ -252,6 +254,7 @@ pub async fn observe(
         replica_sets,
         pods,
         nodes,
+        node_facts,
         database_refusal,
     })
 }
