@@ -257,6 +257,23 @@ async fn scenario(
     )
     .await;
     let back = t0.elapsed();
+    // The replacements doubled up on the survivors; the operator moves one back once the node
+    // has been Ready for a minute (`src/spread.rs`): one app pod per node again.
+    let (pods, name) = (site.pods.clone(), site.name.clone());
+    wait_for("one app pod per node again", Duration::from_secs(240), || {
+        let (pods, name) = (pods.clone(), name.clone());
+        async move {
+            let apps = ready_on(&pods, &name, "app").await?;
+            let on: BTreeSet<&String> = apps.iter().map(|(_, n)| n).collect();
+            if apps.len() == 3 && on.len() == 3 {
+                Ok(())
+            } else {
+                Err(format!("{apps:?}"))
+            }
+        }
+    })
+    .await;
+    let respread = t0.elapsed();
     let (reads, failed_reads, first_failed, writes, failed_writes) = load.counts(t0);
     let outage = load.write_outage(t0);
     let writes_resumed = match outage {
@@ -270,11 +287,12 @@ async fn scenario(
         Some((first, None)) => format!("writes failed from +{}, not resumed yet", secs(first - t0)),
     };
     let line = format!(
-        "{fault} of {node} ({target:?}): NotReady after {}, app pods replaced after {}, {heal} at +{}, site whole again at +{} on {spread} nodes; {writes_resumed}; reads {failed_reads}/{reads} failed ({first_failed} first attempts), writes {failed_writes}/{writes} failed; at most {} PostgreSQL server(s) at once",
+        "{fault} of {node} ({target:?}): NotReady after {}, app pods replaced after {}, {heal} at +{}, site whole again at +{} on {spread} nodes, one pod per node again at +{}; {writes_resumed}; reads {failed_reads}/{reads} failed ({first_failed} first attempts), writes {failed_writes}/{writes} failed; at most {} PostgreSQL server(s) at once",
         secs(not_ready),
         secs(replaced),
         secs(healed_at - t0),
         secs(back),
+        secs(respread),
         watch.max()
     );
     println!("{line}");
