@@ -80,8 +80,11 @@ impl AppState {
     where
         E: From<DbError> + Outage,
     {
-        self.breaker.check()?;
-        let result = timed(self.config.db_timeout, failover::run_on(&self.pool, op)).await;
+        let open = self.breaker.is_open();
+        let result = match self.breaker.check() {
+            Err(e) => Err(E::from(e)),
+            Ok(()) => timed(self.config.db_timeout, failover::run_on(&self.pool, op)).await,
+        };
         let result = match result {
             Err(e)
                 if e.db_error()
@@ -100,6 +103,9 @@ impl AppState {
             }
             other => other,
         };
+        if open {
+            return result;
+        }
         let outage = matches!(&result, Err(e) if e.is_outage());
         if !outage {
             self.failover.primary_answered();
