@@ -301,6 +301,8 @@ async fn reads_come_from_the_replica_while_the_primary_is_stopped_until_the_boun
         "the primary answers while it is up"
     );
 
+    // The last time the server reached the primary: the bound counts from here.
+    let last_primary = Instant::now();
     let c = &c;
     tokio::task::block_in_place(|| c.stop_primary());
     let stopped = Instant::now();
@@ -334,11 +336,11 @@ async fn reads_come_from_the_replica_while_the_primary_is_stopped_until_the_boun
     // reached the primary: past the bound it is refused.
     let refused_at = std::cell::Cell::new(None);
     let refused = wait_until(Duration::from_secs(15), || async {
-        let res = srv.get("/articles/a").await;
+        let res = srv.get("/api/v1/articles/a").await;
         let status = res.status();
         let kind = problem_type(res).await;
         if status == 503 && kind == "urn:articles:problem:replica-too-stale" {
-            refused_at.set(Some(stopped.elapsed()));
+            refused_at.set(Some((stopped.elapsed(), last_primary.elapsed())));
             true
         } else {
             false
@@ -346,14 +348,20 @@ async fn reads_come_from_the_replica_while_the_primary_is_stopped_until_the_boun
     })
     .await;
     assert!(refused, "a replica beyond the bound kept answering");
-    let refused_at = refused_at.get().expect("time");
+    let (after_stop, after_primary) = refused_at.get().expect("time");
     println!(
-        "primary stopped: replica refused {:.2} s after the stop (bound 4 s)",
-        refused_at.as_secs_f64()
+        "primary stopped: replica refused {:.2} s after the stop, {:.2} s after the server last \
+         reached the primary (bound 4 s)",
+        after_stop.as_secs_f64(),
+        after_primary.as_secs_f64()
     );
     assert!(
-        refused_at >= Duration::from_millis(3500),
-        "refused too early: {refused_at:?}"
+        after_primary >= Duration::from_millis(3900),
+        "refused before the bound: {after_primary:?}"
+    );
+    assert!(
+        after_primary <= Duration::from_secs(7),
+        "refused long after the bound: {after_primary:?}"
     );
     assert!(srv.metric("articles_db_replica_refused_total", &[]).await >= 1.0);
     drop(srv);
@@ -414,7 +422,9 @@ async fn reads_come_from_a_streaming_replica_while_the_primary_is_frozen() {
     .await;
     assert!(behind, "the standby did not fall behind");
     c.primary.freeze();
-    let res = srv.get("/articles/a").await;
+    let page = srv.get("/articles/a").await;
+    assert_eq!(page.status(), 503, "the page refuses too (as HTML)");
+    let res = srv.get("/api/v1/articles/a").await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "1");
     let body: Value = res.json().await.expect("problem");
