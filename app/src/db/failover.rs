@@ -90,9 +90,13 @@ impl Failover {
                     (false, true) => "is read-only (default_transaction_read_only is on)",
                 };
                 refused.inc();
-                last.store(now_ms(), Ordering::Release);
+                let now = now_ms();
+                let previous = last.swap(now, Ordering::AcqRel);
                 let why = NotPrimary { what };
-                tracing::warn!(error = %why, "database host is not the primary");
+                // sqlx retries every few ms until its acquire timeout: one line per episode.
+                if previous == 0 || now.saturating_sub(previous) > 5_000 {
+                    tracing::warn!(error = %why, "database host is not the primary");
+                }
                 Err(sqlx::Error::Configuration(Box::new(why)))
             })
         }

@@ -512,3 +512,52 @@ async fn a_write_that_hits_25006_closes_its_connection() {
     assert_eq!(stored, ["four", "one"], "the refused writes stored nothing");
     drop(srv);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cache_on_the_replica_comes_before_a_stale_entry_and_a_stale_entry_after_it() {
+    let c = Cluster::start(true).await;
+    let port = c.standby().port.to_string();
+    let mut overrides = with_replica(&port, "3");
+    overrides.retain(|(k, _)| *k != "ARTICLES_CACHE_ENABLED");
+    let srv = TestServer::start(&c.primary.url("articles"), &overrides).await;
+    srv.wait_coherent().await;
+    srv.create_published("a", "A", "body", &[]).await;
+    for expected in ["miss", "hit"] {
+        let res = srv.get("/api/v1/articles/a").await;
+        assert_eq!(res.headers()["x-cache"], expected);
+    }
+    c.wait_replayed().await;
+
+    let c = &c;
+    tokio::task::block_in_place(|| c.stop_primary());
+    // Once the change listener has noticed, the cache is suspended: the replica answers,
+    // and what it answers is not stored.
+    let from_replica = wait_until(Duration::from_secs(10), || async {
+        let res = srv.get("/api/v1/articles/a").await;
+        res.status() == 200
+            && res
+                .headers()
+                .get("x-served-from")
+                .is_some_and(|v| v == "replica")
+    })
+    .await;
+    assert!(from_replica, "the replica never answered");
+    let res = srv.get("/api/v1/articles/a").await;
+    assert_eq!(res.headers()["x-cache"], "bypass");
+
+    // Past the bound the replica is refused, and the entry still held is served stale
+    // instead of a 503.
+    let stale = wait_until(Duration::from_secs(15), || async {
+        let res = srv.get("/api/v1/articles/a").await;
+        res.status() == 200
+            && res.headers()["x-cache"] == "stale"
+            && res.headers().get("x-served-from").is_none()
+    })
+    .await;
+    assert!(stale, "no stale entry after the replica was refused");
+    assert!(srv.metric("articles_db_replica_refused_total", &[]).await >= 1.0);
+    // Nothing cached for this one: a refused replica and no entry is a 503.
+    let res = srv.get("/api/v1/articles?limit=7").await;
+    assert_eq!(res.status(), 503);
+    drop(srv);
+}
