@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make e2e: the end-to-end tests on real nodes (cargo feature e2e), in two runs of the local
 # cluster: one real node (REAL_NODE=1, tests/real_node.rs: the chart, the site, DNS, routes),
-# then three (REAL_NODES=3, tests/real_nodes.rs: node failures under load). For each, when no
+# then three (REAL_NODES=3, tests/real_nodes.rs: node failures under load;
+# tests/replicated_database.rs: the loss of the database's primary under load). For each, when no
 # cluster runs, it starts the cluster, builds and imports the images, runs the test, stops the
 # cluster, then checks that cluster-down left nothing behind on this machine (interfaces, routes,
 # mounts, network namespaces, iptables rules, processes, cgroups, sysctls, directories). A
@@ -58,10 +59,11 @@ cleanup() {
   [ "$rc" = 0 ] || exit "$rc"
 }
 
-# run_e2e NODES TEST: the cluster with NODES real nodes (started here when none runs), the
+# run_e2e NODES "TEST...": the cluster with NODES real nodes (started here when none runs), the
 # images, the test (one at a time: the latency figures are the site's, not those of two cores shared).
 run_e2e() {
-  local nodes=$1 test=$2 t0 t1 t2 t3
+  local nodes=$1 tests=$2 t0 t1 t2 t3 t args=()
+  for t in $tests; do args+=(--test "$t"); done
   t0=$(date +%s)
   if [ -z "$(component_pid kube-apiserver)" ]; then
     started=1
@@ -77,11 +79,11 @@ run_e2e() {
   else
     export REAL_NODE_DIR="$CLUSTER_DIR/real-nodes"
   fi
-  (cd "$ROOT" && cargo test --locked --features e2e --test "$test" -- --nocapture --test-threads=1)
+  (cd "$ROOT" && cargo test --locked --features e2e "${args[@]}" -- --nocapture --test-threads=1)
   t3=$(date +%s)
   [ "$nodes" = 1 ] || "$here/node-fault.sh" status | grep MiB || true
   if [ "$started" = 1 ]; then cleanup; trap - EXIT INT TERM; fi
-  say "e2e $test passed: cluster $((t1 - t0))s, images $((t2 - t1))s, test $((t3 - t2))s, down $(( $(date +%s) - t3 ))s"
+  say "e2e $tests passed: cluster $((t1 - t0))s, images $((t2 - t1))s, test $((t3 - t2))s, down $(( $(date +%s) - t3 ))s"
 }
 
 T0=$(date +%s)
@@ -96,6 +98,6 @@ want=${E2E_NODES:-all}
 if [ "$running" != multi ] && { [ "$want" = all ] || [ "$want" = 1 ]; }; then run_e2e 1 real_node; fi
 if [ "$running" != single ] && { [ "$want" = all ] || [ "$want" = 3 ]; }; then
   [ -z "$(component_pid kube-apiserver)" ] || [ "$running" = multi ] || die "the cluster of the first run is still up"
-  run_e2e 3 real_nodes
+  run_e2e 3 "real_nodes replicated_database"
 fi
 say "make e2e passed in $(( $(date +%s) - T0 ))s"

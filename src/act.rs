@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{Endpoints, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
@@ -40,7 +41,7 @@ use crate::secrets::{self, Generated};
 #[derive(Clone, Debug, Default)]
 pub struct Outcomes {
     /// Secrets this reconcile created (a 409 means another writer was first: not ours).
-    pub secrets_created: Vec<Generated>,
+    pub secrets_created: Vec<CreatedSecret>,
     /// The rotation request a new write token was written for.
     pub rotated: Option<String>,
     pub children: Vec<ChildOutcome>,
@@ -62,6 +63,13 @@ pub struct Outcomes {
     pub endpoint_slices_deleted: Vec<String>,
     /// The database pod deleted to move it to the new pod template.
     pub database_pod_restarted: Option<String>,
+}
+
+/// A generated Secret as the create's answer described it: metadata only, the value dropped.
+#[derive(Clone, Debug)]
+pub struct CreatedSecret {
+    pub which: Generated,
+    pub metadata: ObjectMeta,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +95,16 @@ pub enum EvictionOutcome {
 }
 
 impl Outcomes {
+    /// The answers of a reconcile's first round (`earlier`, which only created Secrets) and its
+    /// second (`self`), as one.
+    pub fn after(mut self, earlier: Outcomes) -> Outcomes {
+        let mut created = earlier.secrets_created;
+        created.append(&mut self.secrets_created);
+        self.secrets_created = created;
+        self.rotated = self.rotated.or(earlier.rotated);
+        self
+    }
+
     pub fn rolled_back(&self, plan: &Plan) -> bool {
         matches!(plan.rollout, Rollout::RollBack(_))
             && self.children.iter().any(|c| {
@@ -394,19 +412,24 @@ async fn clear_switchover_annotation(
     }
 }
 
-/// Creates one generated Secret; `Some` when this reconcile created it.
+/// Creates one generated Secret; `Some` (with the answer's metadata) when this reconcile
+/// created it.
 async fn create_secret(
     api: &Api<Secret>,
     metrics: &Metrics,
     site: &ArticleSite,
     which: Generated,
-) -> Result<Option<Generated>> {
+) -> Result<Option<CreatedSecret>> {
     let secret = secrets::build(site, which, secrets::generate()?, None);
     metrics.write("create", "Secret");
     match api.create(&post_params(), &secret).await {
-        Ok(_) => {
+        // The answer holds the value: only its metadata is kept.
+        Ok(answer) => {
             info!(secret = %which.name(&site.name_any()), "created generated Secret");
-            Ok(Some(which))
+            Ok(Some(CreatedSecret {
+                which,
+                metadata: answer.metadata,
+            }))
         }
         // Another writer (a previous leader) was first: the existing value stays.
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),

@@ -10,6 +10,8 @@
 //! `observe` reads everything at once, `plan` decides every write (`Plan` lists them all), `act`
 //! carries the plan out and returns the API server's answers, and `status` and `events` report
 //! from the three. At steady state the plan is empty and the status unchanged: no write at all.
+//! One exception to "once": a plan that creates the generated Secrets writes nothing else, and
+//! the reconcile plans and acts a second time with the create's answers added to `Observed`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::MANAGER;
 use crate::act::{self, EvictionOutcome};
+use crate::caches::Caches;
 use crate::crd::ArticleSite;
 use crate::error::{Error, Result, backoff_with_jitter};
 use crate::events;
@@ -58,12 +61,13 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub settings: Settings,
+    pub caches: Caches,
     /// Consecutive failures per site, for per-object exponential backoff.
     failures: Mutex<HashMap<ObjectRef<ArticleSite>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, settings: Settings) -> Self {
+    pub fn new(client: Client, metrics: Arc<Metrics>, settings: Settings, caches: Caches) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -73,6 +77,7 @@ impl Context {
             client,
             metrics,
             settings,
+            caches,
             failures: Mutex::default(),
         }
     }
@@ -107,10 +112,25 @@ pub async fn reconcile(site: Arc<ArticleSite>, ctx: Arc<Context>) -> Result<Acti
 }
 
 async fn reconcile_site(site: &ArticleSite, ctx: &Context) -> Result<Action> {
-    let observed = observe::observe(&ctx.client, site, &ctx.settings.cluster_domain).await?;
+    let mut observed =
+        observe::observe(&ctx.client, &ctx.caches, site, &ctx.settings.cluster_domain).await?;
     let now = k8s_openapi::jiff::Timestamp::now();
-    let plan = plan::plan(site, &observed, now);
-    let outcomes = act::act(&ctx.client, &ctx.metrics, site, &plan).await?;
+    let mut plan = plan::plan(site, &observed, now);
+    let mut outcomes = act::act(&ctx.client, &ctx.metrics, site, &plan).await?;
+    // A plan that creates Secrets does nothing else (the app's pod template carries their
+    // version). Plan once more with the create's answers, so a new site's children follow in
+    // this reconcile rather than in the one their watch events bring, which at a thousand new
+    // sites queues behind every other site's first reconcile. A 409 (another writer was first)
+    // leaves the Secret unobserved and the second plan waiting: the watch brings it.
+    if plan.waiting_for_secrets {
+        observed.record_created(&outcomes.secrets_created);
+        let second = plan::plan(site, &observed, now);
+        if !second.waiting_for_secrets {
+            let more = act::act(&ctx.client, &ctx.metrics, site, &second).await?;
+            plan = second;
+            outcomes = more.after(outcomes);
+        }
+    }
 
     // The API server stores seconds; a whole-second time compares equal after a round trip.
     let now = Time(
@@ -188,10 +208,14 @@ pub fn error_policy(site: Arc<ArticleSite>, error: &Error, ctx: Arc<Context>) ->
 
 /// Runs one Controller per namespace (or one for all namespaces) until SIGTERM/SIGINT.
 pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
+    let caches = Caches::start(&client, &settings.namespaces, metrics.clone());
+    // A reconcile before the caches are filled would see no nodes and no StorageClass.
+    caches.wait_until_ready().await;
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
         settings.clone(),
+        caches,
     ));
     let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]

@@ -66,10 +66,10 @@ pub fn transitions(
 ) -> Vec<SiteEvent> {
     let mut events = conditions(site.status.as_ref(), new);
     let name = site.name_any();
-    for which in &outcomes.secrets_created {
-        let secret = which.name(&name);
+    for created in &outcomes.secrets_created {
+        let secret = created.which.name(&name);
         events.push(
-            if *which == Generated::DatabaseCredentials && observed.statefulset.is_some() {
+            if created.which == Generated::DatabaseCredentials && observed.statefulset.is_some() {
                 SiteEvent::warning(
                     Reason::CredentialsRecreated,
                     format!(

@@ -147,7 +147,7 @@ pub fn plan_rollout(
     }
 }
 
-pub fn is_ready(pod: &Pod) -> bool {
+pub(crate) fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -156,7 +156,7 @@ pub fn is_ready(pod: &Pod) -> bool {
         .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-fn is_terminating(pod: &Pod) -> bool {
+pub(crate) fn is_terminating(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
@@ -299,22 +299,33 @@ pub fn plan_restart(
     let Some(restart) = candidate else {
         return RestartPlan::Later(wait.map(to_std));
     };
+    match budget_wait(site, restarts, now) {
+        Some(wait) => RestartPlan::Later(Some(wait)),
+        None => RestartPlan::Now(restart),
+    }
+}
+
+/// How long until the restart budget allows another eviction (`None`: now): at most
+/// `maxRestartsPerHour` in the window, with an exponential backoff between them. Every
+/// eviction the operator makes counts, whatever its reason.
+pub fn budget_wait(
+    site: &ArticleSite,
+    restarts: &[Time],
+    now: Timestamp,
+) -> Option<std::time::Duration> {
     let recent = recent(restarts, now);
-    if recent.len() >= usize::try_from(ha.max_restarts_per_hour).unwrap_or(0) {
+    let max = usize::try_from(site.spec.high_availability.max_restarts_per_hour).unwrap_or(0);
+    if recent.len() >= max {
         let until = recent
             .first()
             .map(|t| RESTART_WINDOW - now.duration_since(t.0))
             .unwrap_or(RESTART_WINDOW);
-        return RestartPlan::Later(Some(to_std(until)));
+        return Some(to_std(until));
     }
-    if let Some(last) = recent.last() {
-        let since = now.duration_since(last.0);
-        let backoff = restart_backoff(recent.len());
-        if since < backoff {
-            return RestartPlan::Later(Some(to_std(backoff - since)));
-        }
-    }
-    RestartPlan::Now(restart)
+    let last = recent.last()?;
+    let since = now.duration_since(last.0);
+    let backoff = restart_backoff(recent.len());
+    (since < backoff).then(|| to_std(backoff - since))
 }
 
 /// Pods bound to a node that no longer exists: the kubelet that ran them is gone, so only a

@@ -107,9 +107,9 @@ struct HolderLabels {
     holder: String,
 }
 
-/// The election's metrics, served on `/metrics` beside the operator's (`metrics_router`).
+/// The election's metrics, part of the operator's registry (`Metrics::election`), so
+/// `/metrics` serves them with the rest.
 pub struct LeaderMetrics {
-    registry: Registry,
     transitions: Family<TransitionLabels, Counter>,
     /// Writes the fence dropped unsent (see `fence`).
     pub fenced_writes: Counter,
@@ -117,9 +117,9 @@ pub struct LeaderMetrics {
     last_holder: Mutex<Option<String>>,
 }
 
-impl Default for LeaderMetrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("articlesite_operator_leader");
+impl LeaderMetrics {
+    /// The election's series, registered in `registry` (the operator's, under `leader_`).
+    pub fn register(registry: &mut Registry) -> Self {
         let transitions = Family::<TransitionLabels, Counter>::default();
         registry.register(
             "transitions",
@@ -139,16 +139,13 @@ impl Default for LeaderMetrics {
             holder.clone(),
         );
         Self {
-            registry,
             transitions,
             fenced_writes,
             holder,
             last_holder: Mutex::new(None),
         }
     }
-}
 
-impl LeaderMetrics {
     fn transition(&self, transition: &str) {
         self.transitions
             .get_or_create(&TransitionLabels {
@@ -174,44 +171,6 @@ impl LeaderMetrics {
             .set(1);
         *last = Some(holder.into());
     }
-
-    /// The series in OpenMetrics text, without the closing `# EOF`.
-    pub fn encode_registry(&self, out: &mut String) -> std::fmt::Result {
-        prometheus_client::encoding::text::encode_registry(out, &self.registry)
-    }
-}
-
-/// The operator's `metrics::router` with `/metrics` serving the election's series too (after
-/// the operator's, before the closing `# EOF`).
-pub fn metrics_router(
-    metrics: Arc<crate::metrics::Metrics>,
-    leader: Arc<LeaderMetrics>,
-) -> axum::Router {
-    let rest = crate::metrics::router(metrics.clone());
-    let page = move || {
-        let (metrics, leader) = (metrics.clone(), leader.clone());
-        async move {
-            let text = metrics.encode().and_then(|m| {
-                let mut out = m.strip_suffix("# EOF\n").unwrap_or(&m).to_string();
-                leader.encode_registry(&mut out)?;
-                prometheus_client::encoding::text::encode_eof(&mut out)?;
-                Ok(out)
-            });
-            let builder = axum::http::Response::builder();
-            let res = match text {
-                Ok(_) => builder.header(
-                    axum::http::header::CONTENT_TYPE,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-                Err(_) => builder.status(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
-            };
-            res.body(axum::body::Body::from(text.unwrap_or_default()))
-                .unwrap_or_default()
-        }
-    };
-    axum::Router::new()
-        .route("/metrics", axum::routing::get(page))
-        .fallback_service(rest)
 }
 
 /// The Lease as this replica last saw it, and when it last saw it change (its own clock).

@@ -8,6 +8,7 @@
 pub mod act;
 pub mod admission;
 pub mod api_health;
+pub mod caches;
 pub mod controller;
 pub mod crd;
 pub mod database_report;
@@ -26,6 +27,7 @@ pub mod quantity;
 pub mod reason;
 pub mod resources;
 pub mod secrets;
+pub mod spread;
 pub mod status;
 pub mod telemetry;
 pub mod watches;

@@ -13,7 +13,7 @@ use tracing::info;
 use articlesite_operator::api_health::{self, ApiHealth};
 use articlesite_operator::controller::{self, Settings};
 use articlesite_operator::fence::{Fence, FenceLayer};
-use articlesite_operator::leader::{self, ElectionSettings, Elector, LeaderMetrics};
+use articlesite_operator::leader::{self, ElectionSettings, Elector};
 use articlesite_operator::metrics::{self, Metrics};
 use articlesite_operator::telemetry::{self, LogFormat};
 use articlesite_operator::{MANAGER, crd};
@@ -178,7 +178,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(_) => Fence::closed(),
         None => Fence::always_open(),
     };
-    let leader_metrics = Arc::new(LeaderMetrics::default());
+    let leader_metrics = metrics.election.clone();
     let fence_layer = FenceLayer::new(fence.clone(), Some(leader_metrics.fenced_writes.clone()));
     let client: Client = ClientBuilder::try_from(config)
         .context("build Kubernetes client")?
@@ -191,7 +191,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("bind metrics address {}", args.metrics_addr))?;
     info!(%addr, manager = MANAGER, "serving /healthz, /readyz and /metrics");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = leader::metrics_router(metrics.clone(), leader_metrics.clone());
+    let router = metrics::router(metrics.clone());
     let server = tokio::spawn(
         axum::serve(listener, router)
             .with_graceful_shutdown(async {

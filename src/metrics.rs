@@ -17,6 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::leader::LeaderMetrics;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub reason: String,
@@ -73,6 +75,8 @@ pub struct Metrics {
     api_reachable: AtomicBool,
     /// Counts the API server's returns after being unreachable (`api_recoveries`).
     recoveries: tokio::sync::watch::Sender<u64>,
+    /// The leader election's series (`articlesite_operator_leader_*`).
+    pub election: Arc<LeaderMetrics>,
 }
 
 impl Default for Metrics {
@@ -167,7 +171,11 @@ impl Default for Metrics {
             "1 while the API server's /readyz answers ok",
             api_reachable_gauge.clone(),
         );
+        let election = Arc::new(LeaderMetrics::register(
+            registry.sub_registry_with_prefix("leader"),
+        ));
         Self {
+            election,
             reconciles,
             reconcile_duration,
             errors,
@@ -378,5 +386,10 @@ mod tests {
         assert!(text.contains(
             "articlesite_operator_write_requests_total{verb=\"apply\",kind=\"Deployment\"} 1"
         ));
+        // The election's series are part of the same page.
+        m.election.fenced_writes.inc();
+        assert!(text.contains("articlesite_operator_leader_fenced_writes_total 0"));
+        let text = m.encode().unwrap();
+        assert!(text.contains("articlesite_operator_leader_fenced_writes_total 1"));
     }
 }

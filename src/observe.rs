@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use k8s_openapi::Resource as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Node, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+    ConfigMap, Endpoints, Event, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
@@ -19,15 +19,18 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PartialObjectMeta};
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::act::CreatedSecret;
 use crate::admission;
+use crate::caches::Caches;
 use crate::crd::ArticleSite;
 use crate::error::{Error, Result};
-use crate::ha;
 use crate::resources::{self, Component, Names, statefulset};
+use crate::secrets::Generated;
+use crate::spread::NodeFacts;
 
 /// What the cluster looked like at the start of a reconcile.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +59,8 @@ pub struct Observed {
     pub pods: Vec<Pod>,
     /// node → zone ("" without a zone label), of every node of the cluster.
     pub nodes: BTreeMap<String, String>,
+    /// What decides whether the scheduler could place a pod on each node (`spread`).
+    pub node_facts: Vec<NodeFacts>,
     /// The newest fresh admission refusal of a database pod, when the StatefulSet lacks pods
     /// (a refusal shows only in a `FailedCreate` Event; see `admission`).
     pub database_refusal: Option<String>,
@@ -70,15 +75,17 @@ pub struct Observed {
     /// EndpointSlices the endpointslice controller made for the client Service while it still
     /// had a selector (before the upgrade to Patroni); the controller never removes them.
     pub stale_endpoint_slices: Vec<String>,
-    /// The node of Patroni's leader, when the database has replicas (cordon and taints).
-    pub primary_node: Option<Node>,
 }
 
 impl Observed {
     /// Patroni's view of the site's database, from its Endpoints and database pods.
     pub fn patroni(&self, site: &ArticleSite) -> crate::patroni::State {
-        let pods: Vec<&Pod> = self
-            .pods
+        crate::patroni::State::read(&site.name_any(), &self.endpoints, &self.database_pods())
+    }
+
+    /// The site's database pods.
+    pub fn database_pods(&self) -> Vec<&Pod> {
+        self.pods
             .iter()
             .filter(|p| {
                 p.labels()
@@ -86,8 +93,26 @@ impl Observed {
                     .map(String::as_str)
                     == Some("database")
             })
-            .collect();
-        crate::patroni::State::read(&site.name_any(), &self.endpoints, &pods)
+            .collect()
+    }
+
+    /// What is known of node `name` (cordon, taints), from the node cache.
+    pub fn node(&self, name: &str) -> Option<&NodeFacts> {
+        self.node_facts.iter().find(|n| n.name == name)
+    }
+}
+
+impl Observed {
+    /// Completes the observation with the Secrets this reconcile created (the create's answers),
+    /// so that a second plan sees them without reading them again.
+    pub fn record_created(&mut self, created: &[CreatedSecret]) {
+        for c in created {
+            let seen = match c.which {
+                Generated::DatabaseCredentials => &mut self.credentials,
+                Generated::WriteToken => &mut self.write_token,
+            };
+            *seen = Some(c.metadata.clone());
+        }
     }
 }
 
@@ -142,9 +167,11 @@ where
         .items)
 }
 
-/// One round of concurrent reads (plus, only while the StatefulSet lacks pods, its Events).
+/// One round of concurrent reads (plus, only while the StatefulSet lacks pods, its Events);
+/// nodes, StorageClasses and claims come from the watch-backed `caches`.
 pub async fn observe(
     client: &Client,
+    caches: &Caches,
     site: &ArticleSite,
     cluster_domain: &str,
 ) -> Result<Observed> {
@@ -192,11 +219,8 @@ pub async fn observe(
         credentials,
         write_token,
         tls_secret_exists,
-        storage_class,
-        claims,
         replica_sets,
         pods,
-        nodes,
         (database_service_account, database_role, database_role_binding, patroni_config),
         endpoints,
         stale_endpoint_slices,
@@ -241,14 +265,8 @@ pub async fn observe(
                 None => Ok(None),
             }
         },
-        storage_class(client, site),
-        get_named(
-            namespaced::<PersistentVolumeClaim>(client, &ns),
-            vec![statefulset::pvc_name(&name, 0)]
-        ),
         list(namespaced::<ReplicaSet>(client, &ns), &app_selector),
         list(namespaced::<Pod>(client, &ns), &instance_selector),
-        nodes(client),
         async {
             futures::try_join!(
                 get_opt(
@@ -272,7 +290,17 @@ pub async fn observe(
         list(namespaced::<Endpoints>(client, &ns), &database_selector),
         controller_slices(client, &ns, &database_service),
     )?;
-    let primary_node = primary_node(client, &name, &statefulset, &endpoints, &pods).await?;
+    let storage_class = storage_class(caches, site);
+    let claims = caches
+        .claim(&ns, &statefulset::pvc_name(&name, 0))
+        .map(|c| (*c).clone())
+        .into_iter()
+        .collect();
+    let node_facts: Vec<NodeFacts> = caches.nodes().iter().map(|n| NodeFacts::of(n)).collect();
+    let nodes = node_facts
+        .iter()
+        .map(|n| (n.name.clone(), n.zone.clone()))
+        .collect();
 
     let database_refusal = match &statefulset {
         Some(sts) if admission::missing_pods(sts) => {
@@ -315,6 +343,7 @@ pub async fn observe(
         replica_sets,
         pods,
         nodes,
+        node_facts,
         database_refusal,
         database_service_account,
         database_role,
@@ -322,7 +351,6 @@ pub async fn observe(
         patroni_config,
         endpoints,
         stale_endpoint_slices,
-        primary_node,
     })
 }
 
@@ -341,66 +369,15 @@ async fn controller_slices(client: &Client, ns: &str, service: &str) -> Result<V
         .collect())
 }
 
-/// The node of Patroni's leader, read only when the database has replicas to switch over to.
-async fn primary_node(
-    client: &Client,
-    site: &str,
-    statefulset: &Option<StatefulSet>,
-    endpoints: &[Endpoints],
-    pods: &[Pod],
-) -> Result<Option<Node>> {
-    let replicated = statefulset
-        .as_ref()
-        .and_then(|s| s.spec.as_ref()?.replicas)
-        .is_some_and(|n| n >= 2);
-    if !replicated {
-        return Ok(None);
-    }
-    let leader = endpoints
-        .iter()
-        .find(|e| e.name_any() == crate::patroni::scope(site))
-        .and_then(|e| {
-            e.annotations()
-                .get(crate::patroni::LEADER_ANNOTATION)
-                .cloned()
-        });
-    let node = leader.and_then(|l| {
-        pods.iter()
-            .find(|p| p.name_any() == l)?
-            .spec
-            .as_ref()?
-            .node_name
-            .clone()
-    });
-    match node {
-        Some(n) => Api::<Node>::all(client.clone())
-            .get_opt(&n)
-            .await
-            .map_err(Error::kube("get", Node::KIND)),
-        None => Ok(None),
-    }
-}
-
 /// Whether the StorageClass the database claims would use exists.
-async fn storage_class(client: &Client, site: &ArticleSite) -> Result<StorageClassSeen> {
-    let classes: Api<StorageClass> = Api::all(client.clone());
+fn storage_class(caches: &Caches, site: &ArticleSite) -> StorageClassSeen {
     match &site.spec.database.storage.storage_class {
-        Some(class) => Ok(
-            match classes
-                .get_metadata_opt(class)
-                .await
-                .map_err(Error::kube("get", StorageClass::KIND))?
-            {
-                Some(_) => StorageClassSeen::Available,
-                None => StorageClassSeen::NamedMissing(class.clone()),
-            },
-        ),
+        Some(class) => match caches.storage_class(class) {
+            Some(_) => StorageClassSeen::Available,
+            None => StorageClassSeen::NamedMissing(class.clone()),
+        },
         None => {
-            let list = classes
-                .list_metadata(&ListParams::default())
-                .await
-                .map_err(Error::kube("list", StorageClass::KIND))?;
-            let is_default = |c: &kube::api::PartialObjectMeta<StorageClass>| {
+            let is_default = |c: &PartialObjectMeta<StorageClass>| {
                 let a = c.annotations();
                 [
                     "storageclass.kubernetes.io/is-default-class",
@@ -409,25 +386,13 @@ async fn storage_class(client: &Client, site: &ArticleSite) -> Result<StorageCla
                 .iter()
                 .any(|k| a.get(*k).map(String::as_str) == Some("true"))
             };
-            Ok(if list.items.iter().any(is_default) {
+            if caches.storage_classes().iter().any(|c| is_default(c)) {
                 StorageClassSeen::Available
             } else {
                 StorageClassSeen::NoDefault
-            })
+            }
         }
     }
-}
-
-/// node → zone, from node metadata.
-async fn nodes(client: &Client) -> Result<BTreeMap<String, String>> {
-    Ok(Api::<Node>::all(client.clone())
-        .list_metadata(&ListParams::default())
-        .await
-        .map_err(Error::kube("list", Node::KIND))?
-        .items
-        .into_iter()
-        .map(|n| (n.name_any(), ha::zone_of(n.metadata.labels.as_ref())))
-        .collect())
 }
 
 /// The `FailedCreate` Events of this StatefulSet (its uid, not only its name).

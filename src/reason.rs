@@ -74,6 +74,8 @@ pub enum Reason {
     OrphanedPodDeleted,
     // Why a pod is restarted (`PodRestarted` Events, `pod_restarts` metric).
     CrashLoopBackOff,
+    /// Not a failure: moved so that the app pods are spread again (`spread`).
+    Unbalanced,
     Unready,
 }
 

@@ -38,7 +38,11 @@ use crate::metrics::Metrics;
 use crate::resources::MANAGED_BY_SELECTOR;
 
 /// Counts and logs a watch failure (the watch has already backed off) and drops it.
-fn absorb<T>(kind: &'static str, metrics: &Metrics, item: Result<T, watcher::Error>) -> Option<T> {
+pub(crate) fn absorb<T>(
+    kind: &'static str,
+    metrics: &Metrics,
+    item: Result<T, watcher::Error>,
+) -> Option<T> {
     match item {
         Ok(v) => Some(v),
         Err(e) => {

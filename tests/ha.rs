@@ -391,6 +391,134 @@ async fn drain_never_drops_below_desired_minus_one() {
     assert!(pods.iter().all(|p| node_of(p) != node));
 }
 
+/// After a node was away, the pods replaced elsewhere are doubled up on a surviving node and
+/// the scheduler never moves them back: the operator evicts one so that its replacement lands
+/// on the returned node (`Required` spreading: the scheduler must put it there). The node is
+/// only cordoned and uncordoned here (it never turns NotReady, so no settling wait applies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_is_restored_after_a_node_returns() {
+    let _nodes = NODES.lock().await;
+    let f = fixture("ha-rebalance").await;
+    let nodes: Api<Node> = Api::all(f.client.clone());
+    let schedulable = nodes
+        .list(&ListParams::default())
+        .await
+        .expect("nodes")
+        .items
+        .iter()
+        .filter(|n| {
+            !n.spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false)
+        })
+        .count();
+    let desired = schedulable;
+    f.create_site(
+        "rebalance",
+        json!({"app": {"image": IMAGE, "replicas": desired},
+               "highAvailability": {"spread": "Required", "minReadySeconds": 0}}),
+    )
+    .await;
+    let pods = f.wait_ready("rebalance", desired, TIMEOUT).await;
+    let per_node = |pods: &[Pod]| {
+        let mut m: BTreeMap<String, usize> = BTreeMap::new();
+        for p in pods {
+            *m.entry(node_of(p).to_string()).or_default() += 1;
+        }
+        m
+    };
+    assert!(
+        per_node(&pods).values().all(|c| *c == 1),
+        "one pod per node: {:?}",
+        per_node(&pods)
+    );
+    let away = node_of(&pods[0]).to_string();
+
+    // The node goes away (cordoned) and its pod is replaced on a sibling of its zone.
+    let cordon = |on: bool| {
+        let (nodes, away) = (nodes.clone(), away.clone());
+        async move {
+            nodes
+                .patch(
+                    &away,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"unschedulable": on}})),
+                )
+                .await
+                .expect("cordon");
+        }
+    };
+    cordon(true).await;
+    let uncordon = Uncordon(nodes.clone(), vec![away.clone()]);
+    f.pods
+        .delete(&pods[0].name_any(), &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    let doubled = wait_for("the replacement doubled up elsewhere", TIMEOUT, || async {
+        let pods = f.app_pods("rebalance").await?;
+        let counts = per_node(&pods);
+        let ready = pods.iter().filter(|p| is_ready(p)).count();
+        if ready == desired && !counts.contains_key(&away) && counts.values().any(|c| *c == 2) {
+            Ok(counts)
+        } else {
+            Err(format!("{ready} ready, {counts:?}"))
+        }
+    })
+    .await;
+    let before = f.events("PodRestarted").await.len();
+
+    // Back: the operator moves one pod, and the spread is whole again.
+    cordon(false).await;
+    let back = Instant::now();
+    let restored = wait_for("one pod per node again", TIMEOUT, || async {
+        let pods = f.app_pods("rebalance").await?;
+        let counts = per_node(&pods);
+        let ready = pods.iter().filter(|p| is_ready(p)).count();
+        if ready == desired && counts.len() == desired && counts.contains_key(&away) {
+            Ok(counts)
+        } else {
+            Err(format!("{ready} ready, {counts:?}"))
+        }
+    })
+    .await;
+    drop(uncordon);
+    let moves: Vec<Event> = f
+        .events("PodRestarted")
+        .await
+        .into_iter()
+        .skip(before)
+        .collect();
+    eprintln!(
+        "spread restored {:.1}s after {away} returned: {doubled:?} -> {restored:?}; {}",
+        back.elapsed().as_secs_f64(),
+        moves
+            .iter()
+            .filter_map(|e| e.note.clone())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    assert_eq!(moves.len(), 1, "exactly one pod moved: {moves:?}");
+    assert!(
+        moves[0]
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("Unbalanced")),
+        "{:?}",
+        moves[0].note
+    );
+    // And nothing more moves once the spread is whole.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(8) {
+        assert_eq!(
+            f.events("PodRestarted").await.len(),
+            before + 1,
+            "no further moves"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Deleting a node (a simulated machine loss) gets its pods running elsewhere. The node is
 /// an extra kwok node of this test (zone-a); the site requires spreading, so it gets a pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,7 +170,7 @@ const SITE_RULES: &[&str] = &[
     "serviceaccounts [] [get list watch create patch]",
     "secrets [] [get list watch create update]",
     "events [] [list]",
-    "persistentvolumeclaims [] [get patch]",
+    "persistentvolumeclaims [] [list watch patch]",
     "poddisruptionbudgets.policy [] [get list watch create patch delete]",
     "networkpolicies.networking.k8s.io [] [get list watch create patch]",
     "ingresses.networking.k8s.io [] [get list watch create patch delete]",
@@ -181,8 +181,8 @@ const SITE_RULES: &[&str] = &[
 ];
 
 const CLUSTER_RULES: &[&str] = &[
-    "storageclasses.storage.k8s.io [] [get list]",
-    "nodes [] [get list]",
+    "storageclasses.storage.k8s.io [] [list watch]",
+    "nodes [] [list watch]",
 ];
 
 const LEASE_RULES: &[&str] = &[

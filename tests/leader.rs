@@ -455,7 +455,7 @@ fn spawn_candidate(
             lease_client,
             settings,
             fence,
-            Arc::new(LeaderMetrics::default()),
+            Arc::new(LeaderMetrics::register(&mut Default::default())),
         );
         let configmaps: Api<ConfigMap> = Api::namespaced(work_client, &ns);
         let work_name = format!("work-{lease}");

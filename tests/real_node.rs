@@ -18,14 +18,12 @@ use articlesite_operator::crd::ArticleSite;
 use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{PersistentVolume, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use common::audit::{
@@ -34,18 +32,15 @@ use common::audit::{
 };
 use common::chart::{Release, adopt_crd, chart, helm};
 use common::control_plane::DescribeOnPanic;
-use common::http::metric_in;
+use common::e2e::{env_or, local_volumes};
+use common::http::{metric_in, request};
+
+/// The longest any one request of this test may take.
+const REQUEST_LIMIT: Duration = Duration::from_secs(15);
 use common::operator::lease_holder;
 use common::pods::{is_live, is_ready, node_of};
 use common::site::wait_site_ready;
-use common::{ClusterScoped, TestNamespace, client, wait_for};
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
+use common::{TestNamespace, client, wait_for};
 
 /// The network of the real node, as `hack/cluster/realnode.sh` set it up.
 struct Net {
@@ -163,78 +158,6 @@ fn assert_routed_locally(net: &Net, pod_ips: &[String], cluster_ip: &str) {
         net.service_cidr
     );
 }
-async fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> Result<(u16, BTreeMap<String, String>, String), String> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("connect {addr}: timed out"))?
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(&body);
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .map_err(|_| "read timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no header end in {text:?}"))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect::<BTreeMap<_, _>>();
-    let body = if headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, headers, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 async fn pod_summary(pods: &Api<Pod>) -> String {
     match pods.list(&ListParams::default()).await {
         Ok(list) => list
@@ -282,7 +205,15 @@ fn metric(page: &str, name: &str) -> Option<f64> {
 
 /// `/metrics` of an operator pod, dialled at its real-node address.
 async fn operator_metrics(ip: &str) -> Result<String, String> {
-    let (status, _, body) = http(&format!("{ip}:8080"), "GET", "/metrics", None, None).await?;
+    let (status, _, body) = request(
+        &format!("{ip}:8080"),
+        "GET",
+        "/metrics",
+        None,
+        None,
+        REQUEST_LIMIT,
+    )
+    .await?;
     if status == 200 {
         Ok(body)
     } else {
@@ -426,41 +357,7 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     let class = format!("real-node-{}", ns.name);
     // Cluster-scoped (the namespaces do not take them); the volume goes once the namespace's
     // claim is gone.
-    let mut cluster_scoped = ClusterScoped::default();
-    cluster_scoped.track::<PersistentVolume>(&class);
-    cluster_scoped.track::<StorageClass>(&class);
-    let volume_dir = Path::new(&net.node_dir).join("volumes").join(&ns.name);
-    std::fs::create_dir_all(&volume_dir).expect("create the volume directory");
-    std::os::unix::fs::chown(&volume_dir, Some(POSTGRES_UID), Some(POSTGRES_UID))
-        .expect("chown the volume directory");
-    let sc: StorageClass = serde_json::from_value(json!({
-        "metadata": {"name": class, "labels": {"articlesite.io/test": "true"}},
-        "provisioner": "kubernetes.io/no-provisioner",
-        "volumeBindingMode": "WaitForFirstConsumer",
-    }))
-    .expect("StorageClass");
-    Api::<StorageClass>::all(client.clone())
-        .create(&pp, &sc)
-        .await
-        .expect("create StorageClass");
-    let pv: PersistentVolume = serde_json::from_value(json!({
-        "metadata": {"name": class, "labels": {"articlesite.io/test": "true"}},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "storageClassName": class,
-            "local": {"path": volume_dir.to_string_lossy()},
-            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [REAL_NODE]}
-            ]}]}},
-        },
-    }))
-    .expect("PersistentVolume");
-    Api::<PersistentVolume>::all(client.clone())
-        .create(&pp, &pv)
-        .await
-        .expect("create PersistentVolume");
+    let _volumes = local_volumes(&client, &class, Path::new(&net.node_dir), &[REAL_NODE], 1).await;
 
     // helm install: the chart as users get it, with the image built here (never pulled), its
     // two replicas on the real node, leader election on (the chart's default).
@@ -737,12 +634,13 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
             async move {
                 let article = json!({"slug": slug, "title": title, "summary": "e2e",
                     "body": "Served by **real containers**.", "tags": ["e2e"]});
-                let r = http(
+                let r = request(
                     &addr,
                     "POST",
                     "/api/v1/articles",
                     Some(&token),
                     Some(&article),
+                    REQUEST_LIMIT,
                 )
                 .await?;
                 if r.0 >= 500 {
@@ -758,12 +656,13 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     assert_eq!(status, 201, "create: {body}");
 
     let t = Instant::now();
-    let (status, _, body) = http(
+    let (status, _, body) = request(
         &addr,
         "POST",
         &format!("/api/v1/articles/{slug}/publish"),
         Some(&token),
         None,
+        REQUEST_LIMIT,
     )
     .await
     .expect("publish");
@@ -771,12 +670,13 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     assert_eq!(status, 200, "publish: {body}");
 
     let t = Instant::now();
-    let (status, headers, body) = http(
+    let (status, headers, body) = request(
         &addr,
         "GET",
         &format!("/api/v1/articles/{slug}"),
         None,
         None,
+        REQUEST_LIMIT,
     )
     .await
     .expect("get JSON");
@@ -794,9 +694,16 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     assert_eq!(article["status"], "published", "{article}");
 
     let t = Instant::now();
-    let (status, headers, page) = http(&addr, "GET", &format!("/articles/{slug}"), None, None)
-        .await
-        .expect("get HTML");
+    let (status, headers, page) = request(
+        &addr,
+        "GET",
+        &format!("/articles/{slug}"),
+        None,
+        None,
+        REQUEST_LIMIT,
+    )
+    .await
+    .expect("get HTML");
     let html_latency = t.elapsed();
     assert_eq!(status, 200, "page: {page}");
     assert!(
@@ -810,17 +717,20 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
         page.contains("<strong>real containers</strong>"),
         "the page renders the Markdown body: {page}"
     );
-    let (status, _, index) = http(&addr, "GET", "/", None, None).await.expect("index");
+    let (status, _, index) = request(&addr, "GET", "/", None, None, REQUEST_LIMIT)
+        .await
+        .expect("index");
     assert_eq!(status, 200);
     assert!(index.contains(title), "the index lists the article");
 
     // Without the token, writes are refused: the Secret reached the pods through the env.
-    let (status, _, _) = http(
+    let (status, _, _) = request(
         &addr,
         "POST",
         "/api/v1/articles",
         None,
         Some(&json!({"slug": "x", "title": "x", "body": "x"})),
+        REQUEST_LIMIT,
     )
     .await
     .expect("unauthenticated write");
@@ -955,12 +865,13 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     let mut slugs = vec![slug.to_string()];
     for i in 1..=5 {
         let s = format!("before-restart-{i}");
-        let (status, _, body) = http(
+        let (status, _, body) = request(
             &addr,
             "POST",
             "/api/v1/articles",
             Some(&token),
             Some(&json!({"slug": s, "title": format!("Article {i}"), "body": "kept"})),
+            REQUEST_LIMIT,
         )
         .await
         .expect("write before the database restart");
@@ -979,12 +890,13 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
         n += 1;
         let t = Instant::now();
         let article = json!({"slug": format!("during-restart-{n}"), "title": "probe", "body": "x"});
-        match http(
+        match request(
             &addr,
             "POST",
             "/api/v1/articles",
             Some(&token),
             Some(&article),
+            REQUEST_LIMIT,
         )
         .await
         {
@@ -1009,12 +921,13 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     let new_uid = pods.get(&db_pod).await.expect("new database pod").uid();
     assert_ne!(old_uid, new_uid, "{db_pod} was recreated");
     for s in &slugs {
-        let (status, _, body) = http(
+        let (status, _, body) = request(
             &addr,
             "GET",
             &format!("/api/v1/articles/{s}"),
             Some(&token),
             None,
+            REQUEST_LIMIT,
         )
         .await
         .expect("read after the database restart");
@@ -1175,8 +1088,6 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     );
 }
 
-const POSTGRES_UID: u32 = 999;
-
 /// One request of the background load.
 struct Sample {
     at: Instant,
@@ -1214,22 +1125,30 @@ impl Load {
                 let t = Instant::now();
                 let result = if n.is_multiple_of(2) {
                     let body = json!({"slug": format!("load-{n}"), "title": "load", "body": "x"});
-                    http(&addr, "POST", "/api/v1/articles", Some(&token), Some(&body))
-                        .await
-                        .and_then(|r| {
-                            if r.0 == 201 {
-                                Ok(())
-                            } else {
-                                Err(format!("{} {}", r.0, r.2))
-                            }
-                        })
+                    request(
+                        &addr,
+                        "POST",
+                        "/api/v1/articles",
+                        Some(&token),
+                        Some(&body),
+                        REQUEST_LIMIT,
+                    )
+                    .await
+                    .and_then(|r| {
+                        if r.0 == 201 {
+                            Ok(())
+                        } else {
+                            Err(format!("{} {}", r.0, r.2))
+                        }
+                    })
                 } else {
-                    http(
+                    request(
                         &addr,
                         "GET",
                         &format!("/api/v1/articles/{published}"),
                         None,
                         None,
+                        REQUEST_LIMIT,
                     )
                     .await
                     .and_then(|r| {

@@ -51,7 +51,7 @@ pub async fn run_listener(state: Arc<AppState>, mut stop: watch::Receiver<bool>)
     if !state.cache.enabled() {
         return;
     }
-    let pool = match db::listener_pool(&state.config) {
+    let pool = match db::listener_pool(&state.config, &state.failover) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot configure the change listener; the cache stays off");

@@ -50,7 +50,29 @@ impl fmt::Debug for DatabaseConfig {
     }
 }
 
+/// The optional read-only fallback: the replicas' Service (see `db::failover`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadReplicaConfig {
+    pub host: String,
+    /// `None`: the write connection's port.
+    pub port: Option<u16>,
+    /// Answers older than this are refused rather than served (`db::failover::staleness`).
+    pub max_lag: Duration,
+}
+
 impl DatabaseConfig {
+    /// The same database, user and password as the write connection, on the replicas' host.
+    pub fn read_options(
+        &self,
+        replica: &ReadReplicaConfig,
+    ) -> Result<PgConnectOptions, sqlx::Error> {
+        let options = self.connect_options()?.host(&replica.host);
+        Ok(match replica.port {
+            Some(port) => options.port(port),
+            None => options,
+        })
+    }
+
     /// Connection options without start-up parameters; the caller adds timeouts.
     pub fn connect_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
         match self {
@@ -96,6 +118,7 @@ pub struct CacheConfig {
 pub struct Config {
     pub listen_addr: SocketAddr,
     pub database: DatabaseConfig,
+    pub read_replica: Option<ReadReplicaConfig>,
     pub write_token: WriteToken,
     pub pool_size: u32,
     pub db_timeout: Duration,
@@ -137,6 +160,7 @@ impl Config {
         );
 
         let database = database(&get, &mut p);
+        let read_replica = read_replica(&get, &mut p);
 
         let write_token = match get("ARTICLES_WRITE_TOKEN") {
             None => {
@@ -261,6 +285,7 @@ impl Config {
         match (
             listen_addr,
             database,
+            read_replica,
             write_token,
             pool_size,
             db_timeout,
@@ -281,6 +306,7 @@ impl Config {
             (
                 Some(listen_addr),
                 Some(database),
+                Some(read_replica),
                 Some(write_token),
                 Some(pool_size),
                 Some(db_timeout),
@@ -300,6 +326,7 @@ impl Config {
             ) if p.is_empty() => Ok(Config {
                 listen_addr,
                 database,
+                read_replica,
                 write_token,
                 pool_size: pool_size as u32,
                 db_timeout,
@@ -418,6 +445,50 @@ fn parse_public_url(v: &str) -> Result<String, String> {
     Ok(v.trim_end_matches('/').to_owned())
 }
 
+/// A host name or address as the operator writes it: no scheme, port, path or spaces.
+fn parse_host(v: &str) -> Result<String, String> {
+    let bad = |c: char| c.is_whitespace() || c.is_control() || "/:@?#".contains(c);
+    if v.len() > 253 || v.chars().any(bad) {
+        return Err(format!(
+            "expected a host name or IP address such as s-postgresql-replicas (no port, scheme or path), got {v:?}"
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+fn parse_port(v: &str) -> Result<u16, String> {
+    v.parse::<u16>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("expected a port from 1 to 65535, got {v:?}"))
+}
+
+/// `Some(None)`: no read replica configured; `None`: a problem was recorded.
+fn read_replica(get: &Getter<'_>, p: &mut Vec<String>) -> Option<Option<ReadReplicaConfig>> {
+    let host = parse_or(get, p, "ARTICLES_DATABASE_READ_HOST", None, parse_host);
+    let port = parse_or(get, p, "ARTICLES_DATABASE_READ_PORT", None, parse_port);
+    let max_lag = seconds(get, p, "ARTICLES_READ_MAX_LAG_SECONDS", 30, 1, 86_400);
+    if get("ARTICLES_DATABASE_READ_HOST").is_none() {
+        if get("ARTICLES_DATABASE_READ_PORT").is_some() {
+            p.push(
+                "ARTICLES_DATABASE_READ_PORT: set only together with ARTICLES_DATABASE_READ_HOST \
+                 (the replicas' host); without it the server reads from the primary only"
+                    .into(),
+            );
+            return None;
+        }
+        return max_lag.map(|_| None);
+    }
+    Some(Some(ReadReplicaConfig {
+        host: host?,
+        port: match get("ARTICLES_DATABASE_READ_PORT") {
+            Some(_) => Some(port?),
+            None => None,
+        },
+        max_lag: max_lag?,
+    }))
+}
+
 fn database(get: &Getter<'_>, p: &mut Vec<String>) -> Option<DatabaseConfig> {
     const PARTS: [&str; 5] = [
         "ARTICLES_DATABASE_HOST",
@@ -463,12 +534,7 @@ fn database(get: &Getter<'_>, p: &mut Vec<String>) -> Option<DatabaseConfig> {
             let name = req("ARTICLES_DATABASE_NAME");
             let user = req("ARTICLES_DATABASE_USER");
             let password = req("ARTICLES_DATABASE_PASSWORD");
-            let port = parse_or(get, p, "ARTICLES_DATABASE_PORT", Some(5432u16), |v| {
-                v.parse::<u16>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("expected a port from 1 to 65535, got {v:?}"))
-            });
+            let port = parse_or(get, p, "ARTICLES_DATABASE_PORT", Some(5432u16), parse_port);
             if !missing.is_empty() {
                 p.push(format!(
                     "database: set ARTICLES_DATABASE_URL, or all of ARTICLES_DATABASE_HOST, \
@@ -528,6 +594,60 @@ mod tests {
         assert_eq!(c.public_url, "http://localhost:8080");
         assert_eq!(c.job_poll_interval, Duration::from_millis(1000));
         assert_eq!(c.job_lease, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_read_replica_is_optional_and_validated() {
+        let base = [
+            ("ARTICLES_DATABASE_HOST", "s-postgresql"),
+            ("ARTICLES_DATABASE_NAME", "articles"),
+            ("ARTICLES_DATABASE_USER", "app"),
+            ("ARTICLES_DATABASE_PASSWORD", "secret"),
+            ("ARTICLES_WRITE_TOKEN", TOKEN),
+        ];
+        let c = load(&base).expect("valid");
+        assert_eq!(c.read_replica, None);
+
+        let mut vars = base.to_vec();
+        vars.push(("ARTICLES_DATABASE_READ_HOST", "s-postgresql-replicas"));
+        let c = load(&vars).expect("valid");
+        let r = c.read_replica.expect("configured");
+        assert_eq!(r.host, "s-postgresql-replicas");
+        assert_eq!(r.port, None);
+        assert_eq!(r.max_lag, Duration::from_secs(30));
+        let options = c.database.read_options(&r).expect("options");
+        assert_eq!(options.get_host(), "s-postgresql-replicas");
+        assert_eq!(options.get_port(), 5432);
+        assert_eq!(options.get_database(), Some("articles"));
+
+        vars.push(("ARTICLES_DATABASE_READ_PORT", "6432"));
+        vars.push(("ARTICLES_READ_MAX_LAG_SECONDS", "5"));
+        let r = load(&vars)
+            .expect("valid")
+            .read_replica
+            .expect("configured");
+        assert_eq!((r.port, r.max_lag), (Some(6432), Duration::from_secs(5)));
+
+        let mut bad = base.to_vec();
+        bad.push(("ARTICLES_DATABASE_READ_HOST", "postgres://replicas:5432"));
+        bad.push(("ARTICLES_READ_MAX_LAG_SECONDS", "0"));
+        let text = load(&bad).unwrap_err().to_string();
+        assert!(
+            text.contains("ARTICLES_DATABASE_READ_HOST: expected a host name"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ARTICLES_READ_MAX_LAG_SECONDS: expected a whole number from 1"),
+            "{text}"
+        );
+
+        let mut orphan = base.to_vec();
+        orphan.push(("ARTICLES_DATABASE_READ_PORT", "5433"));
+        let text = load(&orphan).unwrap_err().to_string();
+        assert!(
+            text.contains("set only together with ARTICLES_DATABASE_READ_HOST"),
+            "{text}"
+        );
     }
 
     #[test]

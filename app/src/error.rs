@@ -114,6 +114,16 @@ impl ApiError {
                 "precondition-failed",
                 "Precondition failed",
             ),
+            DatabaseUnavailable(e) if e.is_failover() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database-failing-over",
+                "Database failing over",
+            ),
+            DatabaseUnavailable(DbError::TooStale(_)) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replica-too-stale",
+                "Database unavailable, replica too stale",
+            ),
             DatabaseUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database-unavailable",
@@ -185,6 +195,13 @@ impl IntoResponse for ApiError {
         }
         let detail = match &self {
             ApiError::Internal(_) => "the server failed to handle the request".to_owned(),
+            ApiError::DatabaseUnavailable(e) if e.is_failover() => {
+                "the database is failing over to a new primary: nothing was written, retry shortly"
+                    .to_owned()
+            }
+            ApiError::DatabaseUnavailable(e @ DbError::TooStale(_)) => format!(
+                "the database primary is unreachable and the read replica is too far behind to answer: {e}"
+            ),
             other => other.to_string(),
         };
         let errors = match &self {
@@ -229,6 +246,20 @@ mod tests {
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(res.headers()[header::RETRY_AFTER], "1");
         assert_eq!(res.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+
+    #[test]
+    fn a_failover_is_a_503_that_says_so() {
+        let res = ApiError::from(DbError::NotPrimary).into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        let problem = res.extensions().get::<Problem>().expect("problem");
+        assert!(
+            problem.detail.contains("failing over"),
+            "{}",
+            problem.detail
+        );
+        assert_eq!(problem.title, "Database failing over");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::cache::Cached;
 use crate::compress::{self, Encoding};
 use crate::db::articles::{Article, Precondition};
+use crate::db::failover::Staleness;
 
 /// Public reads: any cache may store them but must revalidate (cheap, thanks to 304),
 /// so an edit is visible at once to a client that asks again.
@@ -28,7 +29,16 @@ pub enum Freshness {
     Stale {
         age: Duration,
     },
+    /// Read from the replica because the primary failed: never cached, and marked.
+    Replica {
+        staleness: Staleness,
+    },
 }
+
+/// Marks an answer read from a replica during a failover: `X-Served-From: replica`.
+pub const SERVED_FROM: &str = "x-served-from";
+/// With it, the bound on how old the answer may be, in seconds.
+pub const REPLICA_STALENESS: &str = "x-replica-staleness-seconds";
 
 /// How long a client or proxy may itself keep using a stale copy when we fail.
 const STALE_IF_ERROR: &str = "public, max-age=0, stale-if-error=3600";
@@ -147,6 +157,14 @@ pub fn conditional(
         Freshness::Stale { age } => {
             h.insert(header::AGE, HeaderValue::from(age.as_secs()));
             (STALE_IF_ERROR, "stale")
+        }
+        Freshness::Replica { staleness } => {
+            h.insert(SERVED_FROM, HeaderValue::from_static("replica"));
+            let secs = staleness.lag().unwrap_or_default().as_secs_f64();
+            if let Ok(v) = HeaderValue::from_str(&format!("{secs:.1}")) {
+                h.insert(REPLICA_STALENESS, v);
+            }
+            (cache_control, "bypass")
         }
     };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(control));

@@ -64,17 +64,21 @@ async fn execute(state: &AppState, job: &ClaimedJob) -> Result<Outcome, JobError
     match job.kind.as_str() {
         jobs::KIND_PUBLISH_ARTICLE => {
             let p: PublishPayload = serde_json::from_value(job.payload.clone())?;
-            let Some(mut tx) = state.db(jobs::begin_fenced(&state.pool, job)).await? else {
+            // The fence, the effect and the completion: one transaction on one connection.
+            let ran = state
+                .db(async |conn| {
+                    let Some(mut tx) = jobs::begin_fenced(conn, job).await? else {
+                        return Ok::<_, DbError>(None);
+                    };
+                    let changed =
+                        articles::publish_scheduled(&mut tx, p.article_id, p.scheduled_at).await?;
+                    jobs::complete(tx, job).await?;
+                    Ok(Some(changed))
+                })
+                .await?;
+            let Some(changed) = ran else {
                 return Ok(Outcome::LeaseLost);
             };
-            let changed = state
-                .db(articles::publish_scheduled(
-                    &mut tx,
-                    p.article_id,
-                    p.scheduled_at,
-                ))
-                .await?;
-            state.db(jobs::complete(tx, job)).await?;
             if let Some(slug) = &changed {
                 state.cache.invalidate_article(slug);
             }
@@ -110,7 +114,7 @@ pub async fn drain_queue(
     let mut ran = 0;
     while !*stop.borrow() {
         let claimed = state
-            .db(jobs::claim(&state.pool, worker, state.config.job_lease))
+            .db(async |c| jobs::claim(c, worker, state.config.job_lease).await)
             .await?;
         let Some(job) = claimed else { break };
         ran += 1;
@@ -122,7 +126,7 @@ pub async fn drain_queue(
                 tracing::warn!(job_id = job.id, kind = %job.kind, attempts = job.attempts, error = %e, "job failed");
                 let retry = backoff(job.attempts);
                 if let Err(e) = state
-                    .db(jobs::fail(&state.pool, &job, &e.to_string(), retry))
+                    .db(async |c| jobs::fail(c, &job, &e.to_string(), retry).await)
                     .await
                 {
                     // The lease runs out and another attempt follows.

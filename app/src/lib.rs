@@ -82,11 +82,7 @@ async fn render_stale(state: &AppState, stop: &mut watch::Receiver<bool>) {
     let mut done = 0u64;
     while !*stop.borrow() {
         let batch = match state
-            .db(db::articles::stale_renders(
-                &state.pool,
-                render::RENDER_VERSION,
-                100,
-            ))
+            .db(async |c| db::articles::stale_renders(c, render::RENDER_VERSION, 100).await)
             .await
         {
             Ok(b) => b,
@@ -101,12 +97,7 @@ async fn render_stale(state: &AppState, stop: &mut watch::Receiver<bool>) {
         for (id, version, body) in batch {
             let rendered = render::render_body(&body);
             if let Err(e) = state
-                .db(db::articles::store_render(
-                    &state.pool,
-                    id,
-                    version,
-                    &rendered,
-                ))
+                .db(async |c| db::articles::store_render(c, id, version, &rendered).await)
                 .await
             {
                 tracing::warn!(error = %e, "cannot store a rendering; later starts will");
@@ -120,8 +111,24 @@ async fn render_stale(state: &AppState, stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// While the circuit breaker is open, checks the database every `PROBE_INTERVAL` and
-/// closes the breaker as soon as it answers.
+/// `SELECT 1` on `pool` within `limit`, through a connection that is closed if it fails
+/// (a probe must not leave a hung connection in the pool).
+async fn ping(pool: &sqlx::PgPool, limit: Duration) -> Result<(), db::DbError> {
+    db::timed(
+        limit,
+        db::failover::run_on(pool, async |c| {
+            sqlx::query("SELECT 1")
+                .execute(c)
+                .await
+                .map(|_| ())
+                .map_err(db::DbError::from)
+        }),
+    )
+    .await
+}
+
+/// While a circuit breaker is open (the primary's or the read replica's), checks its
+/// database every `PROBE_INTERVAL` and closes the breaker as soon as it answers.
 async fn probe_database(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(db::breaker::PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -134,19 +141,20 @@ async fn probe_database(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
             .metrics
             .db_circuit_open
             .set(i64::from(state.breaker.is_open()));
-        if !state.breaker.is_open() {
-            continue;
+        let limit = state.config.db_timeout;
+        if state.breaker.is_open() && ping(&state.pool, limit).await.is_ok() {
+            state.failover.primary_answered();
+            if state.breaker.close() {
+                state.metrics.db_circuit_open.set(0);
+                tracing::info!("database reachable again: circuit breaker closed");
+            }
         }
-        let ping = db::timed(state.config.db_timeout, async {
-            sqlx::query("SELECT 1")
-                .execute(&state.pool)
-                .await
-                .map_err(db::DbError::from)
-        })
-        .await;
-        if ping.is_ok() && state.breaker.close() {
-            state.metrics.db_circuit_open.set(0);
-            tracing::info!("database reachable again: circuit breaker closed");
+        if let Some(read_pool) = &state.read_pool
+            && state.replica_breaker.is_open()
+            && ping(read_pool, limit).await.is_ok()
+            && state.replica_breaker.close()
+        {
+            tracing::info!("read replica reachable again: its circuit breaker closed");
         }
     }
 }
@@ -159,8 +167,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let pool = db::pool(&config)?;
-    let state = Arc::new(AppState::new(config, pool.clone()));
+    let state = Arc::new(AppState::new(config)?);
+    let pool = state.pool.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut migrator = tokio::spawn(migrate_until_done(state.clone(), stop_rx.clone()));
@@ -187,6 +195,9 @@ pub async fn run(
             // The accept loop only returns early if its task failed.
             let _ = stop_tx.send(true);
             pool.close().await;
+            if let Some(r) = &state.read_pool {
+                r.close().await;
+            }
             return Err(RunError::Serve(std::io::Error::other(format!(
                 "the accept loop stopped: {result:?}"
             ))));
@@ -223,10 +234,13 @@ pub async fn run(
         listener_task.abort();
         probe.abort();
     }
-    if tokio::time::timeout_at(deadline, pool.close())
-        .await
-        .is_err()
-    {
+    let close_all = async {
+        pool.close().await;
+        if let Some(r) = &state.read_pool {
+            r.close().await;
+        }
+    };
+    if tokio::time::timeout_at(deadline, close_all).await.is_err() {
         tracing::warn!("database pool did not close in time");
     }
     tracing::info!("stopped");

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub cache_invalidations: Counter,
     pub cache_resyncs: Counter,
     pub db_circuit_open: Gauge,
+    pub replica_reads: Counter,
+    pub replica_refused: Counter,
 }
 
 /// The method as a metric label: the standard ones by name, anything else as `other`, so
@@ -98,6 +100,18 @@ impl Metrics {
         let cache_invalidations = Counter::default();
         let cache_resyncs = Counter::default();
         let db_circuit_open = Gauge::default();
+        let replica_reads = Counter::default();
+        let replica_refused = Counter::default();
+        registry.register(
+            "db_replica_reads",
+            "Reads answered from the read replica because the primary failed",
+            replica_reads.clone(),
+        );
+        registry.register(
+            "db_replica_refused",
+            "Reads the read replica could not answer within ARTICLES_READ_MAX_LAG_SECONDS",
+            replica_refused.clone(),
+        );
         registry.register(
             "cache_stale_served",
             "Cached responses served stale because the database was unreachable",
@@ -198,7 +212,23 @@ impl Metrics {
             cache_invalidations,
             cache_resyncs,
             db_circuit_open,
+            replica_reads,
+            replica_refused,
         }
+    }
+
+    /// The failover counters live with the pool hooks that count them.
+    pub fn register_failover(&mut self, failover: &crate::db::failover::Failover) {
+        self.registry.register(
+            "db_standby_refused",
+            "Write connections refused because the server was in recovery or read-only",
+            failover.standby_refused.clone(),
+        );
+        self.registry.register(
+            "db_read_only_closed",
+            "Connections closed after a write failed with SQLSTATE 25006 (server demoted)",
+            failover.read_only_closed.clone(),
+        );
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {

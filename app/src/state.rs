@@ -2,22 +2,26 @@
 
 use std::sync::Arc;
 
-use std::future::Future;
-
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Semaphore;
 
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::db::breaker::Breaker;
-use crate::db::{DbError, Outage, timed};
+use crate::db::failover::{self, Failover, Held, Sourced};
+use crate::db::{self, DbError, Outage, timed};
 use crate::metrics::Metrics;
 use crate::shutdown::Lifecycle;
 use crate::token::TokenDigest;
 
 pub struct AppState {
     pub config: Config,
+    /// The primary, through `ARTICLES_DATABASE_HOST`.
     pub pool: PgPool,
+    /// The replicas, through `ARTICLES_DATABASE_READ_HOST`, if set: reads only, and only
+    /// while the primary fails.
+    pub read_pool: Option<PgPool>,
+    pub failover: Failover,
     pub cache: Cache,
     pub metrics: Metrics,
     pub lifecycle: Lifecycle,
@@ -25,22 +29,35 @@ pub struct AppState {
     /// Requests allowed in flight; past that, new ones are shed.
     pub capacity: Arc<Semaphore>,
     pub breaker: Breaker,
+    /// The read replica's own breaker, so a replica that is down too costs nothing.
+    pub replica_breaker: Breaker,
 }
 
 impl AppState {
-    pub fn new(config: Config, pool: PgPool) -> Self {
-        let metrics = Metrics::new();
+    /// Builds the state and its (lazily connecting) pools.
+    pub fn new(config: Config) -> Result<Self, sqlx::Error> {
+        let mut metrics = Metrics::new();
+        let failover = Failover::default();
+        metrics.register_failover(&failover);
         metrics.pool_max.set(i64::from(config.pool_size));
-        AppState {
+        let pool = db::pool(&config, &failover)?;
+        let read_pool = match &config.read_replica {
+            Some(replica) => Some(db::read_pool(&config, replica)?),
+            None => None,
+        };
+        Ok(AppState {
             cache: Cache::new(&config.cache),
             token: TokenDigest::new(&config.write_token.0),
             capacity: Arc::new(Semaphore::new(config.max_in_flight())),
             lifecycle: Lifecycle::default(),
             breaker: Breaker::default(),
+            replica_breaker: Breaker::default(),
             metrics,
             pool,
+            read_pool,
+            failover,
             config,
-        }
+        })
     }
 }
 
@@ -52,21 +69,129 @@ impl AppState {
         }
     }
 
-    /// Every database call of a request or the job worker: refused at once while the
-    /// circuit breaker is open, otherwise bounded by the database timeout, and counted by
-    /// the breaker.
-    pub async fn db<T, E>(&self, call: impl Future<Output = Result<T, E>>) -> Result<T, E>
+    /// Every call on the primary, reads and writes, of a request or a background task:
+    /// refused at once while the circuit breaker is open, otherwise bounded by the database
+    /// timeout, run on one connection that is closed rather than reused if it failed at the
+    /// connection level or hit SQLSTATE 25006, and counted by the breaker.
+    pub async fn db<T, E>(
+        &self,
+        op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+    ) -> Result<T, E>
     where
         E: From<DbError> + Outage,
     {
-        self.breaker.check()?;
-        let result = timed(self.config.db_timeout, call).await;
+        let open = self.breaker.is_open();
+        let result = match self.breaker.check() {
+            Err(e) => Err(E::from(e)),
+            Ok(()) => timed(self.config.db_timeout, failover::run_on(&self.pool, op)).await,
+        };
+        let result = match result {
+            Err(e)
+                if e.db_error()
+                    .is_some_and(|d| matches!(d, DbError::ReadOnly(_))) =>
+            {
+                self.failover.read_only_closed.inc();
+                tracing::warn!(error = %DbErrorDisplay(e.db_error()),
+                    "a write hit a read-only server (demoted primary): its connection is closed");
+                Err(e)
+            }
+            // The pool kept refusing standbys until it gave up: say "failing over".
+            Err(e)
+                if e.is_outage() && self.failover.refused_recently(self.config.db_timeout * 2) =>
+            {
+                Err(E::from(DbError::NotPrimary))
+            }
+            other => other,
+        };
+        if open {
+            return result;
+        }
         let outage = matches!(&result, Err(e) if e.is_outage());
+        if !outage {
+            self.failover.primary_answered();
+        }
         if self.breaker.record(outage) {
             tracing::warn!(
                 "database unreachable: circuit breaker open, failing fast until a probe succeeds"
             );
         }
         result
+    }
+
+    /// A read for a reader path (pages, feed, API GETs): from the primary, or, when the
+    /// primary fails (unreachable, hung, a standby) and a read replica is configured, from
+    /// the replica if it is within `ARTICLES_READ_MAX_LAG_SECONDS`. Never for writes.
+    pub async fn read<T, E>(
+        &self,
+        op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E> + Clone,
+    ) -> Result<Sourced<T>, E>
+    where
+        E: From<DbError> + Outage,
+    {
+        let primary_error = match self.db(op.clone()).await {
+            Ok(v) => return Ok(Sourced::primary(v)),
+            Err(e) if e.is_outage() => e,
+            Err(e) => return Err(e),
+        };
+        let (Some(read_pool), Some(replica)) = (&self.read_pool, &self.config.read_replica) else {
+            return Err(primary_error);
+        };
+        if self.replica_breaker.is_open() {
+            return Err(primary_error);
+        }
+        let since_primary = self.failover.since_primary_answered();
+        let result = timed(self.config.db_timeout, async {
+            let mut held = Held::acquire(read_pool)
+                .await
+                .map_err(|e| E::from(DbError::from(e)))?;
+            let status = failover::replica_status(held.conn()).await?;
+            let staleness = failover::Staleness::assess(&status, since_primary);
+            if !staleness.within(replica.max_lag) {
+                held.keep();
+                return Err(E::from(DbError::TooStale(staleness)));
+            }
+            let value = op(held.conn()).await;
+            if !matches!(&value, Err(e) if e.db_error().is_some_and(DbError::breaks_connection)) {
+                held.keep();
+            }
+            Ok((value?, staleness))
+        })
+        .await;
+        let too_stale =
+            matches!(&result, Err(e) if matches!(e.db_error(), Some(DbError::TooStale(_))));
+        let replica_down = matches!(&result, Err(e) if e.is_outage()) && !too_stale;
+        if self.replica_breaker.record(replica_down) {
+            tracing::warn!("read replica unreachable too: its circuit breaker is open");
+        }
+        match result {
+            Ok((value, staleness)) => {
+                self.metrics.replica_reads.inc();
+                Ok(Sourced {
+                    value,
+                    replica: Some(staleness),
+                })
+            }
+            Err(e) if too_stale => {
+                self.metrics.replica_refused.inc();
+                tracing::warn!(error = %DbErrorDisplay(e.db_error()), "primary unreachable and the replica too stale: read refused");
+                Err(e)
+            }
+            Err(e) => {
+                tracing::warn!(error = %DbErrorDisplay(e.db_error()), "primary unreachable and the read replica failed too");
+                Err(primary_error)
+            }
+        }
+    }
+}
+
+/// Logs the database error inside any error type.
+struct DbErrorDisplay<'a>(Option<&'a DbError>);
+
+impl std::fmt::Display for DbErrorDisplay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(e) => e.fmt(f),
+            None => f.write_str("not a database error"),
+        }
     }
 }

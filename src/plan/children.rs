@@ -27,14 +27,8 @@ pub struct ChildrenPlan {
     pub problems: Vec<Problem>,
 }
 
-/// `problems` are those found so far (a missing StorageClass holds the StatefulSet back);
-/// `waiting_for_secrets` holds back both workloads.
-pub fn plan(
-    site: &ArticleSite,
-    observed: &Observed,
-    problems: &[Problem],
-    waiting_for_secrets: bool,
-) -> ChildrenPlan {
+/// `problems` are those found so far (a missing StorageClass holds the StatefulSet back).
+pub fn plan(site: &ArticleSite, observed: &Observed, problems: &[Problem]) -> ChildrenPlan {
     let mut applies = Vec::new();
     let mut push = |child: Child, why: Outcome| {
         if why != Outcome::Unchanged {
@@ -73,12 +67,9 @@ pub fn plan(
     push(Child::ConfigMap(config), why);
 
     let (deployment, rollout) = deployment(site, observed);
-    if !waiting_for_secrets {
-        let (d, why) = compare(deployment, observed.deployment.as_ref());
-        push(Child::Deployment(d), why);
-    }
-    let storage_blocked = problems.iter().any(|p| p.blocks_database);
-    if !waiting_for_secrets && !storage_blocked {
+    let (d, why) = compare(deployment, observed.deployment.as_ref());
+    push(Child::Deployment(d), why);
+    if !problems.iter().any(|p| p.blocks_database) {
         let (s, why) = compare(
             statefulset::build(site, &claim_size, instances),
             observed.statefulset.as_ref(),

@@ -15,7 +15,6 @@
 //!   from before it lost its selector: kube-proxy would otherwise keep routing to the old pod
 //!   IP next to Patroni's leader.
 
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
@@ -23,6 +22,7 @@ use crate::crd::{ArticleSite, SwitchoverRequest};
 use crate::observe::Observed;
 use crate::patroni::{self, State};
 use crate::resources::patroni_config;
+use crate::spread::NodeFacts;
 
 /// The annotation a user sets on the ArticleSite to ask for a switchover.
 pub const SWITCHOVER_ANNOTATION: &str = "articlesite.io/switchover";
@@ -101,12 +101,9 @@ impl DatabasePlan {
 }
 
 /// A cordoned node, or one tainted out of service: its pods are about to be evicted.
-pub fn draining(node: &Node) -> bool {
-    let Some(spec) = node.spec.as_ref() else {
-        return false;
-    };
-    spec.unschedulable == Some(true)
-        || spec.taints.iter().flatten().any(|t| {
+pub fn draining(node: &NodeFacts) -> bool {
+    node.unschedulable
+        || node.taints.iter().any(|t| {
             t.key == OUT_OF_SERVICE_TAINT && matches!(t.effect.as_str(), "NoExecute" | "NoSchedule")
         })
 }
@@ -170,7 +167,11 @@ pub fn plan(
 
     // Before a drain: only to a synchronous standby that is healthy (no acknowledged write is
     // lost, and the new primary is not on its way out too).
-    let primary_draining = observed.primary_node.as_ref().is_some_and(draining);
+    let primary_draining = state
+        .primary()
+        .and_then(|m| m.node.as_deref())
+        .and_then(|n| observed.node(n))
+        .is_some_and(draining);
     if primary_draining
         && !busy
         && let (Some(leader), Some(standby)) = (state.leader.clone(), state.healthy_sync_standby())

@@ -8,8 +8,9 @@
 //! The plan is built in this order, because later decisions depend on earlier ones:
 //! 1. problems only the user can fix (`environment`): a missing StorageClass keeps the
 //!    StatefulSet from being created (its claim template is immutable);
-//! 2. the generated Secrets (`secrets`): the workloads wait until both exist, since their pod
-//!    template carries a version of them;
+//! 2. the generated Secrets (`secrets`): while one is missing, the plan is only to create it
+//!    (the app's pod template carries a version of both); the controller then plans again in
+//!    the same reconcile, with the create's answers in `Observed`;
 //! 3. the desired children (`children`), each compared with its live object by the zero-write
 //!    guard (`diff`); only those that differ are applied;
 //! 4. storage expansion, and the pod actions of high availability (`pods`).
@@ -66,7 +67,7 @@ pub struct Plan {
     pub rollout: Rollout,
     /// Problems only the user can fix, found while planning.
     pub problems: Vec<Problem>,
-    /// The workloads are held back until the generated Secrets exist.
+    /// Only the missing generated Secrets are created; everything else waits for them.
     pub waiting_for_secrets: bool,
     /// `spec.paused`: nothing is written but the status.
     pub paused: bool,
@@ -196,7 +197,16 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
     }
     let mut problems = environment::problems(site, observed);
     let secrets = secrets::plan(site, observed);
-    let children = children::plan(site, observed, &problems, secrets.waiting);
+    if secrets.waiting {
+        return Plan {
+            // A rotation waits for the second plan, which sees the token as created.
+            create_secrets: secrets.create,
+            problems,
+            waiting_for_secrets: true,
+            ..Plan::default()
+        };
+    }
+    let children = children::plan(site, observed, &problems);
     problems.extend(children.problems);
     let expand_claims = children::expansions(site, observed, &problems);
     let pods = pods::plan(site, observed, now);
@@ -227,7 +237,7 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
         pods: pods.actions,
         rollout: children.rollout,
         problems,
-        waiting_for_secrets: secrets.waiting,
+        waiting_for_secrets: false,
         paused: false,
         recheck,
     }

@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use crate::crd::ArticleSite;
 use crate::ha::{self, Restart, RestartPlan};
 use crate::observe::Observed;
+use crate::spread::{self, RebalancePlan};
 
 /// The ReplicaSet controller removes pods with the lowest cost first on a scale-down.
 pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -23,8 +24,8 @@ pub struct PodActions {
     pub mark_for_scale_down: Vec<String>,
     /// Pods bound to a node that no longer exists: only a force delete lets them be replaced.
     pub force_delete: Vec<Orphan>,
-    /// At most one unhealthy app pod to restart through the Eviction API (which honours the
-    /// disruption budget).
+    /// At most one app pod to restart through the Eviction API (which honours the disruption
+    /// budget): an unhealthy one, or else one that moves to restore the spread.
     pub evict: Option<Eviction>,
 }
 
@@ -115,6 +116,18 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> PodsPlan
     let (evict, recheck) =
         match ha::plan_restart(site, &app_pods, deployment, database_ready, &restarts, now) {
             RestartPlan::Now(restart) => (Some(restart), None),
+            // Only a calm site is rebalanced: no pod to restart, none waiting to be.
+            // Moves share the restart budget, so a scheduler that keeps placing the
+            // replacement on the same node (`Preferred` spreading) cannot cause churn.
+            RestartPlan::Later(None) => {
+                match spread::rebalance(site, &app_pods, deployment, &observed.node_facts, now) {
+                    RebalancePlan::Move(m) => match ha::budget_wait(site, &restarts, now) {
+                        None => (Some(m), None),
+                        Some(wait) => (None, Some(wait)),
+                    },
+                    RebalancePlan::Later(recheck) => (None, recheck),
+                }
+            }
             RestartPlan::Later(recheck) => (None, recheck),
         };
     PodsPlan {

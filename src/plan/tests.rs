@@ -115,7 +115,7 @@ fn app_pod(name: &str, node: &str, ready: bool, waiting: Option<&str>) -> Pod {
 }
 
 #[test]
-fn a_fresh_site_creates_its_secrets_first_and_the_workloads_wait() {
+fn a_fresh_site_creates_its_secrets_first_and_everything_else_waits() {
     let s = site("news");
     let observed = Observed {
         cluster_domain: "cluster.local".into(),
@@ -127,11 +127,20 @@ fn a_fresh_site_creates_its_secrets_first_and_the_workloads_wait() {
         [Generated::DatabaseCredentials, Generated::WriteToken]
     );
     assert!(p.waiting_for_secrets);
+    // The controller plans again with the created Secrets (the next test's input).
+    assert!(p.applies.is_empty(), "{:?}", kinds(&p));
+    assert!(p.pods.is_empty() && p.problems.is_empty());
+}
+
+#[test]
+fn a_fresh_site_creates_every_child_once_its_secrets_exist() {
+    let s = site("news");
+    let p = plan(&s, &with_secrets(), now());
     let planned = kinds(&p);
     assert_eq!(planned[0].0, "ServiceAccount", "the pods name it: first");
     assert!(planned.iter().all(|(_, _, why)| *why == Outcome::Created));
     let names: Vec<&str> = planned.iter().map(|(k, _, _)| *k).collect();
-    assert!(!names.contains(&"Deployment") && !names.contains(&"StatefulSet"));
+    assert!(names.contains(&"Deployment") && names.contains(&"StatefulSet"));
     // app, client, headless, replicas, config
     assert_eq!(names.iter().filter(|k| **k == "Service").count(), 5);
     // app, database, primary (a new site gets 3 instances)
@@ -148,7 +157,6 @@ fn a_fresh_site_creates_its_secrets_first_and_the_workloads_wait() {
     }
     assert_eq!(names.iter().filter(|k| **k == "ServiceAccount").count(), 2);
     assert_eq!(names.iter().filter(|k| **k == "NetworkPolicy").count(), 2);
-    assert!(p.pods.is_empty() && p.problems.is_empty());
 }
 
 #[test]
@@ -475,10 +483,14 @@ fn db_pod(name: &str, node: &str, role: &str, state: &str) -> Pod {
     .unwrap()
 }
 
-fn node(name: &str, cordoned: bool) -> k8s_openapi::api::core::v1::Node {
-    serde_json::from_value(json!({"metadata": {"name": name},
-        "spec": {"unschedulable": cordoned}}))
-    .unwrap()
+/// Sets whether node `name` is cordoned in the node cache's facts.
+fn cordon(o: &mut Observed, name: &str, cordoned: bool) {
+    o.node_facts.retain(|n| n.name != name);
+    o.node_facts.push(crate::spread::NodeFacts {
+        name: name.into(),
+        unschedulable: cordoned,
+        ..Default::default()
+    });
 }
 
 /// A steady three-instance site with Patroni running: news-postgresql-0 leads, -1 is in sync.
@@ -501,7 +513,7 @@ fn replicated() -> (ArticleSite, Observed) {
             json!({"config": "{\"ttl\":20,\"synchronous_mode\":true}"}),
         ),
     ];
-    o.primary_node = Some(node("n1", false));
+    cordon(&mut o, "n1", false);
     (s, o)
 }
 
@@ -591,7 +603,7 @@ fn a_switchover_request_is_handed_to_patroni_once() {
 #[test]
 fn a_cordoned_primary_node_asks_for_exactly_one_switchover() {
     let (mut s, mut o) = replicated();
-    o.primary_node = Some(node("n1", true));
+    cordon(&mut o, "n1", true);
     let p = plan(&s, &o, now()).database;
     let sw = p.switchover.expect("a switchover before the drain");
     assert_eq!(
@@ -635,7 +647,7 @@ fn a_cordoned_primary_node_asks_for_exactly_one_switchover() {
 #[test]
 fn no_switchover_without_a_healthy_synchronous_standby() {
     let (s, mut o) = replicated();
-    o.primary_node = Some(node("n1", true));
+    cordon(&mut o, "n1", true);
     o.pods[1] = db_pod("news-postgresql-1", "n2", "replica", "starting");
     assert!(plan(&s, &o, now()).database.switchover.is_none());
 }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection};
 
 use super::DbError;
 
@@ -65,8 +65,11 @@ pub enum RepoError {
 }
 
 impl super::Outage for RepoError {
-    fn is_outage(&self) -> bool {
-        matches!(self, RepoError::Db(e) if e.is_outage())
+    fn db_error(&self) -> Option<&DbError> {
+        match self {
+            RepoError::Db(e) => Some(e),
+            _ => None,
+        }
     }
 }
 
@@ -198,7 +201,7 @@ pub struct ListQuery {
 
 /// A page of published articles, newest first, and the cursor of the next page if any.
 pub async fn list_published(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     q: &ListQuery,
 ) -> Result<(Vec<Article>, Option<Cursor>), DbError> {
     let (at, id) = q
@@ -229,7 +232,7 @@ pub async fn list_published(
             .bind(tag)
             .bind(s),
     };
-    let mut rows = query.fetch_all(pool).await?;
+    let mut rows = query.fetch_all(conn).await?;
     let next = if rows.len() as i64 > q.limit {
         rows.truncate(q.limit as usize);
         rows.last().and_then(|a| {
@@ -244,10 +247,10 @@ pub async fn list_published(
     Ok((rows, next))
 }
 
-pub async fn get_by_slug(pool: &PgPool, slug: &str) -> Result<Option<Article>, DbError> {
+pub async fn get_by_slug(conn: &mut PgConnection, slug: &str) -> Result<Option<Article>, DbError> {
     Ok(sqlx::query_as(GET_BY_SLUG_SQL)
         .bind(slug)
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await?)
 }
 
@@ -267,7 +270,11 @@ pub struct Rendered {
     pub version: i32,
 }
 
-pub async fn create(pool: &PgPool, a: &NewArticle, r: &Rendered) -> Result<Article, RepoError> {
+pub async fn create(
+    conn: &mut PgConnection,
+    a: &NewArticle,
+    r: &Rendered,
+) -> Result<Article, RepoError> {
     let sql = concat!(
         "INSERT INTO articles (slug, title, summary, body, tags, body_html, render_version) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
@@ -281,7 +288,7 @@ pub async fn create(pool: &PgPool, a: &NewArticle, r: &Rendered) -> Result<Artic
         .bind(&a.tags)
         .bind(&r.html)
         .bind(r.version)
-        .fetch_one(pool)
+        .fetch_one(conn)
         .await?)
 }
 
@@ -295,7 +302,7 @@ pub struct ArticlePatch {
 }
 
 async fn lock_by_slug(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut PgConnection,
     slug: &str,
     pre: &Precondition,
 ) -> Result<Article, RepoError> {
@@ -307,20 +314,20 @@ async fn lock_by_slug(
     );
     sqlx::query_as(sql)
         .bind(slug)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx)
         .await?
         .ok_or_else(|| pre.missing())
 }
 
 /// Applies `patch` if the article still matches `pre`; the version goes up by one.
 pub async fn update(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     slug: &str,
     pre: Precondition,
     patch: &ArticlePatch,
     rendered: Option<&Rendered>,
 ) -> Result<Article, RepoError> {
-    let mut tx = pool.begin().await.map_err(DbError::from)?;
+    let mut tx = conn.begin().await.map_err(DbError::from)?;
     let current = lock_by_slug(&mut tx, slug, &pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
@@ -348,8 +355,12 @@ pub async fn update(
     Ok(updated)
 }
 
-pub async fn delete(pool: &PgPool, slug: &str, pre: Precondition) -> Result<(), RepoError> {
-    let mut tx = pool.begin().await.map_err(DbError::from)?;
+pub async fn delete(
+    conn: &mut PgConnection,
+    slug: &str,
+    pre: Precondition,
+) -> Result<(), RepoError> {
+    let mut tx = conn.begin().await.map_err(DbError::from)?;
     let current = lock_by_slug(&mut tx, slug, &pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
@@ -366,12 +377,12 @@ pub async fn delete(pool: &PgPool, slug: &str, pre: Precondition) -> Result<(), 
 /// Publishes now (`at` is `None` or not in the future), or schedules publication at `at`
 /// by enqueueing a job in the same transaction.
 pub async fn publish(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     slug: &str,
     pre: Precondition,
     at: Option<DateTime<Utc>>,
 ) -> Result<Article, RepoError> {
-    let mut tx = pool.begin().await.map_err(DbError::from)?;
+    let mut tx = conn.begin().await.map_err(DbError::from)?;
     let current = lock_by_slug(&mut tx, slug, &pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
@@ -421,21 +432,21 @@ pub const STALE_RENDER_SQL: &str =
     "SELECT id, version, body FROM articles WHERE render_version < $1 ORDER BY id LIMIT $2";
 
 pub async fn stale_renders(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     current: i32,
     limit: i64,
 ) -> Result<Vec<(i64, i64, String)>, DbError> {
     Ok(sqlx::query_as(STALE_RENDER_SQL)
         .bind(current)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?)
 }
 
 /// Stores a rendering of version `version` of the article; a no-op if it changed since.
 /// The version number stays: the content did not change.
 pub async fn store_render(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     id: i64,
     version: i64,
     r: &Rendered,
@@ -447,7 +458,7 @@ pub async fn store_render(
     .bind(version)
     .bind(&r.html)
     .bind(r.version)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -456,7 +467,7 @@ pub async fn store_render(
 /// (`None`) when the article was deleted, published by hand or rescheduled since the job
 /// was enqueued.
 pub async fn publish_scheduled(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut PgConnection,
     article_id: i64,
     scheduled_at: DateTime<Utc>,
 ) -> Result<Option<String>, DbError> {
@@ -466,7 +477,7 @@ pub async fn publish_scheduled(
     Ok(sqlx::query_scalar(sql)
         .bind(article_id)
         .bind(scheduled_at)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx)
         .await?)
 }
 

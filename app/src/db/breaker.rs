@@ -24,8 +24,25 @@ impl DbError {
     pub fn is_outage(&self) -> bool {
         matches!(
             self,
-            DbError::Timeout | DbError::Unavailable(_) | DbError::CircuitOpen
+            DbError::Timeout
+                | DbError::Unavailable(_)
+                | DbError::CircuitOpen
+                | DbError::ReadOnly(_)
+                | DbError::NotPrimary
+                | DbError::TooStale(_)
         )
+    }
+
+    /// Errors after which the connection that saw them must not go back to the pool: it
+    /// reaches a demoted server, or it is broken or hung (returning it would make sqlx
+    /// ping it without a time limit).
+    pub fn breaks_connection(&self) -> bool {
+        matches!(self, DbError::Unavailable(_) | DbError::ReadOnly(_))
+    }
+
+    /// The database is changing primaries (as opposed to simply being away).
+    pub fn is_failover(&self) -> bool {
+        matches!(self, DbError::ReadOnly(_) | DbError::NotPrimary)
     }
 }
 

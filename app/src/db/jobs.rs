@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
 use super::DbError;
 
@@ -31,7 +31,7 @@ pub struct ClaimedJob {
 }
 
 pub async fn enqueue(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut PgConnection,
     kind: &str,
     payload: &serde_json::Value,
     run_at: DateTime<Utc>,
@@ -42,7 +42,7 @@ pub async fn enqueue(
     .bind(kind)
     .bind(payload)
     .bind(run_at)
-    .fetch_one(&mut **tx)
+    .fetch_one(tx)
     .await?;
     Ok(id)
 }
@@ -53,37 +53,34 @@ pub async fn enqueue(
 pub const CANCEL_FOR_ARTICLE_SQL: &str = "DELETE FROM jobs WHERE kind = 'publish_article' AND state = 'pending' \
      AND (payload->>'article_id')::bigint = $1";
 
-pub async fn cancel_for_article(
-    tx: &mut Transaction<'static, Postgres>,
-    article_id: i64,
-) -> Result<u64, DbError> {
+pub async fn cancel_for_article(tx: &mut PgConnection, article_id: i64) -> Result<u64, DbError> {
     let done = sqlx::query(CANCEL_FOR_ARTICLE_SQL)
         .bind(article_id)
-        .execute(&mut **tx)
+        .execute(tx)
         .await?;
     Ok(done.rows_affected())
 }
 
 pub async fn claim(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     worker: &str,
     lease: Duration,
 ) -> Result<Option<ClaimedJob>, DbError> {
     Ok(sqlx::query_as(CLAIM_SQL)
         .bind(worker)
         .bind(lease.as_secs_f64())
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await?)
 }
 
 /// Opens the transaction in which a job's effect and its completion commit together.
 /// Returns `None` if the lease was lost (another worker took the job over). The row lock
 /// held until commit keeps any other worker from taking it meanwhile.
-pub async fn begin_fenced(
-    pool: &PgPool,
+pub async fn begin_fenced<'c>(
+    conn: &'c mut PgConnection,
     job: &ClaimedJob,
-) -> Result<Option<Transaction<'static, Postgres>>, DbError> {
-    let mut tx = pool.begin().await?;
+) -> Result<Option<Transaction<'c, Postgres>>, DbError> {
+    let mut tx = conn.begin().await?;
     let held: Option<i64> = sqlx::query_scalar(
         "SELECT id FROM jobs WHERE id = $1 AND attempts = $2 AND state = 'pending' FOR UPDATE",
     )
@@ -95,10 +92,7 @@ pub async fn begin_fenced(
 }
 
 /// Marks the job done and commits its effect.
-pub async fn complete(
-    mut tx: Transaction<'static, Postgres>,
-    job: &ClaimedJob,
-) -> Result<(), DbError> {
+pub async fn complete(mut tx: Transaction<'_, Postgres>, job: &ClaimedJob) -> Result<(), DbError> {
     sqlx::query("UPDATE jobs SET state = 'done', finished_at = now(), locked_by = NULL, last_error = NULL WHERE id = $1")
         .bind(job.id)
         .execute(&mut *tx)
@@ -109,7 +103,7 @@ pub async fn complete(
 
 /// Records a failed attempt: retried after `backoff`, or failed for good once out of attempts.
 pub async fn fail(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     job: &ClaimedJob,
     error: &str,
     backoff: Duration,
@@ -125,7 +119,7 @@ pub async fn fail(
     .bind(job.attempts)
     .bind(error)
     .bind(backoff.as_secs_f64())
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -136,6 +130,6 @@ pub struct Depth {
     pub due: i64,
 }
 
-pub async fn depth(pool: &PgPool) -> Result<Depth, DbError> {
-    Ok(sqlx::query_as(DEPTH_SQL).fetch_one(pool).await?)
+pub async fn depth(conn: &mut PgConnection) -> Result<Depth, DbError> {
+    Ok(sqlx::query_as(DEPTH_SQL).fetch_one(conn).await?)
 }

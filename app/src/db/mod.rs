@@ -2,6 +2,7 @@
 
 pub mod articles;
 pub mod breaker;
+pub mod failover;
 pub mod jobs;
 
 use std::future::Future;
@@ -11,7 +12,8 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use crate::config::Config;
+use crate::config::{Config, ReadReplicaConfig};
+use failover::{Failover, Staleness};
 
 /// Migrations compiled into the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -24,6 +26,19 @@ pub enum DbError {
     Unavailable(#[source] sqlx::Error),
     #[error("the database is known to be down (circuit breaker open)")]
     CircuitOpen,
+    /// SQLSTATE 25006 on a write: the server turned read-only (demoted); the connection
+    /// that saw it is closed.
+    #[error(
+        "the database server refused a write as read-only (SQLSTATE 25006): it was demoted, a failover is under way"
+    )]
+    ReadOnly(#[source] sqlx::Error),
+    /// The write host answers, but only as a standby: the Service has not moved to the new
+    /// primary yet (see `failover::refuse_standby`).
+    #[error("the database host is a standby in recovery, not the primary: a failover is under way")]
+    NotPrimary,
+    /// The read replica is further behind than `ARTICLES_READ_MAX_LAG_SECONDS`.
+    #[error("the read replica is too far behind the primary ({0})")]
+    TooStale(Staleness),
     #[error("database error: {0}")]
     Other(#[source] sqlx::Error),
 }
@@ -42,6 +57,7 @@ impl From<sqlx::Error> for DbError {
             // database; 28xxx: authentication. All mean "not reachable now", not a bug.
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 Some("57014") => DbError::Timeout,
+                Some(failover::READ_ONLY_SQLSTATE) => DbError::ReadOnly(e),
                 Some(c)
                     if c.starts_with("57P")
                         || c.starts_with("08")
@@ -58,14 +74,20 @@ impl From<sqlx::Error> for DbError {
     }
 }
 
-/// Errors that may mean the database is unreachable, for the circuit breaker.
+/// Errors that may mean the database is unreachable, for the circuit breaker and the
+/// failover logic.
 pub trait Outage {
-    fn is_outage(&self) -> bool;
+    /// The database error inside, if this error came from the database.
+    fn db_error(&self) -> Option<&DbError>;
+
+    fn is_outage(&self) -> bool {
+        self.db_error().is_some_and(DbError::is_outage)
+    }
 }
 
 impl Outage for DbError {
-    fn is_outage(&self) -> bool {
-        DbError::is_outage(self)
+    fn db_error(&self) -> Option<&DbError> {
+        Some(self)
     }
 }
 
@@ -90,9 +112,11 @@ fn base_options(config: &Config) -> Result<PgConnectOptions, sqlx::Error> {
         .disable_statement_logging())
 }
 
-/// A lazily connecting, bounded pool: the server starts even while the database is down,
-/// and reconnects by itself when it returns.
-pub fn pool(config: &Config) -> Result<PgPool, sqlx::Error> {
+/// A lazily connecting, bounded pool on the primary: the server starts even while the
+/// database is down, and reconnects by itself when it returns. Connections to a standby
+/// are refused as they are made, and idle ones are checked with a bounded ping (see
+/// `failover`), so the pool follows the write Service through a failover.
+pub fn pool(config: &Config, failover: &Failover) -> Result<PgPool, sqlx::Error> {
     let ms = config.db_timeout.as_millis().to_string();
     let options = base_options(config)?.options([("statement_timeout", ms.as_str())]);
     Ok(PgPoolOptions::new()
@@ -101,13 +125,46 @@ pub fn pool(config: &Config) -> Result<PgPool, sqlx::Error> {
         .acquire_timeout(config.db_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .max_lifetime(Some(Duration::from_secs(1800)))
-        .test_before_acquire(true)
+        .after_connect(failover.refuse_standby())
+        // sqlx's own test waits for the ping without a limit of its own (a frozen host
+        // would take the whole acquire timeout); ours is bounded.
+        .test_before_acquire(false)
+        .before_acquire(failover::bounded_ping(failover::ping_limit(
+            config.db_timeout,
+        )))
+        .connect_lazy_with(options))
+}
+
+/// The read-only fallback pool on the replicas' Service: smaller, used only while the
+/// primary fails, and it accepts standbys (that is its point).
+pub fn read_pool(config: &Config, replica: &ReadReplicaConfig) -> Result<PgPool, sqlx::Error> {
+    let ms = config.db_timeout.as_millis().to_string();
+    let options = config
+        .database
+        .read_options(replica)?
+        .application_name("article-server-reads")
+        .disable_statement_logging()
+        .options([
+            ("statement_timeout", ms.as_str()),
+            ("default_transaction_read_only", "on"),
+        ]);
+    Ok(PgPoolOptions::new()
+        .max_connections(config.pool_size.div_ceil(2))
+        .min_connections(0)
+        .acquire_timeout(config.db_timeout)
+        .idle_timeout(Some(Duration::from_secs(60)))
+        .max_lifetime(Some(Duration::from_secs(1800)))
+        .test_before_acquire(false)
+        .before_acquire(failover::bounded_ping(failover::ping_limit(
+            config.db_timeout,
+        )))
         .connect_lazy_with(options))
 }
 
 /// The change listener's own one-connection pool: it must not take one of the request
-/// pool's connections, and it reconnects through it.
-pub fn listener_pool(config: &Config) -> Result<PgPool, sqlx::Error> {
+/// pool's connections, and it reconnects through it. A standby cannot `LISTEN`, so it
+/// refuses standbys too.
+pub fn listener_pool(config: &Config, failover: &Failover) -> Result<PgPool, sqlx::Error> {
     let ms = config.db_timeout.as_millis().to_string();
     let options = base_options(config)?.options([("statement_timeout", ms.as_str())]);
     Ok(PgPoolOptions::new()
@@ -116,6 +173,7 @@ pub fn listener_pool(config: &Config) -> Result<PgPool, sqlx::Error> {
         .acquire_timeout(config.db_timeout)
         .idle_timeout(None)
         .max_lifetime(None)
+        .after_connect(failover.refuse_standby())
         .connect_lazy_with(options))
 }
 
@@ -140,15 +198,11 @@ pub fn latest_migration() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
-/// True when the database answers and has every embedded migration applied.
-pub async fn ready(pool: &PgPool, limit: Duration) -> Result<bool, DbError> {
-    timed(limit, async {
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-                .fetch_one(pool)
-                .await
-                .map_err(DbError::from)?;
-        Ok(applied.unwrap_or(0) >= latest_migration())
-    })
-    .await
+/// True when the database has every embedded migration applied.
+pub async fn ready(conn: &mut PgConnection) -> Result<bool, DbError> {
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(conn)
+            .await?;
+    Ok(applied.unwrap_or(0) >= latest_migration())
 }

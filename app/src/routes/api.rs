@@ -103,27 +103,29 @@ pub async fn list(
     let query = params.to_query()?;
     let key = ListParams::cache_key("api:list", &query);
     cached_response(&state, key, Scope::List, &headers, async {
-        let (items, next) = state
-            .db(articles::list_published(&state.pool, &query))
+        let listed = state
+            .read(async |c| articles::list_published(c, &query).await)
             .await?;
-        let page = Page {
-            items: items
-                .iter()
-                .map(|a| Summary {
-                    id: a.id,
-                    slug: &a.slug,
-                    title: &a.title,
-                    summary: &a.summary,
-                    tags: &a.tags,
-                    published_at: a.published_at,
-                    updated_at: a.updated_at,
-                })
-                .collect(),
-            next_cursor: next.map(|c| c.encode()),
-        };
-        let body = to_json(&page)?;
-        let etag = body_etag(&body);
-        Ok(Cached::new(body, etag, JSON))
+        listed.try_map(|(items, next)| {
+            let page = Page {
+                items: items
+                    .iter()
+                    .map(|a| Summary {
+                        id: a.id,
+                        slug: &a.slug,
+                        title: &a.title,
+                        summary: &a.summary,
+                        tags: &a.tags,
+                        published_at: a.published_at,
+                        updated_at: a.updated_at,
+                    })
+                    .collect(),
+                next_cursor: next.map(|c| c.encode()),
+            };
+            let body = to_json(&page)?;
+            let etag = body_etag(&body);
+            Ok(Cached::new(body, etag, JSON))
+        })
     })
     .await
 }
@@ -138,22 +140,27 @@ pub async fn get(
     match credentials(&headers, &state.token) {
         Credentials::Invalid => Err(ApiError::Unauthorized),
         Credentials::Valid => {
-            let a = state
-                .db(articles::get_by_slug(&state.pool, &slug))
-                .await?
-                .ok_or(ApiError::NotFound)?;
+            let found = state
+                .read(async |c| articles::get_by_slug(c, &slug).await)
+                .await?;
+            let a = found.value.ok_or(ApiError::NotFound)?;
+            let freshness = match found.replica {
+                Some(staleness) => Freshness::Replica { staleness },
+                None => Freshness::Uncached,
+            };
             Ok(conditional(
                 &headers,
                 &article_json(&a)?,
                 CACHE_PRIVATE,
-                Freshness::Uncached,
+                freshness,
             ))
         }
         Credentials::None => {
             let [key, _] = article_keys(&slug);
             cached_response(&state, key, Scope::Article, &headers, async {
-                let a = published_article(&state, &slug).await?;
-                article_json(&a)
+                published_article(&state, &slug)
+                    .await?
+                    .try_map(|a| article_json(&a))
             })
             .await
         }
@@ -168,7 +175,7 @@ pub async fn create(
     let new = input.validate().map_err(ApiError::Validation)?;
     let rendered = render::render_body(&new.body);
     let a = state
-        .db(articles::create(&state.pool, &new, &rendered))
+        .db(async |c| articles::create(c, &new, &rendered).await)
         .await?;
     // A draft is in no public response: nothing cached changes.
 
@@ -188,13 +195,7 @@ pub async fn update(
     let patch = input.validate().map_err(ApiError::Validation)?;
     let rendered = patch.body.as_deref().map(render::render_body);
     let a = state
-        .db(articles::update(
-            &state.pool,
-            &slug,
-            pre,
-            &patch,
-            rendered.as_ref(),
-        ))
+        .db(async |c| articles::update(c, &slug, pre, &patch, rendered.as_ref()).await)
         .await?;
     // This replica sees its own write at once; the others through the notification.
     state.cache.invalidate_article(&slug);
@@ -209,7 +210,9 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let slug = slug_of(path)?;
     let pre = precondition(&headers, false)?;
-    state.db(articles::delete(&state.pool, &slug, pre)).await?;
+    state
+        .db(async |c| articles::delete(c, &slug, pre).await)
+        .await?;
     // This replica sees its own write at once; the others through the notification.
     state.cache.invalidate_article(&slug);
     let mut res = StatusCode::NO_CONTENT.into_response();
@@ -229,7 +232,7 @@ pub async fn publish(
     let slug = slug_of(path)?;
     let pre = precondition(&headers, false)?;
     let a = state
-        .db(articles::publish(&state.pool, &slug, pre, input.at()))
+        .db(async |c| articles::publish(c, &slug, pre, input.at()).await)
         .await?;
     // This replica sees its own write at once; the others through the notification.
     state.cache.invalidate_article(&slug);

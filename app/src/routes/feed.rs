@@ -23,17 +23,19 @@ pub async fn atom(
             limit: DEFAULT_PAGE,
             ..ListQuery::default()
         };
-        let (items, _) = state
-            .db(articles::list_published(&state.pool, &query))
+        let listed = state
+            .read(async |c| articles::list_published(c, &query).await)
             .await?;
-        let xml = render::atom_feed(state.site(), &items)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let etag = body_etag(xml.as_bytes());
-        Ok(Cached::new(
-            xml,
-            etag,
-            "application/atom+xml; charset=utf-8",
-        ))
+        listed.try_map(|(items, _)| {
+            let xml = render::atom_feed(state.site(), &items)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            let etag = body_etag(xml.as_bytes());
+            Ok(Cached::new(
+                xml,
+                etag,
+                "application/atom+xml; charset=utf-8",
+            ))
+        })
     })
     .await
 }

@@ -1,5 +1,7 @@
 //! Probes. `/livez`: the process serves HTTP. `/readyz`: not draining, migrations applied,
-//! and the database answers.
+//! and the primary answers, or, while it fails, the read replica can serve reads within
+//! its staleness bound (ready but degraded: taking the pod out of its Service would turn
+//! the reads it can still answer into failures).
 
 use std::sync::Arc;
 
@@ -9,7 +11,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::db;
+use crate::db::failover::{self, Staleness};
+use crate::db::{self, DbError};
 use crate::http::CACHE_NONE;
 use crate::state::AppState;
 
@@ -37,8 +40,10 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if !state.lifecycle.migrated() {
         return unready("migrations not applied yet");
     }
-    match db::ready(&state.pool, state.config.db_timeout).await {
+    let limit = state.config.db_timeout;
+    match db::timed(limit, failover::run_on(&state.pool, db::ready)).await {
         Ok(true) => {
+            state.failover.primary_answered();
             // The database answered: requests need not wait for the breaker's own probe.
             if state.breaker.close() {
                 tracing::info!("database reachable again: circuit breaker closed");
@@ -48,7 +53,38 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Ok(false) => unready("database schema is older than this server"),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            unready("database unreachable")
+            match replica_can_serve(&state).await {
+                Some(staleness) => probe(
+                    StatusCode::OK,
+                    json!({
+                        "status": "ready",
+                        "degraded": "primary unreachable: reads from the replica, writes answer 503",
+                        "replica": staleness.to_string(),
+                    }),
+                ),
+                None if e.is_failover() || state.failover.refused_recently(limit * 2) => {
+                    unready("database failing over")
+                }
+                None => unready("database unreachable"),
+            }
         }
     }
+}
+
+/// The replica's staleness if it can answer reads now.
+async fn replica_can_serve(state: &AppState) -> Option<Staleness> {
+    let (pool, replica) = (
+        state.read_pool.as_ref()?,
+        state.config.read_replica.as_ref()?,
+    );
+    let since_primary = state.failover.since_primary_answered();
+    let status = db::timed(
+        state.config.db_timeout,
+        failover::run_on(pool, async |c| failover::replica_status(c).await),
+    )
+    .await
+    .map_err(|e: DbError| tracing::warn!(error = %e, "read replica unreachable"))
+    .ok()?;
+    let staleness = Staleness::assess(&status, since_primary);
+    staleness.within(replica.max_lag).then_some(staleness)
 }

@@ -27,7 +27,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, Api
         .set(i64::try_from(state.cache.len()).unwrap_or(i64::MAX));
     m.db_circuit_open.set(i64::from(state.breaker.is_open()));
     // A scrape while the database is away still answers, with the last known depth.
-    match state.db(jobs::depth(&state.pool)).await {
+    match state.db(async |c| jobs::depth(c).await).await {
         Ok(d) => {
             m.jobs_queue
                 .get_or_create(&StateLabels { state: "pending" })

@@ -20,6 +20,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 use crate::cache::{Cached, Scope};
 use crate::db::articles::{self, Article, Cursor, ListQuery};
+use crate::db::failover::Sourced;
 use crate::error::ApiError;
 use crate::http::{CACHE_PUBLIC, Freshness, conditional};
 use crate::middleware;
@@ -77,8 +78,9 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Serves `key` from the cache, or builds it (reading the database), caches it and serves
-/// it; either way as a 200 or a 304. If the database is unreachable, an entry still held
-/// is served stale instead of the error.
+/// it; either way as a 200 or a 304. The fallbacks while the primary fails, in order: the
+/// read replica within its staleness bound (served, marked, never cached: nothing
+/// confirmed it against the primary), then an entry still held, served stale, then 503.
 pub async fn cached_response<F>(
     state: &AppState,
     key: String,
@@ -87,7 +89,7 @@ pub async fn cached_response<F>(
     build: F,
 ) -> Result<Response, ApiError>
 where
-    F: Future<Output = Result<Cached, ApiError>>,
+    F: Future<Output = Result<Sourced<Cached>, ApiError>>,
 {
     if let Some(hit) = state.cache.get(&key) {
         state.metrics.cache_hits.inc();
@@ -99,13 +101,22 @@ where
     }
     let ticket = state.cache.ticket();
     match build.await {
-        Ok(built) if caching => {
+        Ok(Sourced {
+            value,
+            replica: Some(staleness),
+        }) => Ok(conditional(
+            req_headers,
+            &value,
+            CACHE_PUBLIC,
+            Freshness::Replica { staleness },
+        )),
+        Ok(Sourced { value: built, .. }) if caching => {
             let built = Arc::new(built);
             let res = conditional(req_headers, &built, CACHE_PUBLIC, Freshness::Miss);
             state.cache.insert(ticket, key, scope, built);
             Ok(res)
         }
-        Ok(built) => Ok(conditional(
+        Ok(Sourced { value: built, .. }) => Ok(conditional(
             req_headers,
             &built,
             CACHE_PUBLIC,
@@ -127,13 +138,19 @@ where
     }
 }
 
-/// A published article by slug (one indexed read, through the breaker), or 404.
-pub async fn published_article(state: &AppState, slug: &str) -> Result<Article, ApiError> {
-    state
-        .db(articles::get_by_slug(&state.pool, slug))
-        .await?
-        .filter(Article::is_published)
-        .ok_or(ApiError::NotFound)
+/// A published article by slug (one indexed read, through the breaker, from a replica if
+/// the primary fails), or 404.
+pub async fn published_article(state: &AppState, slug: &str) -> Result<Sourced<Article>, ApiError> {
+    let found = state
+        .read(async |c| articles::get_by_slug(c, slug).await)
+        .await?;
+    match found.value {
+        Some(a) if a.is_published() => Ok(Sourced {
+            value: a,
+            replica: found.replica,
+        }),
+        _ => Err(ApiError::NotFound),
+    }
 }
 
 /// List parameters shared by the API list and the index page.

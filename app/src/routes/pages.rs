@@ -33,16 +33,18 @@ pub async fn index(
     let query = params.to_query()?;
     let key = ListParams::cache_key("page:index", &query);
     cached_response(&state, key, Scope::List, &headers, async {
-        let (items, next) = state
-            .db(articles::list_published(&state.pool, &query))
+        let listed = state
+            .read(async |c| articles::list_published(c, &query).await)
             .await?;
         let filter = IndexFilter {
             tag: query.tag.as_deref(),
             search: query.search.as_deref(),
         };
-        let page = render::index_page(state.site(), &items, next, &filter)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(html(page))
+        listed.try_map(|(items, next)| {
+            let page = render::index_page(state.site(), &items, next, &filter)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(html(page))
+        })
     })
     .await
 }
@@ -58,10 +60,11 @@ pub async fn article(
     };
     let [_, key] = article_keys(&slug);
     cached_response(&state, key, Scope::Article, &headers, async {
-        let a = published_article(&state, &slug).await?;
-        let page = render::article_page(state.site(), &a)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(html(page))
+        published_article(&state, &slug).await?.try_map(|a| {
+            let page = render::article_page(state.site(), &a)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(html(page))
+        })
     })
     .await
 }

@@ -526,3 +526,423 @@ pub async fn snapshot(pool: &PgPool) -> String {
         jobs.unwrap_or_default()
     )
 }
+
+// ---------------------------------------------------------------------------------------
+// A replicated pair for the failover tests: a primary and a streaming hot standby made with
+// `pg_basebackup -R`, each its own postmaster on 127.0.0.1, private to one test (promote,
+// stop and SIGSTOP are destructive). Same binaries and user switch as the shared server.
+
+static NODE_PIDS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn stop_nodes_at_exit() {
+    if let Ok(pids) = NODE_PIDS.lock() {
+        for pid in pids.iter() {
+            // SAFETY: signalling postmasters this process started.
+            unsafe {
+                libc::kill(*pid as libc::pid_t, libc::SIGCONT);
+                libc::kill(*pid as libc::pid_t, libc::SIGQUIT);
+            }
+        }
+    }
+}
+
+/// One postmaster of a [`Cluster`].
+pub struct Node {
+    pub port: u16,
+    pub pid: u32,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Node {
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub async fn connect(&self, db: &str) -> PgConnection {
+        PgConnection::connect(&self.url(db))
+            .await
+            .unwrap_or_else(|e| panic!("connect to port {}: {e}", self.port))
+    }
+
+    /// SIGSTOP: a frozen host. Its sockets stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+
+    /// The postmaster and its children: a frozen host freezes every backend.
+    fn signal_all(&self, sig: libc::c_int) {
+        let mut pids = vec![self.pid];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s.rsplit_once(')')?.1.to_owned();
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            if ppid == Some(self.pid) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            // SAFETY: signalling the postmaster we started and its children.
+            unsafe {
+                libc::kill(pid as libc::pid_t, sig);
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub struct Cluster {
+    pub primary: Node,
+    pub standby: Option<Node>,
+    dir: PathBuf,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("run {what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl Cluster {
+    /// A primary with database `articles`, and, if asked, a hot standby streaming from it.
+    /// Commits wait for the standby's flush (`synchronous_standby_names = '*'`), as with
+    /// Patroni's synchronous mode, so a failover loses no acknowledged write.
+    pub async fn start(with_standby: bool) -> Cluster {
+        let c = tokio::task::spawn_blocking(move || Self::start_blocking(with_standby))
+            .await
+            .expect("cluster task")
+            .unwrap_or_else(|e| panic!("cannot start the replicated cluster: {e}"));
+        let mut admin = c.primary.connect("postgres").await;
+        sqlx::raw_sql("CREATE DATABASE articles")
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let _ = admin.close().await;
+        c
+    }
+
+    fn start_blocking(with_standby: bool) -> Result<Cluster, String> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let bin = bindir()?;
+        let user = run_as()?;
+        remove_stale_dirs();
+        let dir = std::env::temp_dir().join(format!(
+            "{DIR_PREFIX}{}-ha{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        if let Some((uid, gid)) = user {
+            chown(&dir, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+        }
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        // SAFETY: registering a plain extern "C" function, once.
+        HOOK.call_once(|| unsafe {
+            libc::atexit(stop_nodes_at_exit);
+        });
+        let data = dir.join("primary");
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data);
+        as_user(&mut initdb, user);
+        run(&mut initdb, "initdb")?;
+        let mut cluster = Cluster {
+            // Without a standby, a synchronous commit would wait forever.
+            primary: Self::spawn(
+                &bin,
+                user,
+                &dir,
+                data,
+                "primary",
+                &[
+                    "-c",
+                    "wal_level=replica",
+                    "-c",
+                    if with_standby {
+                        "synchronous_standby_names=*"
+                    } else {
+                        "synchronous_standby_names="
+                    },
+                ],
+            )?,
+            standby: None,
+            dir: dir.clone(),
+            bin: bin.clone(),
+            user,
+        };
+        if with_standby {
+            let sdata = dir.join("standby");
+            let mut base = Command::new(bin.join("pg_basebackup"));
+            base.args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &cluster.primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-D",
+            ])
+            .arg(&sdata);
+            as_user(&mut base, user);
+            run(&mut base, "pg_basebackup")?;
+            cluster.standby = Some(Self::spawn(
+                &bin,
+                user,
+                &dir,
+                sdata,
+                "standby",
+                &["-c", "hot_standby=on"],
+            )?);
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(
+        bin: &Path,
+        user: Option<(u32, u32)>,
+        dir: &Path,
+        data: PathBuf,
+        name: &str,
+        extra: &[&str],
+    ) -> Result<Node, String> {
+        let port = free_port()?;
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1"])
+            .args([
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+            ])
+            .args(["-c", "max_connections=100", "-c", "shared_buffers=32MB"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        as_user(&mut cmd, user);
+        // SAFETY: as for the shared server: prctl in the child after the uid change.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let child = cmd.spawn();
+            let ok = child.is_ok();
+            let _ = tx.send(child.map(|c| c.id()).map_err(|e| e.to_string()));
+            if ok {
+                loop {
+                    std::thread::park();
+                }
+            }
+        });
+        let pid = rx.recv().map_err(|e| e.to_string())??;
+        NODE_PIDS.lock().map_err(|e| e.to_string())?.push(pid);
+        let node = Node {
+            port,
+            pid,
+            data,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return Ok(node);
+            }
+            if !pid_alive(pid) || Instant::now() > deadline {
+                return Err(format!("{name} did not start:\n{}", node.log()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn standby(&self) -> &Node {
+        self.standby.as_ref().expect("a cluster with a standby")
+    }
+
+    fn pg_ctl(&self, args: &[&str], data: &Path) -> Result<(), String> {
+        let mut cmd = Command::new(self.bin.join("pg_ctl"));
+        cmd.args(args).arg("-D").arg(data);
+        as_user(&mut cmd, self.user);
+        run(&mut cmd, &format!("pg_ctl {}", args.join(" ")))
+    }
+
+    /// A clean, fast shutdown of the primary (the standby receives everything first).
+    pub fn stop_primary(&self) {
+        self.pg_ctl(
+            &["stop", "-m", "fast", "-w", "-t", "30"],
+            &self.primary.data,
+        )
+        .expect("stop the primary");
+    }
+
+    /// `pg_ctl promote`, waiting until the standby accepts writes.
+    pub fn promote_standby(&self) {
+        self.pg_ctl(&["promote", "-w", "-t", "30"], &self.standby().data)
+            .expect("promote the standby");
+    }
+
+    /// Waits until the standby has replayed everything the primary has written so far.
+    pub async fn wait_replayed(&self) {
+        let mut p = self.primary.connect("postgres").await;
+        let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&mut p)
+            .await
+            .expect("primary lsn");
+        let _ = p.close().await;
+        let s = db_pool(&self.standby().url("postgres")).await;
+        let ok = wait_until(Duration::from_secs(30), || async {
+            sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+                .bind(&lsn)
+                .fetch_one(&s)
+                .await
+                .unwrap_or(false)
+        })
+        .await;
+        assert!(ok, "the standby did not replay up to the primary");
+        s.close().await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in std::iter::once(&self.primary).chain(self.standby.as_ref()) {
+            node.thaw();
+            // SAFETY: SIGQUIT (immediate shutdown) to a postmaster this test started.
+            unsafe {
+                libc::kill(node.pid as libc::pid_t, libc::SIGQUIT);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A stand-in for the Kubernetes Service in front of the primary: new connections go to
+/// the current target; connections already open stay with the old one (as conntrack keeps
+/// them), unless cut.
+pub struct ServiceProxy {
+    pub port: u16,
+    target: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl ServiceProxy {
+    pub async fn start(target: u16) -> ServiceProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let target = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Default::default();
+        let (t, c) = (target.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = t.load(Ordering::SeqCst);
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                c.lock().expect("lock").push(task);
+            }
+        });
+        ServiceProxy {
+            port,
+            target,
+            conns,
+            accept,
+        }
+    }
+
+    /// The Service now selects `port`; open connections are kept.
+    pub fn point_at(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
+    }
+
+    /// Resets every open connection (the old endpoint went away).
+    pub fn cut(&self) {
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for ServiceProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

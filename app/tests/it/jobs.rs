@@ -85,13 +85,14 @@ async fn a_job_held_by_a_dead_replica_is_retried_after_its_lease() {
     tx.commit().await.expect("commit");
 
     // A replica claims the job with a 2 s lease, then dies without finishing it.
-    let claimed = jobs::claim(&pool, "dead-replica", Duration::from_secs(2))
+    let mut conn = pool.acquire().await.expect("connection");
+    let claimed = jobs::claim(&mut conn, "dead-replica", Duration::from_secs(2))
         .await
         .expect("claim")
         .expect("a job");
     assert_eq!(claimed.attempts, 1);
     assert!(
-        jobs::claim(&pool, "other", Duration::from_secs(2))
+        jobs::claim(&mut conn, "other", Duration::from_secs(2))
             .await
             .expect("claim")
             .is_none(),
@@ -113,7 +114,7 @@ async fn a_job_held_by_a_dead_replica_is_retried_after_its_lease() {
 
     // The dead replica's late completion is fenced off: its lease (attempt 1) is gone.
     assert!(
-        jobs::begin_fenced(&pool, &claimed)
+        jobs::begin_fenced(&mut conn, &claimed)
             .await
             .expect("fence")
             .is_none()

@@ -7,6 +7,7 @@ mod browser;
 mod cache;
 mod concurrency;
 mod explain;
+mod failover;
 mod hardening;
 mod harness;
 mod jobs;

@@ -73,10 +73,10 @@ Server-side apply of a missing object needs create as well as patch.
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [list, delete]
-# Storage expansion of the database volume.
+# The database claims (a watch-backed cache) and their expansion.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [get, patch]
+  verbs: [list, watch, patch]
 # delete: the primary's budget when a site goes back to one instance.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]

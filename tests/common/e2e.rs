@@ -1,0 +1,391 @@
+//! Helpers of the end-to-end tests on real nodes (`make e2e`): a steady load that records
+//! every acknowledged write, a watch on the PostgreSQL servers running on the nodes, node
+//! faults through `hack/cluster/node-fault.sh`, and local volumes the pods can use on any
+//! real node.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::ClusterScoped;
+
+/// The nodes of `make cluster-up REAL_NODES=3`.
+pub const REAL_NODES: [&str; 3] = ["real-node-1", "real-node-2", "real-node-3"];
+/// The PostgreSQL image's fixed uid (the owner of a data volume).
+pub const POSTGRES_UID: u32 = 999;
+
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// A StorageClass of the test's own and `count` local PersistentVolumes of 1Gi in it, each a
+/// directory under `node_dir` usable from any of `nodes` (the real nodes share this machine's
+/// filesystem, so a volume moves with its pod). Removed with the returned guard.
+pub async fn local_volumes(
+    client: &Client,
+    class: &str,
+    node_dir: &Path,
+    nodes: &[&str],
+    count: usize,
+) -> ClusterScoped {
+    let pp = PostParams::default();
+    let mut cluster_scoped = ClusterScoped::default();
+    cluster_scoped.track::<StorageClass>(class);
+    let sc: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": class, "labels": {"articlesite.io/test": "true"}},
+        "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    }))
+    .expect("StorageClass");
+    Api::<StorageClass>::all(client.clone())
+        .create(&pp, &sc)
+        .await
+        .expect("create StorageClass");
+    for i in 0..count {
+        // The first keeps the class's name (one volume per test, as before).
+        let name = if i == 0 {
+            class.to_string()
+        } else {
+            format!("{class}-{i}")
+        };
+        cluster_scoped.track::<PersistentVolume>(&name);
+        let dir = node_dir.join("volumes").join(&name);
+        std::fs::create_dir_all(&dir).expect("create the volume directory");
+        std::os::unix::fs::chown(&dir, Some(POSTGRES_UID), Some(POSTGRES_UID))
+            .expect("chown the volume directory");
+        let pv: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"articlesite.io/test": "true"}},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": class,
+                "local": {"path": dir.to_string_lossy()},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": nodes}
+                ]}]}},
+            },
+        }))
+        .expect("PersistentVolume");
+        Api::<PersistentVolume>::all(client.clone())
+            .create(&pp, &pv)
+            .await
+            .expect("create PersistentVolume");
+    }
+    cluster_scoped
+}
+
+/// One request of the load: when, whether it succeeded (a read after its retries), and
+/// whether its first attempt did.
+pub struct Sample {
+    at: Instant,
+    write: bool,
+    ok: bool,
+    first_ok: bool,
+}
+
+/// A steady, bounded load through the Service's ClusterIP (this machine's kube-proxy sends it
+/// to the real nodes' pods): five reads a second (a client that retries an idempotent read
+/// twice, 2 s per attempt) and five writes a second (never retried, 3 s each), each write a
+/// new article whose slug is recorded once the site acknowledged it (201).
+pub struct Load {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    acked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: String, token: String, published: String) -> Self {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for write in [false, true] {
+            let (samples, acked, stop) = (samples.clone(), acked.clone(), stop.clone());
+            let (addr, token, published) = (addr.clone(), token.clone(), published.clone());
+            tasks.push(tokio::spawn(async move {
+                let until = Instant::now() + Duration::from_secs(1200);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                    n += 1;
+                    let t = Instant::now();
+                    let (ok, first_ok) = if write {
+                        let slug = format!("w-{n}");
+                        let body = json!({"slug": slug, "title": "load", "body": "x"});
+                        let r = super::http::request(
+                            &addr,
+                            "POST",
+                            "/api/v1/articles",
+                            Some(&token),
+                            Some(&body),
+                            Duration::from_secs(3),
+                        )
+                        .await;
+                        let ok = matches!(r, Ok((201, _, _)));
+                        if ok && let Ok(mut a) = acked.lock() {
+                            a.push(slug);
+                        }
+                        (ok, ok)
+                    } else {
+                        let path = format!("/api/v1/articles/{published}");
+                        let mut first = None;
+                        let mut ok = false;
+                        for _ in 0..3 {
+                            let r = super::http::request(
+                                &addr,
+                                "GET",
+                                &path,
+                                None,
+                                None,
+                                Duration::from_secs(2),
+                            )
+                            .await;
+                            ok = matches!(r, Ok((200, _, _)));
+                            first.get_or_insert(ok);
+                            if ok {
+                                break;
+                            }
+                        }
+                        (ok, first.unwrap_or(false))
+                    };
+                    if let Ok(mut s) = samples.lock() {
+                        s.push(Sample {
+                            at: t,
+                            write,
+                            ok,
+                            first_ok,
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(200).saturating_sub(t.elapsed()))
+                        .await;
+                }
+            }));
+        }
+        Self {
+            samples,
+            acked,
+            stop,
+            tasks,
+        }
+    }
+
+    /// (reads, failed reads, reads whose first attempt failed, writes, failed writes) since `from`.
+    pub fn counts(&self, from: Instant) -> (usize, usize, usize, usize, usize) {
+        let s = self.samples.lock().expect("samples");
+        let w: Vec<&Sample> = s.iter().filter(|s| s.at >= from).collect();
+        let reads = w.iter().filter(|s| !s.write).count();
+        let failed_reads = w.iter().filter(|s| !s.write && !s.ok).count();
+        let first_failed = w.iter().filter(|s| !s.write && !s.first_ok).count();
+        let writes = w.iter().filter(|s| s.write).count();
+        let failed_writes = w.iter().filter(|s| s.write && !s.ok).count();
+        (reads, failed_reads, first_failed, writes, failed_writes)
+    }
+
+    /// Like `counts`, for the requests sent between `from` and `to`.
+    pub fn counts_between(
+        &self,
+        from: Instant,
+        to: Instant,
+    ) -> (usize, usize, usize, usize, usize) {
+        let s = self.samples.lock().expect("samples");
+        let w: Vec<&Sample> = s.iter().filter(|s| s.at >= from && s.at < to).collect();
+        let f = |write: bool, ok: fn(&Sample) -> bool| {
+            w.iter().filter(|s| s.write == write && !ok(s)).count()
+        };
+        (
+            w.iter().filter(|s| !s.write).count(),
+            f(false, |s| s.ok),
+            f(false, |s| s.first_ok),
+            w.iter().filter(|s| s.write).count(),
+            f(true, |s| s.ok),
+        )
+    }
+
+    /// The first failed write at or after `from`, and the first acknowledged one after it.
+    pub fn write_outage(&self, from: Instant) -> Option<(Instant, Option<Instant>)> {
+        let s = self.samples.lock().expect("samples");
+        let first_fail = s
+            .iter()
+            .filter(|s| s.write && s.at >= from && !s.ok)
+            .map(|s| s.at)
+            .min()?;
+        let resumed = s
+            .iter()
+            .filter(|s| s.write && s.at > first_fail && s.ok)
+            .map(|s| s.at)
+            .min();
+        Some((first_fail, resumed))
+    }
+
+    pub fn acked(&self) -> Vec<String> {
+        self.acked.lock().expect("acked").clone()
+    }
+
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Samples the PostgreSQL servers (postmasters) running in the real nodes' cgroups every
+/// 200 ms and keeps the highest count seen: never two may run at the same moment.
+pub struct PostmasterWatch {
+    max: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// pids of postmasters of the real nodes: `postgres` processes whose parent is not one, in a
+/// freezer cgroup of a real node (`/articlesite-<id>-n<i>/kubepods/...`).
+pub fn postmasters() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    for e in dir.flatten() {
+        let pid = e.file_name().to_string_lossy().to_string();
+        if !pid.chars().all(|c| c.is_ascii_digit()) || comm(&pid).trim() != "postgres" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .unwrap_or("0")
+            .to_string();
+        if comm(&ppid).trim() == "postgres" {
+            continue;
+        }
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if let Some(line) = cg
+            .lines()
+            .find(|l| l.contains(":freezer:/articlesite-") && l.contains("/kubepods"))
+        {
+            let node = line
+                .split(":freezer:/")
+                .nth(1)
+                .and_then(|p| p.split('/').next())
+                .unwrap_or_default()
+                .to_string();
+            out.push((pid.parse().unwrap_or(0), node));
+        }
+    }
+    out
+}
+
+impl PostmasterWatch {
+    pub fn start() -> Self {
+        let max = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (max.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                let n = tokio::task::spawn_blocking(postmasters)
+                    .await
+                    .map(|v| v.len())
+                    .unwrap_or(0);
+                m.fetch_max(n, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Self { max, stop, task }
+    }
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+    pub async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.max.load(Ordering::Relaxed)
+    }
+}
+
+/// `hack/cluster/node-fault.sh ACTION NODE`; panics with its output when it fails.
+pub fn node_fault(action: &str, node: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster/node-fault.sh");
+    let out = Command::new(&script)
+        .args([action, node])
+        .output()
+        .expect("run node-fault.sh");
+    assert!(
+        out.status.success(),
+        "node-fault.sh {action} {node}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Heals or boots every real node when dropped, so that a failing test leaves no node faulty.
+pub struct HealAll;
+
+impl Drop for HealAll {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster/node-fault.sh");
+        for n in REAL_NODES {
+            for action in ["heal", "boot"] {
+                let st = Command::new(&script).args(["status", n]).output();
+                let faulty =
+                    st.is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).contains("fault=none"));
+                if faulty {
+                    let _ = Command::new(&script).args([action, n]).output();
+                }
+            }
+        }
+    }
+}
+
+pub fn node_status() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster/node-fault.sh");
+    let out = Command::new(&script)
+        .arg("status")
+        .output()
+        .expect("run node-fault.sh status");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The acknowledged articles (`slugs`) that the site at `addr` does not serve (each asked up
+/// to three times), with the last status seen.
+pub async fn missing_articles(addr: &str, token: &str, slugs: &[String]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for slug in slugs {
+        let path = format!("/api/v1/articles/{slug}");
+        let mut status = 0;
+        for _ in 0..3 {
+            if let Ok((s, _, _)) = super::http::request(
+                addr,
+                "GET",
+                &path,
+                Some(token),
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            {
+                status = s;
+                if s == 200 {
+                    break;
+                }
+            }
+        }
+        if status != 200 {
+            lost.push(format!("{slug}: {status}"));
+        }
+    }
+    lost
+}
