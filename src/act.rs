@@ -5,7 +5,8 @@
 //! 1. the generated Secrets (create; the write token's rotation is an update with the
 //!    resourceVersion that was read, so a concurrent change is a 409 and a retry);
 //! 2. deletion costs on the pods a scale-down should remove, before the Deployment shrinks;
-//! 3. the ServiceAccount (the pods name it), then every other child at once (server-side apply);
+//! 3. the ServiceAccounts (the pods name them) and the database's Role (its RoleBinding is
+//!    checked against it), then every other child at once (server-side apply);
 //! 4. the rest at once: the Ingress no longer asked for, storage expansion, force deletion of
 //!    orphaned pods, the eviction of an unhealthy pod.
 //!
@@ -171,11 +172,13 @@ pub async fn act(
         }
     }
 
-    // 3. Children: the ServiceAccount first, then the rest concurrently.
+    // 3. Children: the ServiceAccounts and the database's Role first (pods name the accounts;
+    // the RBAC escalation check of a RoleBinding looks its Role up, and answers 404 while it is
+    // missing), then the rest concurrently.
     let (first, rest): (Vec<&Apply>, Vec<&Apply>) = plan
         .applies
         .iter()
-        .partition(|a| matches!(a.child, Child::ServiceAccount(_)));
+        .partition(|a| matches!(a.child, Child::ServiceAccount(_) | Child::Role(_)));
     for a in first {
         out.children
             .push(apply_child(client, &ns, metrics, a, &mut None, &mut None).await?);
