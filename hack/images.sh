@@ -49,6 +49,8 @@ rootfs_postgresql() {
     if [ ! -d "$wheels" ]; then
       rm -rf "$wheels.tmp"
       # pip wheel: sdists among the pins (ydiff) become wheels, installed offline in the root.
+      # This machine's python3 must be the image's minor version (3.11, bookworm's): pip in the
+      # root refuses wheels built for another one, with a clear message.
       python3 -m pip wheel --quiet --no-deps -r "$reqs" -w "$wheels.tmp"
       mv "$wheels.tmp" "$wheels"
     fi

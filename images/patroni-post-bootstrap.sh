@@ -11,4 +11,4 @@ psql --no-psqlrc --quiet -v ON_ERROR_STOP=1 -v db="$db" "$conn" <<'SQL'
 SELECT format('CREATE DATABASE %I', :'db')
  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
 SQL
-echo "database $db created"
+echo "database $db is there"
