@@ -52,11 +52,14 @@ VOLUME_NAME="${VOLUME_CLASS:-none}-$NS"
 VOLUME_DIR="$CLUSTER_DIR/real-node/volumes/$NS"
 [ -n "$multi_nodes" ] && VOLUME_DIR="$CLUSTER_DIR/real-nodes/volumes/$NS"
 POSTGRES_UID=999
+# Database instances of the example (Patroni: one primary, synchronous and hot standbys).
+INSTANCES="$(sed -n 's/^ *instances: *//p' "$EXAMPLE" | head -n1)"
+INSTANCES="${INSTANCES:-3}"
 
-# A StorageClass without a provisioner and one local PersistentVolume on the real node for
-# the site's database claim. A volume released by a deleted site is wiped and made again: its
-# data belongs to credentials that are gone with that site.
-real_node_volume() {
+# A StorageClass without a provisioner and one local PersistentVolume per database instance
+# (volume i: directory $VOLUME_DIR-i) for the site's claims. A volume released by a deleted
+# site is wiped and made again: its data belongs to credentials that are gone with that site.
+real_node_volumes() {
   kubectl apply --server-side --field-manager=articlesite-demo -f - >/dev/null <<EOF
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
@@ -64,33 +67,36 @@ metadata: {name: $VOLUME_CLASS}
 provisioner: kubernetes.io/no-provisioner
 volumeBindingMode: WaitForFirstConsumer
 EOF
-  local phase
-  phase="$(kubectl get pv "$VOLUME_NAME" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
-  if [ "$phase" = Released ] || [ "$phase" = Failed ]; then
-    kubectl delete pv "$VOLUME_NAME" --wait=true >/dev/null
-    rm -rf "$VOLUME_DIR"
-    phase=""
-  fi
-  [ -n "$phase" ] && return 0
-  mkdir -p "$VOLUME_DIR"
-  chown "$POSTGRES_UID:$POSTGRES_UID" "$VOLUME_DIR"
-  chmod 700 "$VOLUME_DIR"
-  kubectl apply --server-side --field-manager=articlesite-demo -f - >/dev/null <<EOF
+  local i name dir phase
+  for i in $(seq 0 $((INSTANCES - 1))); do
+    name="$VOLUME_NAME-$i" dir="$VOLUME_DIR-$i"
+    phase="$(kubectl get pv "$name" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
+    if [ "$phase" = Released ] || [ "$phase" = Failed ]; then
+      kubectl delete pv "$name" --wait=true >/dev/null
+      rm -rf "$dir"
+      phase=""
+    fi
+    [ -n "$phase" ] && continue
+    mkdir -p "$dir"
+    chown "$POSTGRES_UID:$POSTGRES_UID" "$dir"
+    chmod 700 "$dir"
+    kubectl apply --server-side --field-manager=articlesite-demo -f - >/dev/null <<EOF
 apiVersion: v1
 kind: PersistentVolume
-metadata: {name: $VOLUME_NAME}
+metadata: {name: $name}
 spec:
   capacity: {storage: 1Gi}
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: Retain
   storageClassName: $VOLUME_CLASS
-  local: {path: "$VOLUME_DIR"}
+  local: {path: "$dir"}
   nodeAffinity:
     required:
       nodeSelectorTerms:
       - matchExpressions:
         - {key: kubernetes.io/hostname, operator: In, values: [$REAL_NODES_LIST]}
 EOF
+  done
 }
 
 # Writes and publishes an article through the site's ClusterIP with the generated write token,
@@ -165,8 +171,8 @@ for _ in $(seq 1 60); do
 done
 
 if [ "$real_node" = 1 ]; then
-  step "a local volume on $REAL_NODE_NAME for the database (StorageClass $VOLUME_CLASS, $VOLUME_DIR)"
-  real_node_volume
+  step "$INSTANCES local volumes for the database instances (StorageClass $VOLUME_CLASS, $VOLUME_DIR-*)"
+  real_node_volumes
 fi
 
 step "applying $EXAMPLE"
@@ -198,6 +204,21 @@ zones="$(kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.
       printf '%s\t%s\t%s\t%s\t%s\n' "$pod" "$phase" "$ready" "$node" "${zone:-<none>}"
     done
 } | if command -v column >/dev/null; then column -t -s $'\t'; else cat; fi
+
+step "its database: $INSTANCES PostgreSQL instances under Patroni"
+kubectl get articlesite "$SITE" -n "$NS" -o jsonpath='{"primary: "}{.status.database.primary}{", synchronous standby: "}{.status.database.synchronousStandby}{", timeline: "}{.status.database.timeline}{"\n"}{range .status.database.instances[*]}{"  "}{.name}{"\t"}{.role}{"\t"}{.state}{"\t"}{.node}{"\tlag "}{.lagBytes}{" bytes\n"}{end}'
+kubectl get articlesite "$SITE" -n "$NS" \
+  -o jsonpath='{range .status.conditions[?(@.type=="DatabaseHighlyAvailable")]}{.type}={.status} ({.reason}): {.message}{"\n"}{end}'
+if [ "$real_node" = 1 ]; then
+  echo
+  echo "  Switch the primary over (Patroni picks the synchronous standby), and watch it happen:"
+  echo "    kubectl -n $NS annotate articlesite $SITE articlesite.io/switchover=any"
+  echo "    kubectl -n $NS get articlesite $SITE -w -o custom-columns=PRIMARY:.status.database.primary,SWITCHOVERS:.status.database.switchovers,LAST:.status.database.lastLeaderChange.kind"
+  echo "    kubectl -n $NS get events --field-selector reason=DatabaseSwitchover -w"
+  echo "  Or lose the primary: kubectl -n $NS delete pod -l role=primary,app.kubernetes.io/instance=$SITE"
+else
+  echo "  (simulated nodes run no PostgreSQL: the database status fills in on real nodes, make cluster-up REAL_NODES=3)"
+fi
 
 if [ "$real_node" = 1 ]; then
   step "the site serves from real containers on $REAL_NODE_NAME"

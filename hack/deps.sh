@@ -9,10 +9,11 @@ set -euo pipefail
 ensure_commands openssl:openssl ss:iproute2 ip:iproute2 curl:curl envsubst:gettext-base \
   runuser:util-linux lua5.1:lua5.1
 # The real node (REAL_NODE=1, make images, make e2e): container runtime, CNI plugins,
-# iptables for kube-proxy, buildah for the images, binutils to strip the binaries.
+# iptables for kube-proxy, buildah for the images, binutils to strip the binaries, mmdebstrap
+# for the PostgreSQL image's Debian root.
 if [ "${REAL_NODE:-0}" = 1 ]; then
   ensure_commands containerd:containerd runc:runc iptables:iptables conntrack:conntrack \
-    buildah:buildah sysctl:procps strip:binutils socat:socat
+    buildah:buildah sysctl:procps strip:binutils socat:socat mmdebstrap:mmdebstrap
   [ -x /usr/lib/cni/bridge ] || apt_install containernetworking-plugins
 fi
 # PostgreSQL: the article server's tests start a real server from Debian's package.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# make images: OCI images of the operator, the article server, PostgreSQL (from Debian's
-# packages) and the pod sandbox (pause), built without a daemon by buildah from a root
-# filesystem assembled here, then imported into the real node's containerd when it runs.
+# make images: OCI images of the operator, the article server, PostgreSQL with Patroni (a
+# Debian root made by mmdebstrap) and the pod sandbox (pause), built without a daemon by
+# buildah from a root filesystem assembled here, then imported into the real node's
+# containerd when it runs.
 #
 #   hack/images.sh                      # all four
 #   hack/images.sh pause postgresql     # some
@@ -32,7 +33,34 @@ rootfs_rust() { # ROOTFS BINARY
 }
 rootfs_article_server() { rootfs_rust "$1" article-server; }
 rootfs_articlesite_operator() { rootfs_rust "$1" articlesite-operator; }
-rootfs_postgresql() { "$ROOT/images/rootfs.sh" postgresql "$1"; }
+# PostgreSQL: a Debian root made by mmdebstrap with Patroni in a venv
+# (images/postgresql-rootfs.sh), cached by the hash of what goes into it: the script, the
+# pinned requirements and the candidate versions of its packages in this machine's apt lists
+# (a Debian point release makes a new one once `apt-get update` has seen it).
+rootfs_postgresql() {
+  local root=$1 script="$ROOT/images/postgresql-rootfs.sh" reqs="$ROOT/images/postgresql-requirements.txt"
+  local h base wheels
+  h=$( { cat "$script" "$reqs"; apt-cache policy postgresql-15 pgbackrest python3 2>/dev/null | grep Candidate; } \
+    | sha256sum | cut -c1-16)
+  base="$IMG_CACHE/postgresql-base-$h"
+  if [ ! -d "$base" ]; then
+    say "building the PostgreSQL root filesystem (mmdebstrap, Patroni; inputs $h)"
+    wheels="$IMG_CACHE/postgresql-wheels-$(sha256sum "$reqs" | cut -c1-16)"
+    if [ ! -d "$wheels" ]; then
+      rm -rf "$wheels.tmp"
+      # pip wheel: sdists among the pins (ydiff) become wheels, installed offline in the root.
+      # This machine's python3 must be the image's minor version (3.11, bookworm's): pip in the
+      # root refuses wheels built for another one, with a clear message.
+      python3 -m pip wheel --quiet --no-deps -r "$reqs" -w "$wheels.tmp"
+      mv "$wheels.tmp" "$wheels"
+    fi
+    rm -rf "$base.tmp" "$IMG_CACHE"/postgresql-base-*
+    DEB_CACHE="$IMG_CACHE/debs" "$script" "$base.tmp" "$wheels"
+    mv "$base.tmp" "$base"
+  fi
+  cp -a "$base/." "$root/"
+  "$script" --finish "$root"
+}
 
 rootfs_pause() {
   local root=$1 src="$ROOT/images/pause/pause.go" out="$IMG_CACHE/pause-bin" h
@@ -108,11 +136,12 @@ for n in "${names[@]}"; do
   case $n in
     pause) build pause "$PAUSE_IMAGE" '["/usr/local/bin/pause"]' "65535:65535" ;;
     postgresql)
-      # SIGINT: PostgreSQL's fast shutdown, as in the official image (SIGTERM, smart shutdown,
-      # would wait for the app's pooled connections to close until the grace period ends).
-      STOP_SIGNAL=SIGINT build postgresql "$IMAGE_PREFIX/postgresql:$IMAGE_TAG" '["/usr/local/bin/postgresql-entrypoint"]' \
-        "$POSTGRES_UID:$POSTGRES_UID" "PATH=/usr/lib/postgresql/current/bin:/usr/local/bin:/usr/bin:/bin" \
-        "PGDATA=/var/lib/postgresql/data" "TZ=UTC" "LANG=C.UTF-8"
+      # SIGTERM: Patroni's signal to stop PostgreSQL fast and release the leader lock.
+      # PYTHONDONTWRITEBYTECODE: the root filesystem is read-only (the .pyc files are built in).
+      STOP_SIGNAL=SIGTERM build postgresql "$IMAGE_PREFIX/postgresql:$IMAGE_TAG" '["/usr/local/bin/postgresql-entrypoint"]' \
+        "$POSTGRES_UID:$POSTGRES_UID" \
+        "PATH=/opt/patroni/bin:/usr/lib/postgresql/current/bin:/usr/local/bin:/usr/bin:/bin" \
+        "PGDATA=/var/lib/postgresql/data" "TZ=UTC" "LANG=C.UTF-8" "PYTHONDONTWRITEBYTECODE=1"
       ;;
     article-server)
       build article-server "$IMAGE_PREFIX/article-server:$IMAGE_TAG" '["/usr/local/bin/article-server"]' \

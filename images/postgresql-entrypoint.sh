@@ -1,37 +1,32 @@
 #!/bin/sh
-# Entry point of the PostgreSQL image, with the environment contract of the official image:
-# POSTGRES_USER (default postgres), POSTGRES_PASSWORD (required for a new cluster),
-# POSTGRES_DB (default: the user) and PGDATA. Initialises an empty data directory once, then
-# runs the server in the foreground (SIGTERM = smart shutdown, SIGINT = fast).
+# Entry point of the PostgreSQL image: Patroni runs PostgreSQL, with the Kubernetes API as its
+# store. Configuration: /etc/patroni/patroni.yml (the operator's ConfigMap) and the PATRONI_*
+# environment (name, scope, namespace, pod IP, credentials); see docs/high-availability.md.
+# A data directory made by the image before Patroni (initdb'd with the app's user as the
+# superuser) is taken over as it is: with no cluster in the store, Patroni runs it as leader.
+# SIGTERM (the image's stop signal) makes Patroni stop PostgreSQL fast and release the lock.
 set -eu
 : "${PGDATA:=/var/lib/postgresql/data}"
-: "${POSTGRES_USER:=postgres}"
-: "${POSTGRES_DB:=$POSTGRES_USER}"
+: "${PATRONI_CONFIG:=/etc/patroni/patroni.yml}"
 export PGDATA
 
+[ -r "$PATRONI_CONFIG" ] || { echo "error: Patroni's configuration $PATRONI_CONFIG is missing" >&2; exit 1; }
+for v in PATRONI_NAME PATRONI_SCOPE PATRONI_SUPERUSER_USERNAME PATRONI_SUPERUSER_PASSWORD \
+  PATRONI_REPLICATION_USERNAME PATRONI_REPLICATION_PASSWORD; do
+  eval "[ -n \"\${$v:-}\" ]" || { echo "error: $v is not set" >&2; exit 1; }
+done
+
+# Where the other members and clients reach this one: the pod's IP (Patroni requires both).
+if [ -n "${PATRONI_KUBERNETES_POD_IP:-}" ]; then
+  : "${PATRONI_RESTAPI_CONNECT_ADDRESS:=$PATRONI_KUBERNETES_POD_IP:8008}"
+  : "${PATRONI_POSTGRESQL_CONNECT_ADDRESS:=$PATRONI_KUBERNETES_POD_IP:5432}"
+  export PATRONI_RESTAPI_CONNECT_ADDRESS PATRONI_POSTGRESQL_CONNECT_ADDRESS
+fi
+
 # The kubelet's fsGroup handling makes the volume's directories group-writable (2770), which
-# PostgreSQL refuses for its data directory; the official image tightens it at every start too.
+# PostgreSQL refuses for its data directory; tightened at every start, as before.
 if [ -d "$PGDATA" ]; then
   chmod 0700 "$PGDATA"
 fi
 
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
-  if [ -z "${POSTGRES_PASSWORD:-}" ]; then
-    echo "error: PGDATA ($PGDATA) is empty and POSTGRES_PASSWORD is not set" >&2
-    exit 1
-  fi
-  umask 077
-  pwfile="/tmp/initdb-pwfile.$$"
-  printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
-  initdb --pgdata="$PGDATA" --username="$POSTGRES_USER" --pwfile="$pwfile" \
-    --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --no-locale
-  : >"$pwfile"
-  # Connections from other pods, always with the password.
-  printf 'host all all all scram-sha-256\n' >>"$PGDATA/pg_hba.conf"
-  if [ "$POSTGRES_DB" != postgres ]; then
-    printf 'CREATE DATABASE "%s"\n' "$POSTGRES_DB" | postgres --single -D "$PGDATA" postgres >/dev/null
-  fi
-  echo "database cluster initialised in $PGDATA"
-fi
-
-exec postgres -D "$PGDATA" -c listen_addresses='*' "$@"
+exec patroni "$PATRONI_CONFIG"
