@@ -27,7 +27,8 @@ use common::{FIELD_MANAGER, TestNamespace, namespace_with_operator, wait_for};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Cordoning runs one test at a time (a tokio Mutex works across the tests' runtimes).
+/// The test that cordons a node and those a cordon would disturb run one at a time (a tokio
+/// Mutex works across the tests' runtimes).
 static NODES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Fixture {
@@ -378,6 +379,8 @@ async fn three_instances_land_one_per_zone_with_the_designed_objects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_events_follow_patroni_through_lag_failover_and_switchover() {
+    // A cordoned primary node (another test's) would add a switchover of its own.
+    let _nodes = NODES.lock().await;
     let f = fixture("pg-status").await;
     f.sites
         .create(&PostParams::default(), &site("db", spec(Some(3))))
@@ -638,11 +641,19 @@ async fn a_cordoned_primary_node_triggers_exactly_one_switchover_request() {
     );
     // While it is pending, more reconciles (resync 2 s) ask for nothing more.
     let version = failover.resource_version();
-    let status = f.database_status("db").await;
-    assert_eq!(
-        status.pending_switchover.map(|p| p.reason),
-        Some("NodeDrain".to_string())
-    );
+    // The status is written after the failover object, in the same reconcile.
+    let reason = f
+        .wait_status("db", "the pending switchover recorded", |s| {
+            s.status
+                .as_ref()?
+                .database
+                .as_ref()?
+                .pending_switchover
+                .clone()
+        })
+        .await
+        .reason;
+    assert_eq!(reason, "NodeDrain");
     let deadline = Instant::now() + Duration::from_secs(8);
     while Instant::now() < deadline {
         let now = f.endpoints.get("db-postgresql-failover").await.unwrap();
@@ -909,6 +920,8 @@ async fn bad_database_specs_are_refused_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_change_restarts_the_replicas_before_the_primary() {
+    // A node cordoned by another test would make this primary switch over for the drain.
+    let _nodes = NODES.lock().await;
     let f = fixture("pg-restart").await;
     f.sites
         .create(&PostParams::default(), &site("db", spec(Some(3))))
@@ -968,8 +981,17 @@ async fn a_template_change_restarts_the_replicas_before_the_primary() {
             );
             assert_eq!(fo.annotations()["leader"], p0);
             assert_eq!(fo.annotations()["member"], p1, "to the synchronous standby");
-            let pending = f.database_status("db").await.pending_switchover;
-            assert_eq!(pending.map(|p| p.reason), Some("Restart".to_string()));
+            let pending = f
+                .wait_status("db", "the pending switchover recorded", |s| {
+                    s.status
+                        .as_ref()?
+                        .database
+                        .as_ref()?
+                        .pending_switchover
+                        .clone()
+                })
+                .await;
+            assert_eq!(pending.reason, "Restart");
             // Patroni switches over.
             f.member(p1, "primary", "running", 5000).await;
             f.member(p0, "replica", "streaming", 5000).await;
