@@ -62,6 +62,8 @@ pub struct Outcomes {
     /// The synchronous keys were written into Patroni's dynamic configuration.
     pub config_patched: bool,
     pub endpoint_slices_deleted: Vec<String>,
+    /// The endpoints controller's leftover of the client Service (`DatabasePlan::delete_endpoints`).
+    pub endpoints_deleted: Vec<String>,
     /// The database pod deleted to move it to the new pod template.
     pub database_pod_restarted: Option<String>,
 }
@@ -227,7 +229,7 @@ pub async fn act(
     // 5. What the operator asks of Patroni, the budgets and slices no longer wanted, and the
     // switchover annotation last (so a failed write leaves the request to be retried).
     let db = &plan.database;
-    let (pdbs, slices, switchover, config_patched, restarted) = futures::try_join!(
+    let (pdbs, slices, endpoints, switchover, config_patched, restarted) = futures::try_join!(
         futures::future::try_join_all(plan.delete_pdbs.iter().map(|n| delete_named::<
             PodDisruptionBudget,
         >(
@@ -238,6 +240,11 @@ pub async fn act(
         >(
             client, &ns, metrics, n
         ))),
+        futures::future::try_join_all(
+            db.delete_endpoints
+                .iter()
+                .map(|n| delete_named::<Endpoints>(client, &ns, metrics, n))
+        ),
         write_switchover(client, &ns, metrics, site, db.switchover.as_ref()),
         patch_config(client, &ns, metrics, site, db.config.as_ref()),
         restart_database_pod(&pods, metrics, db.restart_pod.as_deref()),
@@ -245,6 +252,7 @@ pub async fn act(
     out.database_pod_restarted = restarted;
     out.pdbs_deleted = pdbs.into_iter().flatten().collect();
     out.endpoint_slices_deleted = slices.into_iter().flatten().collect();
+    out.endpoints_deleted = endpoints.into_iter().flatten().collect();
     out.switchover = switchover;
     out.config_patched = config_patched;
     if db.clear_annotation {

@@ -419,7 +419,7 @@ pub struct DatabaseSpec {
     /// that keeps its contract (docs/high-availability.md, "Replicated database").
     #[serde(default = "default_postgres_image")]
     #[schemars(length(min = 1, max = 512))]
-    #[x_kube(validation = Rule::new(IMAGE_RULE).message("spec.database.image must be an image reference such as postgres:17 (lowercase repository, optional :tag, optional @sha256:digest)"))]
+    #[x_kube(validation = Rule::new(IMAGE_RULE).message("spec.database.image must be an image reference such as articlesite/postgresql:0.1.0 (lowercase repository, optional :tag, optional @sha256:digest)"))]
     pub image: String,
 
     /// When the kubelet pulls the image.
@@ -762,7 +762,8 @@ fn default_cache_bytes() -> String {
     "64Mi".into()
 }
 fn default_postgres_image() -> String {
-    "postgres:17".into()
+    // The project's image: PostgreSQL with Patroni, which every database runs under.
+    "articlesite/postgresql:0.1.0".into()
 }
 fn default_db_name() -> String {
     "articles".into()

@@ -37,6 +37,7 @@ pub const MEMBER_ANNOTATION: &str = "member";
 pub const OPTIME_ANNOTATION: &str = "optime";
 pub const SYNC_STANDBY_ANNOTATION: &str = "sync_standby";
 pub const CONFIG_ANNOTATION: &str = "config";
+pub const INITIALIZE_ANNOTATION: &str = "initialize";
 pub const STATUS_ANNOTATION: &str = "status";
 
 /// Patroni's scope of a site (the StatefulSet's name, and the leader object's).
@@ -99,6 +100,9 @@ pub struct State {
     pub sync_standbys: Vec<String>,
     /// The dynamic configuration and the resourceVersion it was read at.
     pub config: Option<(serde_json::Value, String)>,
+    /// The cluster's system id is recorded (`initialize` on the config object): Patroni has
+    /// bootstrapped the cluster or taken an existing data directory over.
+    pub initialized: bool,
     pub failover: Option<PendingFailover>,
     /// Whether the failover object exists (a switchover patches it, else creates it).
     pub failover_object: bool,
@@ -156,6 +160,7 @@ impl State {
                 })
                 .unwrap_or_default(),
             config,
+            initialized: annotation(config_ep, INITIALIZE_ANNOTATION).is_some(),
             failover,
             failover_object: failover_ep.is_some(),
             members,

@@ -284,7 +284,7 @@ pub fn compute(
     let patroni = observed.patroni(site);
     // A paused site plans nothing: the instance count as last reported, else as observed.
     let instances = if plan.paused {
-        resources::statefulset::instances(site, statefulset)
+        resources::statefulset::instances(site, statefulset, patroni.initialized)
     } else {
         plan.instances
     };

@@ -165,7 +165,7 @@ const SITE_RULES: &[&str] = &[
     "configmaps [] [get create patch]",
     "roles.rbac.authorization.k8s.io [] [get create patch]",
     "rolebindings.rbac.authorization.k8s.io [] [get create patch]",
-    "endpoints [] [get list watch create patch update]",
+    "endpoints [] [get list watch create patch update delete]",
     "endpointslices.discovery.k8s.io [] [list delete]",
     "serviceaccounts [] [get list watch create patch]",
     "secrets [] [get list watch create update]",

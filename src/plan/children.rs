@@ -54,7 +54,8 @@ pub fn plan(site: &ArticleSite, observed: &Observed, problems: &[Problem]) -> Ch
         observed.database_role_binding.as_ref(),
     );
     push(Child::RoleBinding(binding), why);
-    let instances = statefulset::instances(site, observed.statefulset.as_ref());
+    let initialized = observed.patroni(site).initialized;
+    let instances = statefulset::instances(site, observed.statefulset.as_ref(), initialized);
     let claim_size = observed
         .statefulset
         .as_ref()

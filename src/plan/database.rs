@@ -86,6 +86,10 @@ pub struct DatabasePlan {
     pub refused: Option<String>,
     pub config: Option<ConfigPatch>,
     pub delete_endpoint_slices: Vec<String>,
+    /// The client Service's Endpoints as the endpoints controller left them when the Service
+    /// had a selector (before the upgrade to Patroni): without Patroni's labels Patroni never
+    /// sees the object, cannot create its own of that name, and so never takes the leader lock.
+    pub delete_endpoints: Option<String>,
     /// A database pod to delete so that the StatefulSet recreates it with its new template.
     pub restart_pod: Option<String>,
 }
@@ -96,6 +100,7 @@ impl DatabasePlan {
             && !self.clear_annotation
             && self.config.is_none()
             && self.delete_endpoint_slices.is_empty()
+            && self.delete_endpoints.is_none()
             && self.restart_pod.is_none()
     }
 }
@@ -137,6 +142,13 @@ pub fn plan(
     });
     if selector_less {
         out.delete_endpoint_slices = observed.stale_endpoint_slices.clone();
+        out.delete_endpoints = observed
+            .endpoints
+            .iter()
+            .find(|e| {
+                e.name_any() == client_service && !e.labels().contains_key(patroni::SCOPE_LABEL)
+            })
+            .map(|e| e.name_any());
     }
 
     // A pending request (ours, in the status, or anyone's, in the failover object) comes first.

@@ -465,9 +465,10 @@ fn an_ingress_that_is_no_longer_asked_for_is_deleted_if_it_is_ours() {
 
 use crate::plan::database::{SWITCHOVER_ANNOTATION, SwitchoverReason};
 
+/// One of Patroni's Endpoints (Patroni labels its objects with its scope).
 fn endpoints(name: &str, annotations: serde_json::Value) -> k8s_openapi::api::core::v1::Endpoints {
     serde_json::from_value(json!({"metadata": {"name": name, "resourceVersion": "42",
-        "annotations": annotations}}))
+        "labels": {"cluster-name": "news-postgresql"}, "annotations": annotations}}))
     .unwrap()
 }
 
@@ -510,7 +511,8 @@ fn replicated() -> (ArticleSite, Observed) {
         ),
         endpoints(
             "news-postgresql-config",
-            json!({"config": "{\"ttl\":20,\"synchronous_mode\":true}"}),
+            json!({"config": "{\"ttl\":20,\"synchronous_mode\":true}",
+                "initialize": "7300000000000000001"}),
         ),
     ];
     cordon(&mut o, "n1", false);
@@ -682,6 +684,39 @@ fn stale_endpoint_slices_go_once_the_service_has_no_selector() {
             .delete_endpoint_slices
             .is_empty()
     );
+}
+
+#[test]
+fn the_endpoints_controllers_leftover_goes_and_growth_waits_for_patroni() {
+    // An upgraded single-instance site: the client Service just lost its selector, its old
+    // Endpoints (the endpoints controller's, without Patroni's label) is still there, and
+    // Patroni on pod 0 has not recorded the cluster yet.
+    let (mut s, mut o) = replicated();
+    let leftover: k8s_openapi::api::core::v1::Endpoints =
+        serde_json::from_value(json!({"metadata": {"name": "news-postgresql"}})).unwrap();
+    o.endpoints = vec![leftover];
+    o.statefulset
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .replicas = Some(1);
+    s.spec.database.instances = Some(3);
+    let p = plan(&s, &o, now());
+    assert_eq!(
+        p.database.delete_endpoints.as_deref(),
+        Some("news-postgresql")
+    );
+    assert_eq!(
+        p.instances, 1,
+        "no new pod before Patroni took pod 0's data over"
+    );
+    // Patroni's own object is never deleted, and once the cluster is initialized it grows.
+    let (_, o) = replicated();
+    let p = plan(&s, &o, now());
+    assert_eq!(p.database.delete_endpoints, None);
+    assert_eq!(p.instances, 3);
 }
 
 /// The StatefulSet of `replicated()` after a template change: its pods run revision r1, the

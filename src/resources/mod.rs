@@ -258,7 +258,7 @@ mod tests {
         assert_eq!(l["app.kubernetes.io/version"], "1.2.0");
         let db = labels(&site, Component::Database);
         assert_eq!(db["app.kubernetes.io/name"], "postgresql");
-        assert_eq!(db["app.kubernetes.io/version"], "17");
+        assert_eq!(db["app.kubernetes.io/version"], "0.1.0");
     }
 
     #[test]

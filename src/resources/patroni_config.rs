@@ -89,6 +89,11 @@ pub fn document(site: &ArticleSite, claim_size: &str) -> serde_json::Value {
         "postgresql": {
             "listen": format!("0.0.0.0:{POSTGRES_PORT}"),
             "data_dir": PGDATA,
+            // Patroni writes the replication password here: the /tmp emptyDir, not the claim.
+            "pgpass": "/tmp/pgpass",
+            // A new replica's base backup starts at once instead of after a spread checkpoint
+            // (up to minutes with the default checkpoint_timeout).
+            "basebackup": [{"checkpoint": "fast"}],
             "use_unix_socket": true,
             "parameters": {"unix_socket_directories": SOCKET_DIR},
             "pg_hba": [

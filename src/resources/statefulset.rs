@@ -50,12 +50,24 @@ pub fn pvc_name(site: &str, ordinal: u32) -> String {
 /// created before the field existed keeps its single instance), else 3. Not a schema default:
 /// the API server applies schema defaults to stored objects too, which would triple every
 /// existing single-instance site on upgrade.
-pub fn instances(site: &ArticleSite, live: Option<&StatefulSet>) -> i32 {
-    site.spec.database.instances.unwrap_or_else(|| {
-        live.and_then(|s| s.spec.as_ref()?.replicas)
-            .filter(|n| *n >= 1)
-            .unwrap_or(DEFAULT_INSTANCES)
-    })
+///
+/// A live StatefulSet grows only once Patroni has `initialized` the cluster: on an upgraded
+/// site, pod 0 first takes its data directory over; a new pod started before that finds no
+/// cluster in the API and initdb's an empty one of its own, and pod 0's data would then belong
+/// to "another cluster".
+pub fn instances(site: &ArticleSite, live: Option<&StatefulSet>, initialized: bool) -> i32 {
+    let live_replicas = live
+        .and_then(|s| s.spec.as_ref()?.replicas)
+        .filter(|n| *n >= 1);
+    let wanted = site
+        .spec
+        .database
+        .instances
+        .unwrap_or_else(|| live_replicas.unwrap_or(DEFAULT_INSTANCES));
+    match live_replicas {
+        Some(now) if !initialized => wanted.min(now),
+        _ => wanted,
+    }
 }
 
 fn http_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
@@ -438,11 +450,23 @@ mod tests {
     #[test]
     fn instances_default_to_the_live_count_then_three() {
         let mut s = site("news");
-        assert_eq!(instances(&s, None), 3);
+        assert_eq!(instances(&s, None, false), 3);
         let live = build(&s, "1Gi", 1);
-        assert_eq!(instances(&s, Some(&live)), 1, "an upgraded site keeps one");
+        assert_eq!(
+            instances(&s, Some(&live), true),
+            1,
+            "an upgraded site keeps one"
+        );
         s.spec.database.instances = Some(5);
-        assert_eq!(instances(&s, Some(&live)), 5);
+        assert_eq!(instances(&s, Some(&live), true), 5);
+        // Raised before Patroni took pod 0's data directory over: wait for it.
+        assert_eq!(instances(&s, Some(&live), false), 1);
+        // A new site's StatefulSet starts at its full count (pod 0 bootstraps first).
+        let fresh = build(&s, "1Gi", 5);
+        assert_eq!(instances(&s, Some(&fresh), false), 5);
+        // Lowering needs no wait.
+        s.spec.database.instances = Some(3);
+        assert_eq!(instances(&s, Some(&fresh), false), 3);
     }
 
     #[test]

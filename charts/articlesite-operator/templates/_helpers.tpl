@@ -64,10 +64,11 @@ Server-side apply of a missing object needs create as well as patch.
   resources: [roles, rolebindings]
   verbs: [get, create, patch]
 # Patroni's objects: list (its state), create and patch (the failover object, the synchronous
-# mode in the config object); get, watch and update only because the Role it creates grants them.
+# mode in the config object), delete (the endpoints controller's leftover of the client Service
+# on upgrade); get, watch and update only because the Role it creates grants them.
 - apiGroups: [""]
   resources: [endpoints]
-  verbs: [get, list, watch, create, patch, update]
+  verbs: [get, list, watch, create, patch, update, delete]
 # The client Service's EndpointSlices the endpointslice controller left from before the
 # Service lost its selector (upgrade to Patroni).
 - apiGroups: [discovery.k8s.io]
