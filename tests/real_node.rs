@@ -464,6 +464,9 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
         "database": {
             "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
             "imagePullPolicy": "Never",
+            // One instance: these tests are about the app tier and the nodes; the replicated
+            // database has its own (tests/replicated_database.rs).
+            "instances": 1,
             "storage": {"size": "1Gi", "storageClass": class},
         },
         "placement": real_node_placement(),

@@ -368,6 +368,9 @@ async fn a_site_on_three_real_nodes_survives_node_failures_under_load() {
         "database": {
             "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
             "imagePullPolicy": "Never",
+            // One instance: these tests are about the app tier and the nodes; the replicated
+            // database has its own (tests/replicated_database.rs).
+            "instances": 1,
             "storage": {"size": "1Gi", "storageClass": class},
         },
         "highAvailability": {"nodeLossTolerationSeconds": TOLERATION},
