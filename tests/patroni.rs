@@ -832,7 +832,22 @@ async fn an_upgraded_single_instance_site_keeps_its_names_and_its_service_loses_
             .is_none(),
         "one instance: no primary budget"
     );
-    // Raising instances adds replicas to the same StatefulSet.
+    // The endpoints controller's leftover (no Patroni label) goes, or Patroni could never
+    // create its leader object of that name.
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), &ns.name);
+    wait_for("the leftover Endpoints gone", TIMEOUT, || async {
+        match endpoints
+            .get_opt("old-postgresql")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(e) if !e.labels().contains_key("cluster-name") => Err("still there".into()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    // Raising instances adds replicas to the same StatefulSet, but only once Patroni on pod 0
+    // has taken the data directory over (`initialize` recorded): until then it stays at one.
     sites
         .patch(
             "old",
@@ -841,6 +856,30 @@ async fn an_upgraded_single_instance_site_keeps_its_names_and_its_service_loses_
         )
         .await
         .expect("raise instances");
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(3) {
+        let sts = statefulsets.get("old-postgresql").await.unwrap();
+        assert_eq!(
+            sts.spec.and_then(|s| s.replicas),
+            Some(1),
+            "no second instance before Patroni recorded the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Patroni, having taken pod 0's data over, records the cluster's system id.
+    let config = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "old-postgresql-config",
+            "annotations": {"initialize": "7300000000000000001", "config": "{}"},
+            "labels": {"app.kubernetes.io/name": "postgresql", "app.kubernetes.io/instance": "old",
+                "app.kubernetes.io/component": "database", "cluster-name": "old-postgresql"}}});
+    endpoints
+        .patch(
+            "old-postgresql-config",
+            &PatchParams::apply("patroni").force(),
+            &Patch::Apply(&config),
+        )
+        .await
+        .expect("write Patroni's config object");
     wait_for("two instances", TIMEOUT, || async {
         let sts = statefulsets
             .get("old-postgresql")

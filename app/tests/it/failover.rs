@@ -461,8 +461,24 @@ async fn a_write_that_hits_25006_closes_its_connection() {
             .await
             .expect("read-only");
     }
-    let res = try_create(&srv, "two").await;
-    assert_eq!(res.status(), 503);
+    // `pg_reload_conf` only signals the backends: the pooled one applies the setting when it
+    // takes the signal, a moment later. Until then a write still commits (201).
+    let mut refused = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for n in 0.. {
+        let res = try_create(&srv, &format!("two-{n}")).await;
+        match res.status().as_u16() {
+            503 => {
+                refused = Some(res);
+                break;
+            }
+            201 if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("a write answered {other} while the server turned read-only"),
+        }
+    }
+    let res = refused.expect("a refused write");
     assert_eq!(res.headers()["retry-after"], "1");
     let body: Value = res.json().await.expect("problem");
     assert_eq!(body["type"], "urn:articles:problem:database-failing-over");
