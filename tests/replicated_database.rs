@@ -345,6 +345,7 @@ impl Site {
 async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     let started = Instant::now();
     let client = client().await;
+    common::crd::install_crd(&client).await;
     let _heal = HealAll;
     let ns = TestNamespace::create(&client, "replicated-db").await;
     let class = format!("replicated-db-{}", ns.name);
