@@ -493,6 +493,8 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     assert_eq!(site.writers.max(), 1, "exactly one instance takes writes");
 
     let mut lines = Vec::new();
+    // Goals a fault missed; checked at the end, so that every fault runs and prints its figures.
+    let mut misses: Vec<String> = Vec::new();
 
     // 1. The primary pod deleted (a clean shutdown releases Patroni's leader lock at once).
     let old = site.primary().await;
@@ -507,8 +509,14 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
         from,
         &format!("; {new} took writes {} after the deletion", secs(at - from)),
     );
+    println!("{line}");
     lines.push(line);
-    assert!(outage < Duration::from_secs(5), "{}", lines.last().unwrap());
+    if outage >= Duration::from_secs(5) {
+        misses.push(format!(
+            "writes back in under 5 s: {}",
+            lines.last().unwrap()
+        ));
+    }
 
     // 2. SIGKILL of the primary's PostgreSQL.
     let old = site.primary().await;
@@ -521,13 +529,15 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
             .is_ok_and(|s| s.success()),
         "kill -KILL {pid}"
     );
-    let (at, new) = wait_new_writer(&site, from, None, Duration::from_secs(25)).await;
+    let (at, new) = wait_new_writer(&site, from, None, Duration::from_secs(90)).await;
+    within_25_s("SIGKILL", at - from, &mut misses);
     settle(&site, from).await;
     let (line, _, _) = site.report(
         "primary's PostgreSQL SIGKILLed",
         from,
         &format!("; {new} took writes {} after the kill", secs(at - from)),
     );
+    println!("{line}");
     lines.push(line);
 
     // 3. The primary's container frozen: its leader lock expires, a replica takes over; thawed,
@@ -536,7 +546,8 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     let (_, freezer) = postmaster_of(&site.uid_of(&old.pod).await).expect("postmaster of primary");
     let from = Instant::now();
     let frozen = Frozen::freeze(&freezer);
-    let (at, new) = wait_new_writer(&site, from, Some(&old.pod), Duration::from_secs(25)).await;
+    let (at, new) = wait_new_writer(&site, from, Some(&old.pod), Duration::from_secs(90)).await;
+    within_25_s("freeze", at - from, &mut misses);
     drop(frozen);
     let thawed = Instant::now();
     rejoined(&site, &old.pod).await;
@@ -550,13 +561,15 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
             secs(thawed.elapsed())
         ),
     );
+    println!("{line}");
     lines.push(line);
 
     // 4. The network of the primary's node cut.
     let old = site.primary().await;
     let from = Instant::now();
     node_fault("partition", &old.node);
-    let (at, new) = wait_new_writer(&site, from, Some(&old.pod), Duration::from_secs(25)).await;
+    let (at, new) = wait_new_writer(&site, from, Some(&old.pod), Duration::from_secs(90)).await;
+    within_25_s("partition", at - from, &mut misses);
     node_fault("heal", &old.node);
     let healed = Instant::now();
     rejoined(&site, &old.pod).await;
@@ -570,6 +583,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
             secs(healed.elapsed())
         ),
     );
+    println!("{line}");
     lines.push(line);
 
     // 5. A switchover on request.
@@ -600,9 +614,17 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
             secs(at - from)
         ),
     );
+    println!("{line}");
     lines.push(line);
-    assert!(outage < Duration::from_secs(3), "{}", lines.last().unwrap());
-    assert!(annotation_cleared, "the operator clears the annotation");
+    if outage >= Duration::from_secs(3) {
+        misses.push(format!(
+            "a switchover pauses writes under 3 s: {}",
+            lines.last().unwrap()
+        ));
+    }
+    if !annotation_cleared {
+        misses.push("the operator clears the switchover annotation".into());
+    }
 
     // 6. The API server stopped for 30 s: Patroni's failsafe mode keeps the primary.
     let old = site.primary().await;
@@ -615,10 +637,20 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
         from,
         &format!("; primary before {}", old.pod),
     );
+    println!("{line}");
     lines.push(line);
-    assert_eq!(failed, 0, "no write fails while the API server is away");
+    if failed > 0 {
+        misses.push(format!(
+            "no write fails while the API server is away: {failed} failed"
+        ));
+    }
     let after = site.primary().await;
-    assert_eq!(after.pod, old.pod, "the primary kept its role");
+    if after.pod != old.pod {
+        misses.push(format!(
+            "the primary kept its role through the outage: {} -> {}",
+            old.pod, after.pod
+        ));
+    }
 
     // 7. A replica's data directory wiped: Patroni rebuilds it from the primary.
     let all = instances(&pods, &name).await.expect("instances");
@@ -670,8 +702,13 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
         from,
         &format!("; rebuilt and streaming {} later", secs(from.elapsed())),
     );
+    println!("{line}");
     lines.push(line);
-    assert_eq!(failed, 0, "writes go on while a replica is rebuilt");
+    if failed > 0 {
+        misses.push(format!(
+            "writes go on while a replica is rebuilt: {failed} failed"
+        ));
+    }
 
     let acked = site.load.acked();
     let Site { load, writers, .. } = site;
@@ -690,6 +727,21 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     );
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     assert!(max <= 1, "never two instances take writes: {max}");
+    assert!(
+        misses.is_empty(),
+        "goals missed:\n  {}",
+        misses.join("\n  ")
+    );
+}
+
+/// Records a miss of the goal: a primary accepts writes within 25 s of the fault.
+fn within_25_s(what: &str, took: Duration, misses: &mut Vec<String>) {
+    if took > Duration::from_secs(25) {
+        misses.push(format!(
+            "{what}: a primary took writes {} after the fault (goal 25 s)",
+            secs(took)
+        ));
+    }
 }
 
 /// Waits until one instance other than `old` (any, when None) commits writes.
