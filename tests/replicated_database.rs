@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
 use articlesite_operator::resources::{DB_PASSWORD_KEY, DB_USERNAME_KEY, Names, WRITE_TOKEN_KEY};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    Endpoints, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -305,8 +307,22 @@ struct Site {
 }
 
 impl Site {
+    /// The primary, once two replicas are ready and one of them is its synchronous standby
+    /// (Patroni's `-sync` object). Without one, Patroni lets no replica promote (a write
+    /// acknowledged meanwhile may exist on the primary alone), so a fault then would test nothing.
     async fn primary(&self) -> Instance {
         let p = wait_healthy(&self.pods, &self.name, Duration::from_secs(180)).await;
+        let sync = format!("{}-postgresql-sync", self.name);
+        let endpoints: Api<Endpoints> = Api::namespaced(self.pods.clone().into_client(), &self.ns);
+        wait_for("a synchronous standby", Duration::from_secs(60), || async {
+            let e = endpoints.get(&sync).await.map_err(|e| e.to_string())?;
+            let a = e.annotations();
+            match (a.get("leader"), a.get("sync_standby")) {
+                (Some(l), Some(s)) if *l == p.pod && !s.is_empty() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
         if let Ok(all) = instances(&self.pods, &self.name).await {
             self.writers.track(&all);
         }
