@@ -326,11 +326,20 @@ async fn write_switchover(
             patroni::SCOPE_LABEL.into(),
             patroni::scope(&site.name_any()),
         );
+        // Annotation values are strings: "any" (no member) leaves `member` out (the merge
+        // patch above sends null, which removes it).
+        let mut created = std::collections::BTreeMap::from([(
+            patroni::LEADER_ANNOTATION.to_string(),
+            sw.leader.clone(),
+        )]);
+        if let Some(member) = &sw.member {
+            created.insert(patroni::MEMBER_ANNOTATION.to_string(), member.clone());
+        }
         let body: Endpoints = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": name,
                 "labels": labels,
-                "annotations": annotations,
+                "annotations": created,
                 "ownerReferences": [crate::resources::owner_reference(site)],
             },
         }))
