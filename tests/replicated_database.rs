@@ -238,6 +238,19 @@ impl WriterWatch {
         self.max.load(Ordering::Relaxed)
     }
 
+    /// The sampled moments (since `start`) at which more than one instance committed a write.
+    fn overlaps(&self, start: Instant) -> Vec<String> {
+        self.writers
+            .lock()
+            .map(|w| {
+                w.iter()
+                    .filter(|(_, now)| now.len() > 1)
+                    .map(|(at, now)| format!("+{} {now:?}", secs(*at - start)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     async fn stop(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
@@ -511,10 +524,13 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     let mut lines = Vec::new();
     // Goals a fault missed; checked at the end, so that every fault runs and prints its figures.
     let mut misses: Vec<String> = Vec::new();
+    // When each fault began (since the test started), to place an overlap of writers.
+    let mut fault_starts: Vec<String> = Vec::new();
 
     // 1. The primary pod deleted (a clean shutdown releases Patroni's leader lock at once).
     let old = site.primary().await;
     let from = Instant::now();
+    fault_starts.push(secs(from - started));
     pods.delete(&old.pod, &Default::default())
         .await
         .expect("delete primary pod");
@@ -538,6 +554,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     let old = site.primary().await;
     let (pid, _) = postmaster_of(&site.uid_of(&old.pod).await).expect("postmaster of primary");
     let from = Instant::now();
+    fault_starts.push(secs(from - started));
     assert!(
         Command::new("kill")
             .args(["-KILL", &pid.to_string()])
@@ -561,6 +578,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     let old = site.primary().await;
     let (_, freezer) = postmaster_of(&site.uid_of(&old.pod).await).expect("postmaster of primary");
     let from = Instant::now();
+    fault_starts.push(secs(from - started));
     let frozen = Frozen::freeze(&freezer);
     let (at, new) = wait_new_writer(&site, from, Some(&old.pod), Duration::from_secs(90)).await;
     within_25_s("freeze", at - from, &mut misses);
@@ -583,6 +601,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     // 4. The network of the primary's node cut.
     let old = site.primary().await;
     let from = Instant::now();
+    fault_starts.push(secs(from - started));
     node_fault("partition", &old.node);
     let (at, new) = wait_new_writer(&site, from, Some(&old.pod), Duration::from_secs(90)).await;
     within_25_s("partition", at - from, &mut misses);
@@ -605,6 +624,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     // 5. A switchover on request.
     let old = site.primary().await;
     let from = Instant::now();
+    fault_starts.push(secs(from - started));
     sites
         .patch(
             &name,
@@ -645,6 +665,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     // 6. The API server stopped for 30 s: Patroni's failsafe mode keeps the primary.
     let old = site.primary().await;
     let from = Instant::now();
+    fault_starts.push(secs(from - started));
     let paused = Paused::apiserver();
     tokio::time::sleep(Duration::from_secs(30)).await; // the fault's length, not a wait
     paused.resume();
@@ -688,6 +709,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
         .map(|l| l.path)
         .expect("local path");
     let from = Instant::now();
+    fault_starts.push(secs(from - started));
     for e in std::fs::read_dir(&path).expect("volume dir").flatten() {
         let p = e.path();
         let _ = if p.is_dir() {
@@ -727,6 +749,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     }
 
     let acked = site.load.acked();
+    let overlaps = site.writers.overlaps(started);
     let Site { load, writers, .. } = site;
     load.stop().await;
     let max = writers.stop().await;
@@ -742,7 +765,11 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
         lines.join("\n  ")
     );
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
-    assert!(max <= 1, "never two instances take writes: {max}");
+    assert!(
+        max <= 1,
+        "never two instances take writes: {max}, at {overlaps:?}; faults began at {:?}",
+        fault_starts
+    );
     assert!(
         misses.is_empty(),
         "goals missed:\n  {}",
