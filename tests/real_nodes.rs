@@ -24,9 +24,8 @@ use tokio::time::Instant;
 
 use common::e2e::{
     HealAll, Load, PostmasterWatch, REAL_NODES, env_or, local_volumes, missing_articles,
-    node_fault, node_status,
+    node_fault, node_status, publish_article,
 };
-use common::http::request;
 use common::operator::OperatorProcess;
 use common::pods::{is_live, is_ready, node_of};
 use common::site::wait_site_ready;
@@ -430,38 +429,7 @@ async fn a_site_on_three_real_nodes_survives_node_failures_under_load() {
         .expect("ClusterIP");
     let addr = format!("{cluster_ip}:80");
     let published = "front-page";
-    let created = wait_for("the first article", Duration::from_secs(60), || {
-        let (addr, token) = (addr.clone(), token.clone());
-        async move {
-            let body = json!({"slug": published, "title": "Front page", "body": "kept"});
-            let (s, _, b) = request(
-                &addr,
-                "POST",
-                "/api/v1/articles",
-                Some(&token),
-                Some(&body),
-                Duration::from_secs(5),
-            )
-            .await?;
-            if s == 201 || s == 409 {
-                Ok(())
-            } else {
-                Err(format!("{s} {b}"))
-            }
-        }
-    });
-    created.await;
-    let (s, _, b) = request(
-        &addr,
-        "POST",
-        &format!("/api/v1/articles/{published}/publish"),
-        Some(&token),
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("publish");
-    assert!(s == 200 || s == 204, "publish: {s} {b}");
+    publish_article(&addr, &token, published).await;
 
     let watch = PostmasterWatch::start();
     let load = Load::start(addr.clone(), token.clone(), published.to_string());

@@ -37,8 +37,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use common::control_plane::Paused;
-use common::e2e::{HealAll, Load, REAL_NODES, env_or, local_volumes, missing_articles, node_fault};
-use common::http::request;
+use common::e2e::{
+    HealAll, Load, REAL_NODES, env_or, local_volumes, missing_articles, node_fault, publish_article,
+};
 use common::operator::OperatorProcess;
 use common::pods::{is_live, is_ready, node_of};
 use common::site::wait_site_ready;
@@ -467,38 +468,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
         .expect("ClusterIP");
     let addr = format!("{cluster_ip}:80");
     let published = "front-page";
-    wait_for("the first article", Duration::from_secs(60), || {
-        let (addr, token) = (addr.clone(), token.clone());
-        async move {
-            let body = json!({"slug": published, "title": "Front page", "body": "kept"});
-            let (s, _, b) = request(
-                &addr,
-                "POST",
-                "/api/v1/articles",
-                Some(&token),
-                Some(&body),
-                Duration::from_secs(5),
-            )
-            .await?;
-            if s == 201 || s == 409 {
-                Ok(())
-            } else {
-                Err(format!("{s} {b}"))
-            }
-        }
-    })
-    .await;
-    let (s, _, b) = request(
-        &addr,
-        "POST",
-        &format!("/api/v1/articles/{published}/publish"),
-        Some(&token),
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("publish");
-    assert!(s == 200 || s == 204, "publish: {s} {b}");
+    publish_article(&addr, &token, published).await;
 
     let site = Site {
         name: name.clone(),

@@ -389,3 +389,41 @@ pub async fn missing_articles(addr: &str, token: &str, slugs: &[String]) -> Vec<
     }
     lost
 }
+
+/// Creates article `slug` through the site at `addr` (retrying until the site answers, at most
+/// a minute; an existing one is kept) and publishes it: the article the load reads.
+pub async fn publish_article(addr: &str, token: &str, slug: &str) {
+    super::wait_for(
+        "the first article",
+        Duration::from_secs(60),
+        || async move {
+            let body = json!({"slug": slug, "title": "Front page", "body": "kept"});
+            let (s, _, b) = super::http::request(
+                addr,
+                "POST",
+                "/api/v1/articles",
+                Some(token),
+                Some(&body),
+                Duration::from_secs(5),
+            )
+            .await?;
+            if s == 201 || s == 409 {
+                Ok(())
+            } else {
+                Err(format!("{s} {b}"))
+            }
+        },
+    )
+    .await;
+    let (s, _, b) = super::http::request(
+        addr,
+        "POST",
+        &format!("/api/v1/articles/{slug}/publish"),
+        Some(token),
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("publish");
+    assert!(s == 200 || s == 204, "publish: {s} {b}");
+}
