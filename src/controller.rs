@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -246,6 +247,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
                 m.clone(),
             ))
             .owns_stream(watches::children::<NetworkPolicy>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<ConfigMap>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<Role>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<RoleBinding>(&client, ns, m.clone()))
             .owns_stream(watches::children::<Ingress>(&client, ns, m.clone()))
             // Pods belong to ReplicaSets, not to the site: map them by their instance label, so
             // a crash-loop or a lost readiness is seen at once.

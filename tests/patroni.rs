@@ -335,7 +335,7 @@ async fn three_instances_land_one_per_zone_with_the_designed_objects() {
     let cm: ConfigMap = f.get("db-postgresql-patroni").await;
     let yml = &cm.data.unwrap()["patroni.yml"];
     assert!(
-        yml.contains("synchronous_mode: true") && yml.contains("failsafe_mode: true"),
+        yml.contains("synchronous_mode: quorum") && yml.contains("failsafe_mode: true"),
         "{yml}"
     );
 
