@@ -398,19 +398,40 @@ mod tests {
         let patched = with_synchronous_keys(&st.config.as_ref().unwrap().0, quorum);
         assert_eq!(patched["ttl"], 20, "other keys are kept");
         assert_eq!(
-            (&patched["synchronous_mode"], &patched["synchronous_mode_strict"]),
+            (
+                &patched["synchronous_mode"],
+                &patched["synchronous_mode_strict"]
+            ),
             (&json!("quorum"), &json!(true))
         );
-        assert_eq!(SyncReplication::parse(&json!("quorum")), SyncReplication::Quorum);
+        assert_eq!(
+            SyncReplication::parse(&json!("quorum")),
+            SyncReplication::Quorum
+        );
         assert_eq!(SyncReplication::parse(&json!("off")), SyncReplication::Off);
     }
 
     #[test]
     fn a_replica_serves_once_it_streams() {
-        let eps = [endpoints("s-postgresql", json!({"leader": "s-postgresql-0"}))];
-        let p0 = pod("s-postgresql-0", Some("primary"), json!({"state": "running"}));
-        let p1 = pod("s-postgresql-1", Some("replica"), json!({"state": "streaming"}));
-        let p2 = pod("s-postgresql-2", Some("replica"), json!({"state": "running"}));
+        let eps = [endpoints(
+            "s-postgresql",
+            json!({"leader": "s-postgresql-0"}),
+        )];
+        let p0 = pod(
+            "s-postgresql-0",
+            Some("primary"),
+            json!({"state": "running"}),
+        );
+        let p1 = pod(
+            "s-postgresql-1",
+            Some("replica"),
+            json!({"state": "streaming"}),
+        );
+        let p2 = pod(
+            "s-postgresql-2",
+            Some("replica"),
+            json!({"state": "running"}),
+        );
         let st = State::read("s", &eps, &[&p0, &p1, &p2]);
         assert_eq!(
             [&p0, &p1, &p2].map(|p| st.serving(p)),

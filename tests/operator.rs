@@ -10,9 +10,9 @@ use std::time::Duration;
 use articlesite_operator::crd::ArticleSite;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
-use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
@@ -612,7 +612,11 @@ async fn drift_is_restored() {
             if yml(&cm) == original && role.rules == rules {
                 Ok(())
             } else {
-                Err(format!("patroni.yml {:?}, rules {:?}", yml(&cm), role.rules))
+                Err(format!(
+                    "patroni.yml {:?}, rules {:?}",
+                    yml(&cm),
+                    role.rules
+                ))
             }
         },
     )

@@ -18,8 +18,8 @@
 //!   from before it lost its selector: kube-proxy would otherwise keep routing to the old pod
 //!   IP next to Patroni's leader.
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use crate::crd::{ArticleSite, SwitchoverRequest};
@@ -268,9 +268,7 @@ fn restart_step(site: &ArticleSite, observed: &Observed, state: &State) -> Optio
     if pods.iter().any(|p| p.metadata.deletion_timestamp.is_some()) || pods.len() < replicas {
         return None;
     }
-    let outdated = |p: &&&Pod| {
-        p.labels().get(REVISION_LABEL).map(String::as_str) != Some(update)
-    };
+    let outdated = |p: &&&Pod| p.labels().get(REVISION_LABEL).map(String::as_str) != Some(update);
     let by_ordinal_desc = |mut v: Vec<String>| {
         v.sort_by_key(|n| std::cmp::Reverse(ordinal(n)));
         v.into_iter().next()
@@ -363,9 +361,7 @@ fn rebuild(
     let mut failing: Vec<(String, String)> = pods
         .iter()
         .filter(|p| p.name_any() != leader && p.labels().get(REVISION_LABEL) == Some(revision))
-        .filter(|p| {
-            crate::ha::unready_for(p, now).is_some_and(|d| d.as_secs() >= after)
-        })
+        .filter(|p| crate::ha::unready_for(p, now).is_some_and(|d| d.as_secs() >= after))
         .filter_map(|p| {
             let name = p.name_any();
             let patroni_state = state
@@ -376,7 +372,10 @@ fn rebuild(
             let why = if crate::ha::crash_looping(p) {
                 format!("its container has been crash-looping for over {after}s")
             } else {
-                format!("Patroni has reported `{}` for over {after}s", patroni_state?)
+                format!(
+                    "Patroni has reported `{}` for over {after}s",
+                    patroni_state?
+                )
             };
             Some((name, why))
         })

@@ -675,7 +675,10 @@ fn a_cluster_bootstrapped_with_one_named_standby_moves_to_quorum_commit() {
     );
     let p = plan(&s, &o, now()).database.config.expect("a config patch");
     assert_eq!(
-        (&p.config["synchronous_mode"], &p.config["synchronous_mode_strict"]),
+        (
+            &p.config["synchronous_mode"],
+            &p.config["synchronous_mode_strict"]
+        ),
         (&json!("quorum"), &json!(false))
     );
 }
@@ -892,7 +895,13 @@ fn a_standby_is_not_rebuilt_when_that_could_cost_data_or_loop() {
     assert_eq!(rebuild_of(&s, &o), None, "100 s < 300 s");
     // Unready for long, but Patroni is cloning it (not a failure).
     let (s, mut o) = replicated();
-    failing(&mut o, "news-postgresql-2", 9_000, false, "creating replica");
+    failing(
+        &mut o,
+        "news-postgresql-2",
+        9_000,
+        false,
+        "creating replica",
+    );
     assert_eq!(rebuild_of(&s, &o), None, "a long clone");
     // Never the primary.
     let (s, mut o) = replicated();
