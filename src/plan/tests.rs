@@ -922,18 +922,19 @@ fn a_standby_is_not_rebuilt_when_that_could_cost_data_or_loop() {
     // Not again within 30 minutes of the last rebuild.
     let (mut s, mut o) = replicated();
     failing(&mut o, "news-postgresql-2", 9_000, true, "stopped");
-    let mut status = crate::crd::ArticleSiteStatus::default();
-    status.database = Some(crate::crd::DatabaseStatus {
-        last_rebuild: Some(crate::crd::StandbyRebuild {
-            instance: "news-postgresql-1".into(),
-            at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                Timestamp::from_second(9_000).unwrap(),
-            ),
-            reason: "r".into(),
+    s.status = Some(crate::crd::ArticleSiteStatus {
+        database: Some(crate::crd::DatabaseStatus {
+            last_rebuild: Some(crate::crd::StandbyRebuild {
+                instance: "news-postgresql-1".into(),
+                at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::from_second(9_000).unwrap(),
+                ),
+                reason: "r".into(),
+            }),
+            ..Default::default()
         }),
         ..Default::default()
     });
-    s.status = Some(status);
     assert_eq!(rebuild_of(&s, &o), None, "rebuilt 1,000 s ago");
     // Not while the primary does not serve (nothing to clone from).
     let (s, mut o) = replicated();
