@@ -47,7 +47,7 @@ pub fn fill(
             state: m
                 .status
                 .as_ref()
-                .map(|s| s.state.clone())
+                .map(|s| s.shown_state().to_string())
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "unknown".into()),
             lag_bytes: state.lag_bytes(m),
@@ -148,9 +148,7 @@ pub fn highly_available(
     match mode {
         SynchronousMode::Asynchronous => {
             let streaming = state.members.iter().any(|m| {
-                m.pod != primary.pod
-                    && m.ready
-                    && m.status.as_ref().is_some_and(|s| s.state == "streaming")
+                m.pod != primary.pod && m.ready && m.status.as_ref().is_some_and(|s| s.streaming())
             });
             if !streaming {
                 return (

@@ -67,6 +67,26 @@ pub struct MemberStatus {
     pub replay_lsn: Option<i64>,
     #[serde(default)]
     pub timeline: Option<i64>,
+    /// A replica's replication: `streaming` while its WAL receiver streams from the primary
+    /// (Patroni 3+; its `state` stays `running`), `in archive recovery`, or absent.
+    #[serde(default)]
+    pub replication_state: Option<String>,
+}
+
+impl MemberStatus {
+    /// A replica that streams from the primary.
+    pub fn streaming(&self) -> bool {
+        self.replication_state.as_deref() == Some("streaming")
+    }
+
+    /// The state to report: `streaming` for a streaming replica, else Patroni's `state`.
+    pub fn shown_state(&self) -> &str {
+        if self.streaming() {
+            "streaming"
+        } else {
+            &self.state
+        }
+    }
 }
 
 /// One database pod with what Patroni says about it.
@@ -185,7 +205,7 @@ impl State {
             || self
                 .member(&name)
                 .and_then(|m| m.status.as_ref())
-                .is_some_and(|s| s.state == "streaming")
+                .is_some_and(MemberStatus::streaming)
     }
 
     /// The leader, when it is one of the site's pods.
@@ -235,7 +255,7 @@ impl State {
                 m.ready
                     && m.status
                         .as_ref()
-                        .is_some_and(|s| matches!(s.state.as_str(), "streaming" | "running"))
+                        .is_some_and(|s| s.streaming() || s.state == "running")
             })
     }
 
@@ -364,7 +384,8 @@ mod tests {
         let p1 = pod(
             "s-postgresql-1",
             Some("replica"),
-            json!({"role": "replica", "state": "streaming", "xlog_location": 5900, "replay_lsn": 5500}),
+            json!({"role": "replica", "state": "running", "replication_state": "streaming",
+                "xlog_location": 5900, "replay_lsn": 5500}),
         );
         let p2 = pod("s-postgresql-2", None, json!("not json at all"));
         let st = State::read("s", &eps, &[&p0, &p1, &p2]);
@@ -425,7 +446,7 @@ mod tests {
         let p1 = pod(
             "s-postgresql-1",
             Some("replica"),
-            json!({"state": "streaming"}),
+            json!({"state": "running", "replication_state": "streaming"}),
         );
         let p2 = pod(
             "s-postgresql-2",

@@ -101,10 +101,15 @@ impl Fixture {
         .await
     }
 
-    /// Plays Patroni's member update: its pod's `status` annotation and `role` label.
+    /// Plays Patroni's member update: its pod's `status` annotation and `role` label. As in
+    /// Patroni 4, a streaming replica is `state: running` with `replication_state: streaming`.
     async fn member(&self, pod: &str, role: &str, state: &str, xlog: i64) {
-        let status = json!({"role": role, "state": state, "xlog_location": xlog,
+        let mut status = json!({"role": role, "state": state, "xlog_location": xlog,
             "replay_lsn": xlog, "timeline": 1});
+        if state == "streaming" {
+            status["state"] = json!("running");
+            status["replication_state"] = json!("streaming");
+        }
         let patch = json!({"metadata": {"labels": {"role": role},
             "annotations": {"status": status.to_string()}}});
         self.pods

@@ -59,6 +59,9 @@ struct Instance {
     ip: String,
     role: String,
     ready: bool,
+    /// Patroni's `replication_state` from the pod's `status` annotation (`streaming` for a
+    /// replica that streams from the primary; its `state` stays `running`).
+    replication: String,
 }
 
 async fn instances(pods: &Api<Pod>, site: &str) -> Result<Vec<Instance>, String> {
@@ -82,6 +85,12 @@ async fn instances(pods: &Api<Pod>, site: &str) -> Result<Vec<Instance>, String>
                 .unwrap_or_default(),
             role: p.labels().get("role").cloned().unwrap_or_default(),
             ready: is_ready(p),
+            replication: p
+                .annotations()
+                .get("status")
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                .and_then(|v| v["replication_state"].as_str().map(str::to_string))
+                .unwrap_or_default(),
         })
         .collect())
 }
@@ -97,9 +106,10 @@ async fn wait_healthy(pods: &Api<Pod>, site: &str, within: Duration) -> Instance
                 .iter()
                 .filter(|i| i.role == "primary" && i.ready)
                 .collect();
+            // Streaming, not only ready: readiness is "PostgreSQL runs" (Patroni's /health).
             let replicas = all
                 .iter()
-                .filter(|i| i.role == "replica" && i.ready)
+                .filter(|i| i.role == "replica" && i.ready && i.replication == "streaming")
                 .count();
             match (primaries.as_slice(), replicas) {
                 ([p], 2) => Ok((*p).clone()),
@@ -116,6 +126,30 @@ struct Login {
     user: String,
     password: String,
     database: String,
+}
+
+/// The primary's `synchronous_standby_names` as PostgreSQL has it (Patroni sets it), or `None`
+/// when it does not answer within 1.5 s.
+fn synchronous_standby_names(ip: &str, login: &Login) -> Option<String> {
+    let out = Command::new("timeout")
+        .args([
+            "1.5",
+            "psql",
+            "-X",
+            "-At",
+            "-c",
+            "show synchronous_standby_names",
+            &format!(
+                "host={ip} port=5432 user={} dbname={} connect_timeout=1",
+                login.user, login.database
+            ),
+        ])
+        .env("PGPASSWORD", &login.password)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Whether the server at `ip` commits a write now: `select txid_current()` assigns a
@@ -318,6 +352,7 @@ struct Site {
     pods: Api<Pod>,
     load: Load,
     writers: WriterWatch,
+    login: Login,
 }
 
 impl Site {
@@ -336,6 +371,29 @@ impl Site {
                 other => Err(format!("{other:?}")),
             }
         })
+        .await;
+        // And PostgreSQL itself waits for a standby: after an in-place restart the `-sync`
+        // object is the one from before it, while Patroni names the standbys again only
+        // once they have caught up. A fault in that window hits a primary that commits alone.
+        let login = self.login.clone();
+        let ip = p.ip.clone();
+        wait_for(
+            "the primary's synchronous_standby_names set",
+            Duration::from_secs(60),
+            || {
+                let (ip, login) = (ip.clone(), login.clone());
+                async move {
+                    match tokio::task::spawn_blocking(move || {
+                        synchronous_standby_names(&ip, &login)
+                    })
+                    .await
+                    {
+                        Ok(Some(names)) if !names.is_empty() => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                }
+            },
+        )
         .await;
         if let Ok(all) = instances(&self.pods, &self.name).await {
             self.writers.track(&all);
@@ -489,6 +547,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
         pods: pods.clone(),
         load: Load::start(addr.clone(), token.clone(), published.to_string()),
         writers: WriterWatch::start(login.clone()),
+        login: login.clone(),
     };
     site.writers.track(&all);
     let quiet = Instant::now();

@@ -472,12 +472,22 @@ fn endpoints(name: &str, annotations: serde_json::Value) -> k8s_openapi::api::co
     .unwrap()
 }
 
+/// A member's `status` annotation as Patroni 4 writes it: a streaming replica has `state:
+/// running` and `replication_state: streaming`.
+fn patroni_status(role: &str, state: &str, xlog: i64) -> serde_json::Value {
+    if state == "streaming" {
+        json!({"role": role, "state": "running", "replication_state": "streaming",
+            "xlog_location": xlog})
+    } else {
+        json!({"role": role, "state": state, "xlog_location": xlog})
+    }
+}
+
 fn db_pod(name: &str, node: &str, role: &str, state: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"app.kubernetes.io/component": "database",
             "app.kubernetes.io/instance": "news", "role": role, "controller-revision-hash": "r1"},
-            "annotations": {"status": json!({"role": role, "state": state,
-                "xlog_location": 100}).to_string()}},
+            "annotations": {"status": patroni_status(role, state, 100).to_string()}},
         "spec": {"nodeName": node, "containers": [{"name": "postgresql"}]},
         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
     }))
