@@ -137,8 +137,9 @@ cmd_metrics-server() {
     --kubelet-use-node-status-port \
     --kubelet-certificate-authority="$PKI/ca.crt" \
     --metric-resolution=10s \
+    --kubelet-request-timeout=5s \
     --profiling=false \
-    --v=1
+    --v=0
 }
 
 # The port each component listens on, to refuse a start when something else has it.

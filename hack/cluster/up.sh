@@ -90,6 +90,8 @@ METRICS_SERVER_PORT=$METRICS_SERVER_PORT CA_BUNDLE=$(base64 -w0 <"$PKI/ca.crt") 
   envsubst '${METRICS_SERVER_PORT} ${CA_BUNDLE}' <"$here/metrics-server.yaml" |
   kubectl apply --server-side --field-manager=articlesite-cluster-up -f - >/dev/null
 start_component metrics-server
+wait_until "metrics-server /livez" 30 metrics-server \
+  curl -fsS --cacert "$PKI/ca.crt" "https://127.0.0.1:$METRICS_SERVER_PORT/livez"
 for c in kube-controller-manager kube-scheduler; do check_alive "$c"; done
 # Pods need the `default` ServiceAccount, which the controller-manager creates.
 wait_until "the default ServiceAccount" 60 kube-controller-manager kubectl -n default get serviceaccount default
