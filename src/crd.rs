@@ -326,9 +326,11 @@ pub struct AutoscalingSpec {
     pub target_memory_utilization_percentage: Option<i32>,
 
     /// Seconds the load must stay low before pods are removed (the scale-down stabilization
-    /// window); then one pod a minute goes.
+    /// window); then one pod a minute goes. At least 60: the autoscaler's one-pod-a-minute
+    /// policy counts from the size a minute ago, so a shorter window would let it remove, at
+    /// once, every pod a scale-up added within that minute.
     #[serde(default = "default_scale_down_stabilization")]
-    #[schemars(range(min = 0, max = 3600))]
+    #[schemars(range(min = 60, max = 3600))]
     pub scale_down_stabilization_seconds: i32,
 }
 

@@ -241,6 +241,11 @@ async fn invalid_autoscaling_is_refused() {
             "targetMemoryUtilizationPercentage must be between 1 and 100",
         ),
         (
+            "stabilization-below-a-minute",
+            app(json!({"autoscaling": {"maxReplicas": 4, "scaleDownStabilizationSeconds": 30}})),
+            "greater than or equal to 60",
+        ),
+        (
             "scaled-to-zero",
             app(json!({"replicas": 0, "autoscaling": {"maxReplicas": 4}})),
             "spec.app.autoscaling cannot be combined with spec.app.replicas: 0",
@@ -514,13 +519,30 @@ async fn load_scales_up_and_down_without_operator_writes_to_the_deployment() {
             &site(
                 "news",
                 json!({"app": {"image": IMAGE, "replicas": 3, "autoscaling": {
-                    "maxReplicas": 5, "scaleDownStabilizationSeconds": 10}}}),
+                    "maxReplicas": 5, "scaleDownStabilizationSeconds": 60}}}),
             ),
         )
         .await
         .expect("create site");
     let three = wait_pods(&deployments, &pods, "news", 3, TIMEOUT).await;
     assert_eq!(pods_per_zone(&three, &zones).len(), 3, "3 pods in 3 zones");
+    // Created at its minimum, not at the API server's default of one pod.
+    let scaled: Vec<String> =
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &ns.name)
+            .list(
+                &ListParams::default()
+                    .fields("involvedObject.kind=Deployment,reason=ScalingReplicaSet"),
+            )
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter_map(|e| e.message)
+            .collect();
+    assert!(
+        scaled.iter().all(|m| !m.contains(" to 1")) && scaled.iter().any(|m| m.ends_with("to 3")),
+        "{scaled:?}"
+    );
     let idle = wait_metrics(&hpas, "news").await;
     println!("idle: CPU {idle}% of the request");
 

@@ -214,6 +214,11 @@ fn deployment(site: &ArticleSite, observed: &Observed) -> (Deployment, Rollout) 
     let Some(spec) = desired.spec.as_mut() else {
         return (desired, Rollout::Spec);
     };
+    // A Deployment created for an autoscaled site starts at the minimum, not at the API
+    // server's default of 1; the next reconcile hands the count over (`handover`).
+    if observed.deployment.is_none() {
+        spec.replicas = spec.replicas.or(site.spec.app.min_replicas());
+    }
     let version = security::credentials_version(&[
         observed.credentials.as_ref(),
         observed.write_token.as_ref(),

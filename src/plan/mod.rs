@@ -59,8 +59,8 @@ pub struct Plan {
     /// before the Deployment takes its `replicas` back, so the two never fight.
     pub delete_autoscaler: Option<String>,
     /// Autoscaling was turned on: the Deployment's live replica count, applied under a field
-    /// manager of its own before the operator's apply leaves `replicas` out (else server-side
-    /// apply would remove the field and the Deployment would jump to 1 pod).
+    /// manager of its own before the operator's apply leaves `replicas` out (server-side apply
+    /// removes a field its only owner stops sending: the Deployment would fall to 1 pod).
     pub handover_replicas: Option<i32>,
     /// What the operator asks of Patroni, and stale EndpointSlices to delete.
     pub database: database::DatabasePlan,

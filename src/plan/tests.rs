@@ -826,6 +826,13 @@ fn a_single_instance_or_a_database_without_patroni_is_simply_restarted() {
     );
 }
 
+/// An autoscaled site that has converged: created at its minimum, then handed over.
+fn steady_autoscaled(site: &ArticleSite) -> Observed {
+    let created = steady(site);
+    let handed_over = plan(site, &created, now());
+    applied(created, &handed_over)
+}
+
 fn autoscaled(mut s: ArticleSite, spec: serde_json::Value) -> ArticleSite {
     s.spec.app.autoscaling = Some(serde_json::from_value(spec).unwrap());
     s
@@ -885,7 +892,7 @@ fn turning_autoscaling_on_hands_the_replica_count_over_once() {
 #[test]
 fn turning_autoscaling_off_deletes_the_autoscaler_and_takes_replicas_back() {
     let on = autoscaled(site("news"), json!({"maxReplicas": 6}));
-    let mut observed = steady(&on);
+    let mut observed = steady_autoscaled(&on);
     assert!(observed.autoscaler.is_some());
     observed
         .autoscaler
@@ -907,7 +914,7 @@ fn turning_autoscaling_off_deletes_the_autoscaler_and_takes_replicas_back() {
 #[test]
 fn autoscaling_keeps_the_next_pod_to_go_marked() {
     let s = autoscaled(site("news"), json!({"minReplicas": 2, "maxReplicas": 6}));
-    let mut observed = steady(&s);
+    let mut observed = steady_autoscaled(&s);
     if let Some(spec) = observed.deployment.as_mut().and_then(|d| d.spec.as_mut()) {
         spec.replicas = Some(4);
     }
@@ -945,4 +952,24 @@ fn autoscaling_keeps_the_next_pod_to_go_marked() {
     let p = plan(&s, &observed, now());
     assert!(p.pods.mark_for_scale_down.is_empty());
     assert_eq!(p.pods.unmark_for_scale_down, ["news-a"]);
+}
+
+#[test]
+fn a_site_created_with_autoscaling_starts_at_its_minimum_then_hands_over() {
+    let s = autoscaled(site("news"), json!({"maxReplicas": 6}));
+    let p = plan(&s, &with_secrets(), now());
+    let replicas = p.applies.iter().find_map(|a| match &a.child {
+        Child::Deployment(d) => d.spec.as_ref().and_then(|s| s.replicas),
+        _ => None,
+    });
+    assert_eq!(replicas, Some(3), "not the API server's default of 1");
+    let mut created = applied(with_secrets(), &p);
+    owned_by_operator(&mut created);
+    let next = plan(&s, &created, now());
+    assert_eq!(next.handover_replicas, Some(3));
+    let replicas = next.applies.iter().find_map(|a| match &a.child {
+        Child::Deployment(d) => Some(d.spec.as_ref().and_then(|s| s.replicas)),
+        _ => None,
+    });
+    assert_eq!(replicas, Some(None), "then replicas is left out");
 }

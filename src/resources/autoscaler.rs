@@ -142,7 +142,7 @@ mod tests {
         let hpa = build(&autoscaled(serde_json::json!({
             "minReplicas": 2, "maxReplicas": 10,
             "targetCPUUtilizationPercentage": 50, "targetMemoryUtilizationPercentage": 80,
-            "scaleDownStabilizationSeconds": 15,
+            "scaleDownStabilizationSeconds": 60,
         })))
         .expect("hpa");
         let spec = hpa.spec;
@@ -165,6 +165,6 @@ mod tests {
             .behavior
             .and_then(|b| b.scale_down)
             .expect("scale down");
-        assert_eq!(down.stabilization_window_seconds, Some(15));
+        assert_eq!(down.stabilization_window_seconds, Some(60));
     }
 }
