@@ -84,14 +84,19 @@ nodes_ready() {
 }
 wait_until "six Ready nodes" 60 kwok nodes_ready
 
-# The resource metrics API. Not waited for: it is Available once metrics-server has scraped
-# the nodes (~10 s); the autoscaling tests wait for pod metrics themselves.
+# The resource metrics API, waited for until the aggregator calls it Available (~10 s): while an
+# APIService is unavailable, discovery is incomplete and Helm refuses to install anything.
 METRICS_SERVER_PORT=$METRICS_SERVER_PORT CA_BUNDLE=$(base64 -w0 <"$PKI/ca.crt") \
   envsubst '${METRICS_SERVER_PORT} ${CA_BUNDLE}' <"$here/metrics-server.yaml" |
   kubectl apply --server-side --field-manager=articlesite-cluster-up -f - >/dev/null
 start_component metrics-server
 wait_until "metrics-server /livez" 30 metrics-server \
   curl -fsS --cacert "$PKI/ca.crt" "https://127.0.0.1:$METRICS_SERVER_PORT/livez"
+metrics_api_available() {
+  [ "$(kubectl get apiservice v1beta1.metrics.k8s.io \
+      -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" = True ]
+}
+wait_until "the APIService v1beta1.metrics.k8s.io Available" 60 metrics-server metrics_api_available
 for c in kube-controller-manager kube-scheduler; do check_alive "$c"; done
 # Pods need the `default` ServiceAccount, which the controller-manager creates.
 wait_until "the default ServiceAccount" 60 kube-controller-manager kubectl -n default get serviceaccount default
