@@ -37,7 +37,7 @@ use crate::diff::Outcome;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::patroni;
-use crate::plan::database::{ConfigPatch, SWITCHOVER_ANNOTATION, Switchover};
+use crate::plan::database::{ConfigPatch, Rebuild, SWITCHOVER_ANNOTATION, Switchover};
 use crate::plan::{Apply, Child, Eviction, Expansion, Orphan, Plan, Rollout, Rotation};
 use crate::secrets::{self, Generated};
 
@@ -73,6 +73,8 @@ pub struct Outcomes {
     pub endpoints_deleted: Vec<String>,
     /// The database pod deleted to move it to the new pod template.
     pub database_pod_restarted: Option<String>,
+    /// The failing standby whose claim and pod were deleted.
+    pub standby_rebuilt: Option<Rebuild>,
 }
 
 /// A generated Secret as the create's answer described it: metadata only, the value dropped.
@@ -258,7 +260,7 @@ pub async fn act(
     // 5. What the operator asks of Patroni, the budgets and slices no longer wanted, and the
     // switchover annotation last (so a failed write leaves the request to be retried).
     let db = &plan.database;
-    let (pdbs, slices, endpoints, switchover, config_patched, restarted) = futures::try_join!(
+    let (pdbs, slices, endpoints, switchover, config_patched, restarted, rebuilt) = futures::try_join!(
         futures::future::try_join_all(plan.delete_pdbs.iter().map(|n| delete_named::<
             PodDisruptionBudget,
         >(
@@ -277,8 +279,10 @@ pub async fn act(
         write_switchover(client, &ns, metrics, site, db.switchover.as_ref()),
         patch_config(client, &ns, metrics, site, db.config.as_ref()),
         restart_database_pod(&pods, metrics, db.restart_pod.as_deref()),
+        rebuild_standby(client, &ns, &pods, metrics, db.rebuild.as_ref()),
     )?;
     out.database_pod_restarted = restarted;
+    out.standby_rebuilt = rebuilt;
     out.pdbs_deleted = pdbs.into_iter().flatten().collect();
     out.endpoint_slices_deleted = slices.into_iter().flatten().collect();
     out.endpoints_deleted = endpoints.into_iter().flatten().collect();
@@ -432,6 +436,31 @@ async fn restart_database_pod(
         Ok(_) => {
             info!(pod, "restarted database pod onto the new pod template");
             Ok(Some(pod.to_string()))
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(Error::kube("delete", "Pod")(e)),
+    }
+}
+
+/// Deletes a failing standby's claim, then its pod. The claim only gets a deletion timestamp
+/// while the pod uses it (the pvc-protection finalizer); it goes with the pod, and the
+/// StatefulSet then makes a new claim and pod. `Some` once both deletions were accepted.
+async fn rebuild_standby(
+    client: &Client,
+    ns: &str,
+    pods: &Api<Pod>,
+    metrics: &Metrics,
+    rebuild: Option<&Rebuild>,
+) -> Result<Option<Rebuild>> {
+    let Some(rebuild) = rebuild else {
+        return Ok(None);
+    };
+    delete_named::<PersistentVolumeClaim>(client, ns, metrics, &rebuild.claim).await?;
+    metrics.write("delete", "Pod");
+    match pods.delete(&rebuild.pod, &DeleteParams::default()).await {
+        Ok(_) => {
+            warn!(pod = %rebuild.pod, why = %rebuild.why, "rebuilding a failing standby from the primary");
+            Ok(Some(rebuild.clone()))
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(e) => Err(Error::kube("delete", "Pod")(e)),

@@ -20,9 +20,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -247,6 +248,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
                 m.clone(),
             ))
             .owns_stream(watches::children::<NetworkPolicy>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<ConfigMap>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<Role>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<RoleBinding>(&client, ns, m.clone()))
             .owns_stream(watches::children::<Ingress>(&client, ns, m.clone()))
             // Its status (the replica count it wants, whether it is limited) is reported.
             .owns_stream(watches::children::<HorizontalPodAutoscaler>(

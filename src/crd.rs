@@ -475,8 +475,8 @@ pub struct DatabaseSpec {
     #[schemars(range(min = 1, max = 9))]
     pub instances: Option<i32>,
 
-    /// How a write is acknowledged (Patroni `synchronous_mode`): `Synchronous` (the default)
-    /// waits for one synchronous standby while one is healthy, so a failover loses no
+    /// How a write is acknowledged (Patroni `synchronous_mode: quorum`): `Synchronous` (the
+    /// default) waits for the first of the healthy standbys to confirm it, so a failover loses no
     /// acknowledged write, and keeps writing alone when none is left; `Strict` refuses writes
     /// while no synchronous standby is healthy (`synchronous_mode_strict`, needs at least 2
     /// instances); `Asynchronous` never waits, and a failover may lose the last acknowledged
@@ -520,6 +520,19 @@ pub struct DatabaseSpec {
     /// CPU and memory requests and limits of the PostgreSQL container.
     #[serde(default = "default_db_resources")]
     pub resources: ComputeResources,
+
+    /// Seconds a standby may keep failing (its container crash-looping, or Patroni reporting
+    /// that its PostgreSQL does not start) while the primary serves, before the operator
+    /// rebuilds it: it deletes the standby's volume and pod, and Patroni clones the primary into
+    /// the new volume. Never the primary, never a standby on a pod template other than the
+    /// primary's, at most one rebuild per 30 minutes. 0 turns this off.
+    #[serde(default = "default_rebuild_failing_standby")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub rebuild_failing_standby_seconds: i64,
+}
+
+fn default_rebuild_failing_standby() -> i64 {
+    300
 }
 
 impl Default for DatabaseSpec {
@@ -533,6 +546,7 @@ impl Default for DatabaseSpec {
             user: default_db_user(),
             storage: StorageSpec::default(),
             resources: default_db_resources(),
+            rebuild_failing_standby_seconds: default_rebuild_failing_standby(),
         }
     }
 }
@@ -543,8 +557,8 @@ impl Default for DatabaseSpec {
     schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
 )]
 pub enum SynchronousMode {
-    /// Patroni `synchronous_mode: true`: commits wait for a synchronous standby when one is
-    /// healthy; only the primary or a synchronous standby may be promoted.
+    /// Patroni `synchronous_mode: quorum`: commits wait for one of the healthy standbys (the
+    /// first to answer); only a member with every acknowledged commit may be promoted.
     #[default]
     Synchronous,
     /// `synchronous_mode_strict: true` as well: no write is acknowledged without a standby.
@@ -766,9 +780,14 @@ pub struct DatabaseStatus {
     /// PostgreSQL timeline of the primary; it grows by one with each promotion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<i64>,
-    /// Pod name of the synchronous standby, when one is in sync.
+    /// Pod name of a synchronous standby, when one is in sync (the first of
+    /// `synchronousStandbys`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synchronous_standby: Option<String>,
+    /// Every standby that votes in the synchronous quorum: a commit is acknowledged once one
+    /// of them has it (Patroni's `synchronous_mode: quorum`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synchronous_standbys: Vec<String>,
     /// Every instance Patroni reports, by pod name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceStatus>,
@@ -788,6 +807,20 @@ pub struct DatabaseStatus {
     /// A switchover the operator asked Patroni for that has not happened yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_switchover: Option<SwitchoverRequest>,
+    /// The last standby the operator rebuilt because it kept failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rebuild: Option<StandbyRebuild>,
+}
+
+/// A standby rebuilt from the primary: its volume deleted, Patroni cloned the primary anew.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StandbyRebuild {
+    /// Pod name of the standby.
+    pub instance: String,
+    pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// What the operator saw (its container crash-looping, or PostgreSQL failing to start).
+    pub reason: String,
 }
 
 /// One PostgreSQL instance as Patroni reports it.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::act::Outcomes;
-use crate::crd::{DatabaseStatus, InstanceStatus, LeaderChange, SynchronousMode};
+use crate::crd::{DatabaseStatus, InstanceStatus, LeaderChange, StandbyRebuild, SynchronousMode};
 use crate::patroni::{PRIMARY, State};
 use crate::plan::database::SWITCHOVER_TIMEOUT;
 use crate::reason::Reason;
@@ -30,11 +30,13 @@ pub fn fill(
     let primary = state.primary().map(|m| m.pod.clone());
     status.primary = primary.clone();
     status.timeline = state.primary().and_then(|m| m.status.as_ref()?.timeline);
-    status.synchronous_standby = state
+    status.synchronous_standbys = state
         .sync_standbys
         .iter()
-        .find(|s| Some(s.as_str()) != state.leader.as_deref())
-        .cloned();
+        .filter(|s| Some(s.as_str()) != state.leader.as_deref())
+        .cloned()
+        .collect();
+    status.synchronous_standby = status.synchronous_standbys.first().cloned();
     status.instances = state
         .members
         .iter()
@@ -58,6 +60,14 @@ pub fn fill(
     status.failovers = prev.failovers;
     status.switchovers = prev.switchovers;
     status.last_leader_change = prev.last_leader_change.clone();
+    status.last_rebuild = match &outcomes.standby_rebuilt {
+        Some(r) => Some(StandbyRebuild {
+            instance: r.pod.clone(),
+            at: now.clone(),
+            reason: r.why.clone(),
+        }),
+        None => prev.last_rebuild.clone(),
+    };
     let pending = prev
         .pending_switchover
         .clone()
@@ -90,7 +100,7 @@ pub fn fill(
 
 /// Whether Ready may count the database: once Patroni has published a leader object, only
 /// with a leader that is a ready pod (before that, pod readiness alone: on a real node a pod is
-/// ready only when Patroni answers /readiness).
+/// ready only when Patroni answers /health: PostgreSQL runs).
 pub fn leader_ok(state: &State) -> bool {
     !state.leader_object || state.primary().is_some_and(|m| m.ready)
 }

@@ -229,6 +229,15 @@ fn database(
             ),
         ));
     }
+    if let Some(r) = &outcomes.standby_rebuilt {
+        events.push(SiteEvent::warning(
+            Reason::DatabaseStandbyRebuilt,
+            format!(
+                "deleted the volume and pod of {} to clone it from the primary again: {}",
+                r.pod, r.why
+            ),
+        ));
+    }
     if let (Some(why), true) = (&plan.database.refused, outcomes.annotation_cleared) {
         events.push(SiteEvent::warning(
             Reason::SwitchoverRefused,

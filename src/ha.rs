@@ -160,7 +160,7 @@ pub(crate) fn is_terminating(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
-fn crash_looping(pod: &Pod) -> bool {
+pub(crate) fn crash_looping(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
@@ -176,7 +176,7 @@ fn crash_looping(pod: &Pod) -> bool {
 }
 
 /// How long a running pod has been unready, from its Ready condition.
-fn unready_for(pod: &Pod, now: Timestamp) -> Option<SignedDuration> {
+pub(crate) fn unready_for(pod: &Pod, now: Timestamp) -> Option<SignedDuration> {
     let st = pod.status.as_ref()?;
     if st.phase.as_deref() != Some("Running") {
         return None;

@@ -171,6 +171,23 @@ impl State {
         self.members.iter().find(|m| m.pod == pod)
     }
 
+    /// A pod that serves its part: ready, and streaming from the primary unless it is the
+    /// leader. (The pods' readiness is only "PostgreSQL runs", so that a replica stays in the
+    /// read Service while the primary is lost.) While nobody holds the lock (before Patroni
+    /// has published anything, or during a leader race) nobody can stream: readiness alone.
+    pub fn serving(&self, pod: &Pod) -> bool {
+        if !crate::ha::is_ready(pod) {
+            return false;
+        }
+        let name = pod.name_any();
+        self.leader.is_none()
+            || self.leader.as_deref() == Some(name.as_str())
+            || self
+                .member(&name)
+                .and_then(|m| m.status.as_ref())
+                .is_some_and(|s| s.state == "streaming")
+    }
+
     /// The leader, when it is one of the site's pods.
     pub fn primary(&self) -> Option<&Member> {
         self.leader.as_deref().and_then(|l| self.member(l))
@@ -223,30 +240,72 @@ impl State {
     }
 
     /// The value of the dynamic configuration's synchronous keys, when it has been read.
-    pub fn synchronous_keys(&self) -> Option<(bool, bool)> {
+    pub fn synchronous_keys(&self) -> Option<SynchronousKeys> {
         let (config, _) = self.config.as_ref()?;
-        let flag = |k: &str| match config.get(k) {
+        let strict = match config.get("synchronous_mode_strict") {
             Some(serde_json::Value::Bool(b)) => *b,
             Some(serde_json::Value::String(s)) => matches!(s.as_str(), "on" | "true"),
             _ => false,
         };
-        Some((flag("synchronous_mode"), flag("synchronous_mode_strict")))
+        Some(SynchronousKeys {
+            mode: config
+                .get("synchronous_mode")
+                .map_or(SyncReplication::Off, SyncReplication::parse),
+            strict,
+        })
     }
+}
+
+/// Patroni's `synchronous_mode`: off, `on` (one named synchronous standby) or `quorum`
+/// (`ANY n (every healthy replica)`: a commit waits for the first n answers, so one slow or
+/// lost replica never holds writes back while another still answers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncReplication {
+    Off,
+    On,
+    Quorum,
+}
+
+impl SyncReplication {
+    /// Patroni accepts booleans, `on`/`off` and `quorum`.
+    fn parse(value: &serde_json::Value) -> Self {
+        match value {
+            serde_json::Value::Bool(true) => Self::On,
+            serde_json::Value::String(s) if s == "quorum" => Self::Quorum,
+            serde_json::Value::String(s) if matches!(s.as_str(), "on" | "true") => Self::On,
+            _ => Self::Off,
+        }
+    }
+
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            Self::Off => false.into(),
+            Self::On => true.into(),
+            Self::Quorum => "quorum".into(),
+        }
+    }
+}
+
+/// The two keys of Patroni's dynamic configuration that follow `spec.database.synchronousMode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynchronousKeys {
+    pub mode: SyncReplication,
+    /// `synchronous_mode_strict`: no commit is acknowledged without a standby.
+    pub strict: bool,
 }
 
 /// The `config` annotation with the synchronous keys set, keeping every other key (Patroni owns
 /// them; `patronictl edit-config` may have changed them).
 pub fn with_synchronous_keys(
     config: &serde_json::Value,
-    synchronous: bool,
-    strict: bool,
+    keys: SynchronousKeys,
 ) -> serde_json::Value {
     let mut config = match config {
         serde_json::Value::Object(m) => m.clone(),
         _ => serde_json::Map::new(),
     };
-    config.insert("synchronous_mode".into(), synchronous.into());
-    config.insert("synchronous_mode_strict".into(), strict.into());
+    config.insert("synchronous_mode".into(), keys.mode.to_json());
+    config.insert("synchronous_mode_strict".into(), keys.strict.into());
     serde_json::Value::Object(config)
 }
 
@@ -325,10 +384,63 @@ mod tests {
                 member: None
             })
         );
-        assert_eq!(st.synchronous_keys(), Some((true, false)));
-        let patched = with_synchronous_keys(&st.config.as_ref().unwrap().0, true, true);
+        assert_eq!(
+            st.synchronous_keys(),
+            Some(SynchronousKeys {
+                mode: SyncReplication::On,
+                strict: false
+            })
+        );
+        let quorum = SynchronousKeys {
+            mode: SyncReplication::Quorum,
+            strict: true,
+        };
+        let patched = with_synchronous_keys(&st.config.as_ref().unwrap().0, quorum);
         assert_eq!(patched["ttl"], 20, "other keys are kept");
-        assert_eq!(patched["synchronous_mode_strict"], true);
+        assert_eq!(
+            (
+                &patched["synchronous_mode"],
+                &patched["synchronous_mode_strict"]
+            ),
+            (&json!("quorum"), &json!(true))
+        );
+        assert_eq!(
+            SyncReplication::parse(&json!("quorum")),
+            SyncReplication::Quorum
+        );
+        assert_eq!(SyncReplication::parse(&json!("off")), SyncReplication::Off);
+    }
+
+    #[test]
+    fn a_replica_serves_once_it_streams() {
+        let eps = [endpoints(
+            "s-postgresql",
+            json!({"leader": "s-postgresql-0"}),
+        )];
+        let p0 = pod(
+            "s-postgresql-0",
+            Some("primary"),
+            json!({"state": "running"}),
+        );
+        let p1 = pod(
+            "s-postgresql-1",
+            Some("replica"),
+            json!({"state": "streaming"}),
+        );
+        let p2 = pod(
+            "s-postgresql-2",
+            Some("replica"),
+            json!({"state": "running"}),
+        );
+        let st = State::read("s", &eps, &[&p0, &p1, &p2]);
+        assert_eq!(
+            [&p0, &p1, &p2].map(|p| st.serving(p)),
+            [true, true, false],
+            "the leader; a streaming replica; a replica whose PostgreSQL runs but does not stream"
+        );
+        // Before Patroni has published a leader object, readiness alone.
+        let st = State::read("s", &[], &[&p2]);
+        assert!(st.serving(&p2));
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub enum Reason {
     SwitchoverRefused,
     SwitchoverFailed,
     DatabaseInstanceRestarted,
+    DatabaseStandbyRebuilt,
     // Actions (Events)
     SecretCreated,
     CredentialsRecreated,

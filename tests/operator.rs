@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
@@ -567,6 +568,60 @@ async fn drift_is_restored() {
     })
     .await;
     eprintln!("drift restored in {:?}", start.elapsed());
+    // The database's ConfigMap and Role are watched too: a hand edit is undone at once, not
+    // at the next resync (300 s here).
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
+    let yml = |cm: &ConfigMap| {
+        cm.data
+            .as_ref()
+            .and_then(|d| d.get("patroni.yml").cloned())
+            .unwrap_or_default()
+    };
+    let original = yml(&configmaps.get("blog-postgresql-patroni").await.unwrap());
+    let rules = roles.get("blog-postgresql").await.unwrap().rules;
+    let start = std::time::Instant::now();
+    configmaps
+        .patch(
+            "blog-postgresql-patroni",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"data": {"patroni.yml": "hacked: true\n"}})),
+        )
+        .await
+        .unwrap();
+    roles
+        .patch(
+            "blog-postgresql",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"rules": []})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "Patroni's ConfigMap and Role restored",
+        Duration::from_secs(15),
+        || async {
+            let cm = configmaps
+                .get("blog-postgresql-patroni")
+                .await
+                .map_err(|e| e.to_string())?;
+            let role = roles
+                .get("blog-postgresql")
+                .await
+                .map_err(|e| e.to_string())?;
+            if yml(&cm) == original && role.rules == rules {
+                Ok(())
+            } else {
+                Err(format!(
+                    "patroni.yml {:?}, rules {:?}",
+                    yml(&cm),
+                    role.rules
+                ))
+            }
+        },
+    )
+    .await;
+    eprintln!("ConfigMap and Role restored in {:?}", start.elapsed());
     // The Deployment was restored (a hand edit undone), not merely found unchanged: the metric
     // counts it, and the site says so in an Event.
     let restored = op

@@ -335,7 +335,7 @@ async fn three_instances_land_one_per_zone_with_the_designed_objects() {
     let cm: ConfigMap = f.get("db-postgresql-patroni").await;
     let yml = &cm.data.unwrap()["patroni.yml"];
     assert!(
-        yml.contains("synchronous_mode: true") && yml.contains("failsafe_mode: true"),
+        yml.contains("synchronous_mode: quorum") && yml.contains("failsafe_mode: true"),
         "{yml}"
     );
 
@@ -1067,4 +1067,114 @@ async fn a_template_change_restarts_the_replicas_before_the_primary() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_keeps_failing_is_rebuilt_on_a_new_volume() {
+    // A drain switchover from another test's cordon would change who is primary here.
+    let _nodes = NODES.lock().await;
+    let f = fixture("pg-rebuild").await;
+    let mut body = spec(Some(3));
+    body["database"]["rebuildFailingStandbySeconds"] = json!(10);
+    f.sites
+        .create(&PostParams::default(), &site("db", body))
+        .await
+        .expect("create site");
+    let pods = f.database_pods("db", 3).await;
+    let [p0, p1, p2] = ["db-postgresql-0", "db-postgresql-1", "db-postgresql-2"];
+    f.patroni_cluster("db", &pods, p0, p1).await;
+    f.wait_status("db", "primary reported", |s| {
+        (s.status.as_ref()?.database.as_ref()?.primary.as_deref() == Some(p0)).then_some(())
+    })
+    .await;
+    let claims: Api<PersistentVolumeClaim> = f.api();
+    let claim_uid = |name: String| {
+        let claims = claims.clone();
+        async move {
+            claims
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .filter(|c| c.metadata.deletion_timestamp.is_none())
+                .and_then(|c| c.uid())
+        }
+    };
+    let before: Vec<Option<String>> =
+        futures::future::join_all([p0, p1, p2].map(|p| claim_uid(format!("data-{p}")))).await;
+    assert!(before.iter().all(Option::is_some), "claims {before:?}");
+    let old_pod = pods[2].uid();
+
+    // p2 crash-loops (kwok's simulation stage), as a standby whose data is broken would.
+    let started = Instant::now();
+    f.pods
+        .patch(
+            p2,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {
+                "articlesite.io/simulate": "crashloop"}}})),
+        )
+        .await
+        .expect("make p2 crash-loop");
+    let rebuild = f
+        .wait_status("db", "the rebuild recorded", |s| {
+            s.status.as_ref()?.database.as_ref()?.last_rebuild.clone()
+        })
+        .await;
+    let took = started.elapsed();
+    assert_eq!(rebuild.instance, p2);
+    assert!(rebuild.reason.contains("crash-looping"), "{rebuild:?}");
+    // Not before the 10 s it may fail (less the second that the Ready condition's whole-second
+    // lastTransitionTime can take off).
+    assert!(
+        took >= Duration::from_secs(9),
+        "not before the 10 s it may fail: {took:?}"
+    );
+    // A new claim (an empty volume) and a new pod, which comes up (kwok: ready).
+    let new_claim = wait_for("a new claim for p2", TIMEOUT, || async {
+        match claim_uid(format!("data-{p2}")).await {
+            Some(uid) if Some(&uid) != before[2].as_ref() => Ok(uid),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    wait_for("a new, ready p2", TIMEOUT, || async {
+        let p = f.pods.get_opt(p2).await.map_err(|e| e.to_string())?;
+        match p {
+            Some(p) if p.uid() != old_pod && is_ready(&p) => Ok(()),
+            other => Err(format!("{:?}", other.map(|p| p.uid()))),
+        }
+    })
+    .await;
+    println!(
+        "kwok: failing standby rebuilt {:.1}s after it began to crash-loop (threshold 10 s); new claim {new_claim}",
+        took.as_secs_f64()
+    );
+    // The primary's and the other standby's volumes are untouched.
+    for (i, p) in [p0, p1].iter().enumerate() {
+        assert_eq!(
+            claim_uid(format!("data-{p}")).await,
+            before[i],
+            "{p}'s claim"
+        );
+    }
+    assert_eq!(f.event_count("DatabaseStandbyRebuilt").await, 1);
+    // Failing again right away: no second rebuild within 30 minutes.
+    let f2 = f.pods.get(p2).await.expect("p2").uid();
+    f.member(p2, "replica", "start failed", 0).await;
+    f.pods
+        .patch(
+            p2,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {
+                "articlesite.io/simulate": "crashloop"}}})),
+        )
+        .await
+        .expect("make p2 crash-loop again");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let p = f.pods.get(p2).await.expect("p2");
+        assert_eq!(p.uid(), f2, "no second rebuild within the interval");
+        tokio::time::sleep(Duration::from_millis(500)).await; // poll interval of a window that asserts nothing happens
+    }
 }

@@ -11,10 +11,14 @@
 //! - The restart order on a new pod template (the StatefulSet is `OnDelete`): outdated pods
 //!   that do not serve first, then the replicas one at a time (each ready again before the
 //!   next), then a switchover, then the old primary; a single instance is simply restarted.
+//! - Rebuilding a standby that keeps failing (crash-looping, or PostgreSQL not starting) while
+//!   the primary serves: its claim and pod are deleted, the StatefulSet makes both anew and
+//!   Patroni clones the primary into the empty volume.
 //! - Deleting the EndpointSlices the endpointslice controller left for the client Service
 //!   from before it lost its selector: kube-proxy would otherwise keep routing to the old pod
 //!   IP next to Patroni's leader.
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
@@ -92,7 +96,26 @@ pub struct DatabasePlan {
     pub delete_endpoints: Option<String>,
     /// A database pod to delete so that the StatefulSet recreates it with its new template.
     pub restart_pod: Option<String>,
+    pub rebuild: Option<Rebuild>,
 }
+
+/// A standby to rebuild from the primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebuild {
+    pub pod: String,
+    /// Its data claim, deleted first: the claim goes once the pod has, and the StatefulSet
+    /// only makes a new claim (and so an empty volume) when the old one is gone.
+    pub claim: String,
+    /// What the operator saw (for the Event and the status).
+    pub why: String,
+}
+
+/// No second rebuild within this long of the last: a standby that fails again right after
+/// one has a cause that a new volume does not cure, and each rebuild copies the whole database.
+pub const REBUILD_INTERVAL: SignedDuration = SignedDuration::from_secs(30 * 60);
+
+/// Patroni's states of a member whose PostgreSQL does not run and will not by itself.
+const FAILED_STATES: &[&str] = &["start failed", "crashed"];
 
 impl DatabasePlan {
     pub fn is_empty(&self) -> bool {
@@ -102,6 +125,7 @@ impl DatabasePlan {
             && self.delete_endpoint_slices.is_empty()
             && self.delete_endpoints.is_none()
             && self.restart_pod.is_none()
+            && self.rebuild.is_none()
     }
 }
 
@@ -196,6 +220,10 @@ pub fn plan(
         });
         return out;
     }
+    if let Some(rebuild) = rebuild(site, observed, state, now) {
+        out.rebuild = Some(rebuild);
+        return out;
+    }
     match restart_step(site, observed, state) {
         Some(RestartStep::Delete(pod)) => out.restart_pod = Some(pod),
         Some(RestartStep::SwitchOver) if !busy => {
@@ -235,40 +263,30 @@ fn restart_step(site: &ArticleSite, observed: &Observed, state: &State) -> Optio
     }
     let update = status.update_revision.as_deref()?;
     let replicas = usize::try_from(sts.spec.as_ref()?.replicas.unwrap_or(1)).unwrap_or(1);
-    let pods: Vec<&k8s_openapi::api::core::v1::Pod> = observed
-        .pods
-        .iter()
-        .filter(|p| {
-            p.labels()
-                .get("app.kubernetes.io/component")
-                .map(String::as_str)
-                == Some("database")
-                && p.labels().get("app.kubernetes.io/instance") == Some(&site.name_any())
-        })
-        .collect();
+    let pods = database_pods(site, observed);
     // One at a time: while a pod goes or comes, wait.
     if pods.iter().any(|p| p.metadata.deletion_timestamp.is_some()) || pods.len() < replicas {
         return None;
     }
-    let outdated = |p: &&&k8s_openapi::api::core::v1::Pod| {
-        p.labels().get(REVISION_LABEL).map(String::as_str) != Some(update)
-    };
+    let outdated = |p: &&&Pod| p.labels().get(REVISION_LABEL).map(String::as_str) != Some(update);
     let by_ordinal_desc = |mut v: Vec<String>| {
         v.sort_by_key(|n| std::cmp::Reverse(ordinal(n)));
         v.into_iter().next()
     };
+    let serving = |p: &&&Pod| state.serving(p);
     // An outdated pod that does not serve first: it cannot get worse, and only its deletion
     // gives it a fixed template.
     let unready: Vec<String> = pods
         .iter()
         .filter(outdated)
-        .filter(|p| !crate::ha::is_ready(p))
+        .filter(|p| !serving(p))
         .map(|p| p.name_any())
         .collect();
     if let Some(pod) = by_ordinal_desc(unready) {
         return Some(RestartStep::Delete(pod));
     }
-    if pods.iter().any(|p| !crate::ha::is_ready(p)) {
+    // A restarted replica counts once it streams again, not when PostgreSQL merely runs.
+    if !pods.iter().all(|p| state.serving(p)) {
         return None;
     }
     let leader = state.leader.as_deref();
@@ -292,6 +310,83 @@ fn restart_step(site: &ArticleSite, observed: &Observed, state: &State) -> Optio
     } else {
         Some(RestartStep::SwitchOver)
     }
+}
+
+/// The site's database pods.
+fn database_pods<'a>(site: &ArticleSite, observed: &'a Observed) -> Vec<&'a Pod> {
+    observed
+        .pods
+        .iter()
+        .filter(|p| {
+            p.labels()
+                .get("app.kubernetes.io/component")
+                .map(String::as_str)
+                == Some("database")
+                && p.labels().get("app.kubernetes.io/instance") == Some(&site.name_any())
+        })
+        .collect()
+}
+
+/// A standby failing for `spec.database.rebuildFailingStandbySeconds`, when rebuilding it is
+/// safe: a serving primary to clone from, no pod coming or going, the standby on the primary's
+/// pod template (a bad new template would fail again on any volume), and no rebuild within
+/// `REBUILD_INTERVAL`.
+fn rebuild(
+    site: &ArticleSite,
+    observed: &Observed,
+    state: &State,
+    now: Timestamp,
+) -> Option<Rebuild> {
+    let after = site.spec.database.rebuild_failing_standby_seconds;
+    if after <= 0 {
+        return None;
+    }
+    let last = site
+        .status
+        .as_ref()
+        .and_then(|s| s.database.as_ref()?.last_rebuild.as_ref());
+    if last.is_some_and(|r| now.duration_since(r.at.0) < REBUILD_INTERVAL) {
+        return None;
+    }
+    let pods = database_pods(site, observed);
+    if pods.len() < 2 || pods.iter().any(|p| crate::ha::is_terminating(p)) {
+        return None;
+    }
+    let leader = state.leader.as_deref()?;
+    let primary = pods.iter().find(|p| p.name_any() == leader)?;
+    if !state.serving(primary) {
+        return None;
+    }
+    let revision = primary.labels().get(REVISION_LABEL)?;
+    let mut failing: Vec<(String, String)> = pods
+        .iter()
+        .filter(|p| p.name_any() != leader && p.labels().get(REVISION_LABEL) == Some(revision))
+        .filter(|p| crate::ha::unready_for(p, now).is_some_and(|d| d.as_secs() >= after))
+        .filter_map(|p| {
+            let name = p.name_any();
+            let patroni_state = state
+                .member(&name)
+                .and_then(|m| m.status.as_ref())
+                .map(|s| s.state.as_str())
+                .filter(|s| FAILED_STATES.contains(s));
+            let why = if crate::ha::crash_looping(p) {
+                format!("its container has been crash-looping for over {after}s")
+            } else {
+                format!(
+                    "Patroni has reported `{}` for over {after}s",
+                    patroni_state?
+                )
+            };
+            Some((name, why))
+        })
+        .collect();
+    failing.sort_by_key(|(n, _)| std::cmp::Reverse(ordinal(n)));
+    let (pod, why) = failing.into_iter().next()?;
+    Some(Rebuild {
+        claim: format!("{}-{pod}", crate::resources::statefulset::DATA_VOLUME),
+        pod,
+        why,
+    })
 }
 
 /// Whom the primary hands over to before its restart: the healthy synchronous standby (in
@@ -360,7 +455,7 @@ fn config_patch(site: &ArticleSite, state: &State) -> Option<ConfigPatch> {
     let (config, resource_version) = state.config.as_ref()?;
     let want = patroni_config::synchronous_keys(site.spec.database.synchronous_mode);
     (state.synchronous_keys()? != want).then(|| ConfigPatch {
-        config: patroni::with_synchronous_keys(config, want.0, want.1),
+        config: patroni::with_synchronous_keys(config, want),
         resource_version: resource_version.clone(),
     })
 }

@@ -512,7 +512,7 @@ fn replicated() -> (ArticleSite, Observed) {
         ),
         endpoints(
             "news-postgresql-config",
-            json!({"config": "{\"ttl\":20,\"synchronous_mode\":true}",
+            json!({"config": "{\"ttl\":20,\"synchronous_mode\":\"quorum\"}",
                 "initialize": "7300000000000000001"}),
         ),
     ];
@@ -663,6 +663,25 @@ fn a_changed_synchronous_mode_is_written_into_patronis_configuration() {
     assert_eq!(p.resource_version, "42");
     assert_eq!(p.config["synchronous_mode_strict"], true);
     assert_eq!(p.config["ttl"], 20);
+}
+
+#[test]
+fn a_cluster_bootstrapped_with_one_named_standby_moves_to_quorum_commit() {
+    // Sites bootstrapped before quorum commit stored `synchronous_mode: true`.
+    let (s, mut o) = replicated();
+    o.endpoints[2] = endpoints(
+        "news-postgresql-config",
+        json!({"config": "{\"ttl\":20,\"synchronous_mode\":true}",
+            "initialize": "7300000000000000001"}),
+    );
+    let p = plan(&s, &o, now()).database.config.expect("a config patch");
+    assert_eq!(
+        (
+            &p.config["synchronous_mode"],
+            &p.config["synchronous_mode_strict"]
+        ),
+        (&json!("quorum"), &json!(false))
+    );
 }
 
 #[test]
@@ -824,6 +843,105 @@ fn a_single_instance_or_a_database_without_patroni_is_simply_restarted() {
         plan(&one, &o, now()).database.restart_pod.as_deref(),
         Some("news-postgresql-0")
     );
+}
+
+/// `pod` unready since `since` (seconds since the epoch; `now()` is 10,000), crash-looping
+/// or with Patroni reporting `state`.
+fn failing(o: &mut Observed, pod: &str, since: i64, crash_looping: bool, state: &str) {
+    let p = o
+        .pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some(pod))
+        .unwrap();
+    let at = Timestamp::from_second(since).unwrap().to_string();
+    let mut status = json!({"phase": "Running", "conditions": [{"type": "Ready",
+        "status": "False", "lastTransitionTime": at}]});
+    if crash_looping {
+        status["containerStatuses"] = json!([{"name": "postgresql", "image": "i",
+            "ready": false, "restartCount": 9,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]);
+    }
+    p.status = serde_json::from_value(status).unwrap();
+    p.metadata.annotations.as_mut().unwrap().insert(
+        "status".into(),
+        json!({"role": "replica", "state": state}).to_string(),
+    );
+}
+
+#[test]
+fn a_standby_that_keeps_failing_is_rebuilt_from_the_primary() {
+    let (s, mut o) = replicated();
+    // Crash-looping for 400 s (the default threshold is 300 s).
+    failing(&mut o, "news-postgresql-2", 9_600, true, "stopped");
+    let r = plan(&s, &o, now()).database.rebuild.expect("a rebuild");
+    assert_eq!(
+        (r.pod.as_str(), r.claim.as_str()),
+        ("news-postgresql-2", "data-news-postgresql-2")
+    );
+    assert!(r.why.contains("crash-looping"), "{}", r.why);
+    // Patroni cannot start PostgreSQL (a diverged timeline pg_rewind could not mend, say).
+    let (s2, mut o2) = replicated();
+    failing(&mut o2, "news-postgresql-1", 9_000, false, "start failed");
+    let r = plan(&s2, &o2, now()).database.rebuild.expect("a rebuild");
+    assert_eq!(r.pod, "news-postgresql-1");
+    assert!(r.why.contains("start failed"), "{}", r.why);
+}
+
+#[test]
+fn a_standby_is_not_rebuilt_when_that_could_cost_data_or_loop() {
+    let rebuild_of = |s: &ArticleSite, o: &Observed| plan(s, o, now()).database.rebuild;
+    // Failing, but not for long enough.
+    let (s, mut o) = replicated();
+    failing(&mut o, "news-postgresql-2", 9_900, true, "stopped");
+    assert_eq!(rebuild_of(&s, &o), None, "100 s < 300 s");
+    // Unready for long, but Patroni is cloning it (not a failure).
+    let (s, mut o) = replicated();
+    failing(
+        &mut o,
+        "news-postgresql-2",
+        9_000,
+        false,
+        "creating replica",
+    );
+    assert_eq!(rebuild_of(&s, &o), None, "a long clone");
+    // Never the primary.
+    let (s, mut o) = replicated();
+    failing(&mut o, "news-postgresql-0", 9_000, true, "stopped");
+    assert_eq!(rebuild_of(&s, &o), None, "the primary");
+    // Not on another pod template than the primary's: the template may be what fails.
+    let (s, mut o) = replicated();
+    failing(&mut o, "news-postgresql-2", 9_000, true, "stopped");
+    template_changed(&mut o, &["news-postgresql-2"]);
+    let p = plan(&s, &o, now()).database;
+    assert_eq!(p.rebuild, None, "a new template");
+    assert_eq!(p.restart_pod, None, "and the restart order waits for it");
+    // Turned off.
+    let (mut s, mut o) = replicated();
+    failing(&mut o, "news-postgresql-2", 9_000, true, "stopped");
+    s.spec.database.rebuild_failing_standby_seconds = 0;
+    assert_eq!(rebuild_of(&s, &o), None, "turned off");
+    // Not again within 30 minutes of the last rebuild.
+    let (mut s, mut o) = replicated();
+    failing(&mut o, "news-postgresql-2", 9_000, true, "stopped");
+    s.status = Some(crate::crd::ArticleSiteStatus {
+        database: Some(crate::crd::DatabaseStatus {
+            last_rebuild: Some(crate::crd::StandbyRebuild {
+                instance: "news-postgresql-1".into(),
+                at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::from_second(9_000).unwrap(),
+                ),
+                reason: "r".into(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert_eq!(rebuild_of(&s, &o), None, "rebuilt 1,000 s ago");
+    // Not while the primary does not serve (nothing to clone from).
+    let (s, mut o) = replicated();
+    failing(&mut o, "news-postgresql-2", 9_000, true, "stopped");
+    failing(&mut o, "news-postgresql-0", 9_000, false, "running");
+    assert_eq!(rebuild_of(&s, &o), None, "no serving primary");
 }
 
 /// An autoscaled site that has converged: created at its minimum, then handed over.

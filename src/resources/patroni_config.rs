@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::{Component, Names, PATRONI_PORT, POSTGRES_PORT, object_meta};
 use crate::crd::{ArticleSite, SynchronousMode};
+use crate::patroni::{SyncReplication, SynchronousKeys};
 
 pub const CONFIG_KEY: &str = "patroni.yml";
 pub const MOUNT_DIR: &str = "/etc/patroni";
@@ -32,13 +33,18 @@ pub const TTL: i64 = 20;
 pub const LOOP_WAIT: i64 = 3;
 pub const RETRY_TIMEOUT: i64 = 8;
 
-/// Patroni's `synchronous_mode` and `synchronous_mode_strict` for a mode.
-pub fn synchronous_keys(mode: SynchronousMode) -> (bool, bool) {
-    match mode {
-        SynchronousMode::Synchronous => (true, false),
-        SynchronousMode::Strict => (true, true),
-        SynchronousMode::Asynchronous => (false, false),
-    }
+/// Patroni's `synchronous_mode` and `synchronous_mode_strict` for a mode. Both synchronous
+/// modes use quorum commit: with two replicas a commit waits for whichever answers first, so
+/// losing (or wiping) one replica never pauses writes, where `on` waits on one named standby
+/// until Patroni names another. A failover still loses nothing: Patroni promotes only a member
+/// that has every quorum-acknowledged commit (it compares it with the other voters).
+pub fn synchronous_keys(mode: SynchronousMode) -> SynchronousKeys {
+    let (mode, strict) = match mode {
+        SynchronousMode::Synchronous => (SyncReplication::Quorum, false),
+        SynchronousMode::Strict => (SyncReplication::Quorum, true),
+        SynchronousMode::Asynchronous => (SyncReplication::Off, false),
+    };
+    SynchronousKeys { mode, strict }
 }
 
 /// WAL a replication slot may hold back: a quarter of the volume, so that a dead replica can
@@ -50,12 +56,12 @@ pub fn max_slot_wal_keep_size(claim_size: &str) -> String {
 
 /// The document, as a JSON value (YAML is a superset; the file is written as YAML).
 pub fn document(site: &ArticleSite, claim_size: &str) -> serde_json::Value {
-    let (synchronous, strict) = synchronous_keys(site.spec.database.synchronous_mode);
+    let keys = synchronous_keys(site.spec.database.synchronous_mode);
     let mut dcs = json!({
         "ttl": TTL,
         "loop_wait": LOOP_WAIT,
         "retry_timeout": RETRY_TIMEOUT,
-        "synchronous_mode": synchronous,
+        "synchronous_mode": keys.mode.to_json(),
         "failsafe_mode": true,
         "postgresql": {
             "use_pg_rewind": true,
@@ -71,7 +77,7 @@ pub fn document(site: &ArticleSite, claim_size: &str) -> serde_json::Value {
             },
         },
     });
-    if strict {
+    if keys.strict {
         dcs["synchronous_mode_strict"] = json!(true);
     }
     json!({
@@ -142,7 +148,7 @@ mod tests {
         assert!(
             dcs["loop_wait"].as_i64().unwrap() + 2 * dcs["retry_timeout"].as_i64().unwrap() <= 20
         );
-        assert_eq!(dcs["synchronous_mode"], true);
+        assert_eq!(dcs["synchronous_mode"], "quorum");
         assert!(dcs.get("synchronous_mode_strict").is_none());
         assert_eq!(dcs["failsafe_mode"], true);
         assert_eq!(

@@ -253,9 +253,13 @@ pub fn build(site: &ArticleSite, claim_size: &str, instances: i32) -> StatefulSe
                         ]),
                         env: Some(patroni_env(site)),
                         resources: Some(resource_requirements(&db.resources)),
-                        // Patroni answers /readiness once PostgreSQL runs as primary or
-                        // replica; /liveness while its loop runs (also during a long clone).
-                        readiness_probe: Some(http_probe("/readiness", 5, 3)),
+                        // Ready = PostgreSQL runs (Patroni's /health), whatever its role:
+                        // /readiness also wants a replica streaming, so every replica left
+                        // the read Service exactly while the primary was lost and reads
+                        // needed them. Whether a replica streams is judged from Patroni's
+                        // annotations instead (`State::serving`). /liveness answers while
+                        // Patroni's loop runs (also during a long clone).
+                        readiness_probe: Some(http_probe("/health", 5, 3)),
                         liveness_probe: Some(http_probe("/liveness", 10, 6)),
                         security_context: Some(restricted_container_security()),
                         volume_mounts: Some(vec![
@@ -418,7 +422,7 @@ mod tests {
             .http_get
             .as_ref()
             .unwrap();
-        assert_eq!(probe.path.as_deref(), Some("/readiness"));
+        assert_eq!(probe.path.as_deref(), Some("/health"));
         let live = c
             .liveness_probe
             .as_ref()

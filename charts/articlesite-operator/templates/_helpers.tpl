@@ -53,16 +53,17 @@ Server-side apply of a missing object needs create as well as patch.
 - apiGroups: [""]
   resources: [events]
   verbs: [list]
-# The database's Patroni configuration.
+# The database's Patroni configuration; list and watch (metadata only, by the operator's label)
+# so that a hand edit is restored at once.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 # The database pods' Role and RoleBinding (Patroni's API access). RBAC lets the operator grant
 # only what it holds itself, so it holds Patroni's rules (endpoints and pods below) rather than
 # `escalate` or `bind`, which would let it grant anything.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Patroni's objects: list (its state), create and patch (the failover object, the synchronous
 # mode in the config object), delete (the endpoints controller's leftover of the client Service
 # on upgrade); get, watch and update only because the Role it creates grants them.
@@ -74,10 +75,11 @@ Server-side apply of a missing object needs create as well as patch.
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [list, delete]
-# The database claims (a watch-backed cache) and their expansion.
+# The database claims (a watch-backed cache) and their expansion; delete: the claim of a
+# standby that keeps failing, so that Patroni clones the primary into a new volume.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [list, watch, patch]
+  verbs: [list, watch, patch, delete]
 # delete: the primary's budget when a site goes back to one instance.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
