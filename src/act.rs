@@ -4,7 +4,9 @@
 //!
 //! 1. the generated Secrets (create; the write token's rotation is an update with the
 //!    resourceVersion that was read, so a concurrent change is a 409 and a retry);
-//! 2. deletion costs on the pods a scale-down should remove, before the Deployment shrinks;
+//! 2. deletion costs on the pods a scale-down should remove, before the Deployment shrinks
+//!    (and, with autoscaling, off the pods that are no longer next); the autoscaler no longer
+//!    asked for, and the handover of `replicas` to a new one, before the Deployment's apply;
 //! 3. the ServiceAccounts (the pods name them) and the database's Role (its RoleBinding is
 //!    checked against it), then every other child at once (server-side apply);
 //! 4. the rest at once: the Ingress no longer asked for, storage expansion, force deletion of
@@ -17,6 +19,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Endpoints, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -52,6 +55,10 @@ pub struct Outcomes {
     pub ingress_deleted: Option<String>,
     pub expansions: Vec<ExpansionOutcome>,
     pub pods_marked: Vec<String>,
+    pub pods_unmarked: Vec<String>,
+    pub autoscaler_deleted: Option<String>,
+    /// The replica count handed over to the autoscaler.
+    pub handed_over: Option<i32>,
     pub pods_deleted: Vec<Orphan>,
     pub eviction: Option<EvictionOutcome>,
     pub pdbs_deleted: Vec<String>,
@@ -174,6 +181,28 @@ pub async fn act(
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(Error::kube("patch", "Pod")(e)),
         }
+    }
+
+    for name in &plan.pods.unmark_for_scale_down {
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            crate::plan::DELETION_COST_ANNOTATION: null}}});
+        metrics.write("patch", "Pod");
+        match pods
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => out.pods_unmarked.push(name.clone()),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(Error::kube("patch", "Pod")(e)),
+        }
+    }
+    if let Some(name) = &plan.delete_autoscaler {
+        out.autoscaler_deleted =
+            delete_named::<HorizontalPodAutoscaler>(client, &ns, metrics, name).await?;
+    }
+    if let Some(replicas) = plan.handover_replicas {
+        hand_over_replicas(client, &ns, metrics, site, replicas).await?;
+        out.handed_over = Some(replicas);
     }
 
     // 3. Children: the ServiceAccounts and the database's Role first (pods name the accounts;
@@ -538,6 +567,7 @@ async fn apply_child(
         Child::PodDisruptionBudget(o) => ssa(&api(client, ns), o).await.map(drop),
         Child::NetworkPolicy(o) => ssa(&api(client, ns), o).await.map(drop),
         Child::Ingress(o) => ssa(&api(client, ns), o).await.map(drop),
+        Child::HorizontalPodAutoscaler(o) => ssa(&api(client, ns), o).await.map(drop),
     };
     let outcome = |rejected| ChildOutcome {
         kind,
@@ -572,6 +602,39 @@ where
         &Patch::Apply(desired),
     )
     .await
+}
+
+/// Field manager of the replica count while it passes from the operator to the autoscaler.
+pub const HANDOVER_MANAGER: &str = "articlesite-operator-handover";
+
+/// Applies only `spec.replicas`, at its live value, under `HANDOVER_MANAGER`: the field then
+/// has an owner besides the operator's apply, which can leave it out without the API server
+/// removing it (the documented way to hand a field to a HorizontalPodAutoscaler).
+async fn hand_over_replicas(
+    client: &Client,
+    ns: &str,
+    metrics: &Metrics,
+    site: &ArticleSite,
+    replicas: i32,
+) -> Result<()> {
+    let name = crate::resources::Names::app(&site.name_any());
+    let body = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    metrics.write("apply", "Deployment");
+    api::<Deployment>(client, ns)
+        .patch(
+            &name,
+            &PatchParams::apply(HANDOVER_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(Error::kube("hand over replicas", "Deployment"))?;
+    info!(deployment = %name, replicas, "handed the replica count over to the autoscaler");
+    Ok(())
 }
 
 async fn delete_ingress(

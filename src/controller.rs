@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -251,6 +252,12 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
             .owns_stream(watches::children::<Role>(&client, ns, m.clone()))
             .owns_stream(watches::children::<RoleBinding>(&client, ns, m.clone()))
             .owns_stream(watches::children::<Ingress>(&client, ns, m.clone()))
+            // Its status (the replica count it wants, whether it is limited) is reported.
+            .owns_stream(watches::children::<HorizontalPodAutoscaler>(
+                &client,
+                ns,
+                m.clone(),
+            ))
             // Pods belong to ReplicaSets, not to the site: map them by their instance label, so
             // a crash-loop or a lost readiness is seen at once.
             .watches_stream(

@@ -216,9 +216,19 @@ fn default_restart_budget() -> i32 {
     5
 }
 
+/// The highest `maxReplicas` the CRD admits (docs/autoscaling.md): the same ceiling as
+/// `spec.app.replicas`.
+pub const MAX_AUTOSCALING_REPLICAS: i32 = 50;
+
 /// The article server Deployment.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.autoscaling) || self.replicas >= 1").message("spec.app.autoscaling cannot be combined with spec.app.replicas: 0 (a HorizontalPodAutoscaler never scales up from zero); remove spec.app.autoscaling to stop the site"),
+    validation = Rule::new("!has(self.autoscaling) || (has(self.autoscaling.minReplicas) ? self.autoscaling.minReplicas : self.replicas) <= self.autoscaling.maxReplicas").message("spec.app.autoscaling: minReplicas (spec.app.replicas when minReplicas is unset) must not be above maxReplicas"),
+    validation = Rule::new("!has(self.autoscaling) || (has(self.resources.requests) && 'cpu' in self.resources.requests)").message("spec.app.autoscaling needs spec.app.resources.requests.cpu: the CPU target is a percentage of the request"),
+    validation = Rule::new("!has(self.autoscaling) || !has(self.autoscaling.targetMemoryUtilizationPercentage) || (has(self.resources.requests) && 'memory' in self.resources.requests)").message("spec.app.autoscaling.targetMemoryUtilizationPercentage needs spec.app.resources.requests.memory: the target is a percentage of the request")
+)]
 pub struct AppSpec {
     /// Image of the article server, for example `ghcr.io/example/article-server:1.2.0`.
     #[schemars(length(min = 1, max = 512))]
@@ -229,7 +239,8 @@ pub struct AppSpec {
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
 
-    /// Number of article server pods (scale subresource: `kubectl scale`, HorizontalPodAutoscaler).
+    /// Number of article server pods (scale subresource: `kubectl scale`). With
+    /// `autoscaling`, the least number of pods unless `autoscaling.minReplicas` sets it.
     #[serde(default = "default_app_replicas")]
     #[schemars(range(min = 0, max = 50))]
     pub replicas: i32,
@@ -279,6 +290,64 @@ pub struct AppSpec {
     /// result (see docs/security.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_security_context: Option<PodSecurityOverride>,
+
+    /// Scales the pods with load through a HorizontalPodAutoscaler (docs/autoscaling.md). The
+    /// operator then leaves the Deployment's replica count to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// Bounds and targets of the article server's HorizontalPodAutoscaler.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// The least number of pods; `spec.app.replicas` when unset (so `kubectl scale asite`
+    /// moves the floor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.app.autoscaling.minReplicas must be at least 1"))]
+    pub min_replicas: Option<i32>,
+
+    /// The most pods the autoscaler may run, at most 50.
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 50").message("spec.app.autoscaling.maxReplicas must be between 1 and 50 (the ceiling of spec.app.replicas)"))]
+    pub max_replicas: i32,
+
+    /// Average CPU use the autoscaler aims at, in percent of the CPU request (1-100).
+    #[serde(
+        rename = "targetCPUUtilizationPercentage",
+        default = "default_cpu_target"
+    )]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("spec.app.autoscaling.targetCPUUtilizationPercentage must be between 1 and 100 (percent of the CPU request)"))]
+    pub target_cpu_utilization_percentage: i32,
+
+    /// Average memory use to aim at, in percent of the memory request (1-100). No memory
+    /// target when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("spec.app.autoscaling.targetMemoryUtilizationPercentage must be between 1 and 100 (percent of the memory request)"))]
+    pub target_memory_utilization_percentage: Option<i32>,
+
+    /// Seconds the load must stay low before pods are removed (the scale-down stabilization
+    /// window); then one pod a minute goes. At least 60: the autoscaler's one-pod-a-minute
+    /// policy counts from the size a minute ago, so a shorter window would let it remove, at
+    /// once, every pod a scale-up added within that minute.
+    #[serde(default = "default_scale_down_stabilization")]
+    #[schemars(range(min = 60, max = 3600))]
+    pub scale_down_stabilization_seconds: i32,
+}
+
+impl AppSpec {
+    /// The least number of pods while autoscaling: `autoscaling.minReplicas`, else `replicas`.
+    pub fn min_replicas(&self) -> Option<i32> {
+        self.autoscaling
+            .as_ref()
+            .map(|a| a.min_replicas.unwrap_or(self.replicas))
+    }
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+fn default_scale_down_stabilization() -> i32 {
+    300
 }
 
 /// Ids of the article server pods; unset fields keep the image's ids (65532).
@@ -662,6 +731,37 @@ pub struct AppStatus {
     pub ready: String,
     /// Label selector of the pods (scale subresource, for HorizontalPodAutoscalers).
     pub selector: String,
+    /// The HorizontalPodAutoscaler's view, while `spec.app.autoscaling` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+/// What the site's HorizontalPodAutoscaler reports.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingStatus {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+    /// Pods the autoscaler last saw.
+    pub current_replicas: i32,
+    /// Pods the autoscaler asks for.
+    pub desired_replicas: i32,
+    /// Average CPU use of the pods, in percent of the request, when metrics are available.
+    #[serde(
+        rename = "currentCPUUtilizationPercentage",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub current_cpu_utilization_percentage: Option<i32>,
+    /// The autoscaler wants more (or fewer) pods than maxReplicas (minReplicas) allows: its
+    /// `ScalingLimited` condition.
+    pub scaling_limited: bool,
+    /// Why, as the autoscaler says (`TooManyReplicas`, `TooFewReplicas`, `DesiredWithinRange`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The autoscaler's message (metrics missing, limited, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// State of the database, from the StatefulSet and from what Patroni publishes in the

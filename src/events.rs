@@ -105,6 +105,21 @@ pub fn transitions(
             ));
         }
     }
+    if let Some(replicas) = outcomes.handed_over {
+        events.push(SiteEvent::normal(
+            Reason::AutoscalingEnabled,
+            format!("the HorizontalPodAutoscaler scales the app from its {replicas} pods"),
+        ));
+    }
+    if outcomes.autoscaler_deleted.is_some() {
+        events.push(SiteEvent::normal(
+            Reason::AutoscalingDisabled,
+            format!(
+                "spec.app.autoscaling was removed: spec.app.replicas ({}) sets the pod count again",
+                site.spec.app.replicas
+            ),
+        ));
+    }
     if outcomes.ingress_deleted.is_some() {
         events.push(SiteEvent::normal(
             Reason::IngressDeleted,

@@ -10,6 +10,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::Resource as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
@@ -45,6 +46,8 @@ pub struct Observed {
     pub pdbs: Vec<PodDisruptionBudget>,
     pub network_policies: Vec<NetworkPolicy>,
     pub ingress: Option<Ingress>,
+    /// The app's HorizontalPodAutoscaler (the operator's while `spec.app.autoscaling` is set).
+    pub autoscaler: Option<HorizontalPodAutoscaler>,
     /// Metadata of the generated Secrets (never their data).
     pub credentials: Option<ObjectMeta>,
     pub write_token: Option<ObjectMeta>,
@@ -221,7 +224,13 @@ pub async fn observe(
         tls_secret_exists,
         replica_sets,
         pods,
-        (database_service_account, database_role, database_role_binding, patroni_config),
+        (
+            database_service_account,
+            database_role,
+            database_role_binding,
+            patroni_config,
+            autoscaler,
+        ),
         endpoints,
         stale_endpoint_slices,
     ) = futures::try_join!(
@@ -285,6 +294,10 @@ pub async fn observe(
                     namespaced::<ConfigMap>(client, &ns),
                     Names::patroni_config(&name)
                 ),
+                get_opt(
+                    namespaced::<HorizontalPodAutoscaler>(client, &ns),
+                    Names::app(&name)
+                ),
             )
         },
         list(namespaced::<Endpoints>(client, &ns), &database_selector),
@@ -335,6 +348,7 @@ pub async fn observe(
         pdbs,
         network_policies,
         ingress,
+        autoscaler,
         credentials,
         write_token,
         tls_secret_exists,

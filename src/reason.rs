@@ -69,6 +69,10 @@ pub enum Reason {
     CredentialsRotated,
     DriftCorrected,
     IngressDeleted,
+    /// The Deployment's replica count was handed to the HorizontalPodAutoscaler.
+    AutoscalingEnabled,
+    /// The HorizontalPodAutoscaler was deleted; `spec.app.replicas` sets the count again.
+    AutoscalingDisabled,
     StorageExpanding,
     RolledBack,
     PodRestarted,

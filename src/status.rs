@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
@@ -16,8 +17,8 @@ use kube::ResourceExt;
 use crate::act::{EvictionOutcome, ExpansionOutcome, Outcomes};
 use crate::admission;
 use crate::crd::{
-    AppStatus, ArticleSite, ArticleSiteStatus, AvailabilityStatus, CredentialsStatus,
-    DatabaseStatus,
+    AppStatus, ArticleSite, ArticleSiteStatus, AutoscalingStatus, AvailabilityStatus,
+    CredentialsStatus, DatabaseStatus,
 };
 use crate::database_report;
 use crate::ha;
@@ -40,8 +41,54 @@ struct AppRollout {
     stuck: Option<String>,
 }
 
+/// The replica count the Deployment should have: `spec.app.replicas`, or with autoscaling
+/// the count the autoscaler set on it (within its bounds), the minimum before it did.
+fn desired_replicas(site: &ArticleSite, d: Option<&Deployment>) -> i32 {
+    match site.spec.app.min_replicas() {
+        None => site.spec.app.replicas,
+        Some(min) => d
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .unwrap_or(min),
+    }
+}
+
+/// The autoscaler's report, while autoscaling is on.
+fn autoscaling_status(
+    site: &ArticleSite,
+    hpa: Option<&HorizontalPodAutoscaler>,
+) -> Option<AutoscalingStatus> {
+    let spec = site.spec.app.autoscaling.as_ref()?;
+    let min = site.spec.app.min_replicas()?;
+    let st = hpa.and_then(|h| h.status.clone()).unwrap_or_default();
+    let conditions = st.conditions.unwrap_or_default();
+    let find = |t: &str| conditions.iter().find(|c| c.type_ == t);
+    let limited = find("ScalingLimited");
+    // A autoscaler that cannot act says why (no metrics, say); that comes first.
+    let inactive = ["AbleToScale", "ScalingActive"]
+        .into_iter()
+        .filter_map(find)
+        .find(|c| c.status == "False");
+    let cpu = st.current_metrics.iter().flatten().find_map(|m| {
+        m.resource
+            .as_ref()
+            .filter(|r| r.name == "cpu")
+            .and_then(|r| r.current.average_utilization)
+    });
+    Some(AutoscalingStatus {
+        min_replicas: min,
+        max_replicas: spec.max_replicas,
+        current_replicas: st.current_replicas.unwrap_or(0),
+        desired_replicas: st.desired_replicas,
+        current_cpu_utilization_percentage: cpu,
+        scaling_limited: limited.is_some_and(|c| c.status == "True"),
+        reason: inactive.or(limited).and_then(|c| c.reason.clone()),
+        message: inactive.or(limited).and_then(|c| c.message.clone()),
+    })
+}
+
 fn app_rollout(site: &ArticleSite, d: Option<&Deployment>) -> AppRollout {
-    let desired = site.spec.app.replicas;
+    let desired = desired_replicas(site, d);
     let selector = resources::selector_string(&resources::selector_labels(site, Component::App));
     let Some(d) = d else {
         return AppRollout {
@@ -51,6 +98,7 @@ fn app_rollout(site: &ArticleSite, d: Option<&Deployment>) -> AppRollout {
                 desired_replicas: desired,
                 ready: format!("0/{desired}"),
                 selector,
+                autoscaling: None,
             },
             rolled_out: false,
             stuck: None,
@@ -89,6 +137,7 @@ fn app_rollout(site: &ArticleSite, d: Option<&Deployment>) -> AppRollout {
             desired_replicas: desired,
             ready: format!("{ready}/{desired}"),
             selector,
+            autoscaling: None,
         },
         rolled_out,
         stuck,
@@ -221,13 +270,22 @@ fn serving_pods(observed: &Observed, outcomes: &Outcomes) -> Vec<Pod> {
 /// or in one zone of a cluster that has several.
 fn highly_available(
     site: &ArticleSite,
+    desired: i32,
     ready: i32,
     zones: i32,
     nodes: i32,
     cluster_zones: usize,
 ) -> (bool, Reason, String) {
-    let desired = site.spec.app.replicas;
-    if desired < 2 {
+    if let Some(min) = site.spec.app.min_replicas().filter(|&m| m < 2) {
+        // Honest at every size the autoscaler may choose, not only at the current one.
+        (
+            false,
+            Reason::SingleReplica,
+            format!(
+                "autoscaling may scale down to {min} pod: then one node failure stops the site"
+            ),
+        )
+    } else if site.spec.app.autoscaling.is_none() && desired < 2 {
         (
             false,
             Reason::SingleReplica,
@@ -279,7 +337,8 @@ pub fn compute(
         .statefulset
         .as_ref()
         .or(observed.statefulset.as_ref());
-    let app = app_rollout(site, deployment);
+    let mut app = app_rollout(site, deployment);
+    app.status.autoscaling = autoscaling_status(site, observed.autoscaler.as_ref());
     let problems = problems(plan, outcomes, &app);
     let patroni = observed.patroni(site);
     // A paused site plans nothing: the instance count as last reported, else as observed.
@@ -309,7 +368,7 @@ pub fn compute(
         &patroni,
         &database,
     );
-    let desired = site.spec.app.replicas;
+    let desired = app.status.desired_replicas;
 
     let (ready, ready_reason, ready_message) = if desired == 0 {
         (
@@ -387,8 +446,14 @@ pub fn compute(
         .filter(|z| !z.is_empty())
         .collect::<BTreeSet<_>>()
         .len();
-    let (ha_ok, ha_reason, ha_message) =
-        highly_available(site, ha::ready_count(&pods), zones, nodes, cluster_zones);
+    let (ha_ok, ha_reason, ha_message) = highly_available(
+        site,
+        desired,
+        ha::ready_count(&pods),
+        zones,
+        nodes,
+        cluster_zones,
+    );
 
     let mut conditions = vec![
         condition(READY, ready, ready_reason, ready_message, generation),
@@ -738,5 +803,70 @@ mod tests {
         };
         let st = compute(&site, &obs, &restored, &Outcomes::default(), &now(100));
         assert_eq!(st.availability.unwrap().failed_rollout, Some(failed));
+    }
+
+    #[test]
+    fn autoscaling_reports_the_autoscalers_view_and_stays_honest() {
+        let mut site = site3();
+        site.spec.app.autoscaling = Some(
+            serde_json::from_value(serde_json::json!({"minReplicas": 1, "maxReplicas": 5}))
+                .unwrap(),
+        );
+        // The autoscaler set 5 on the Deployment; all 5 pods are up.
+        let mut d = deployment(&site, 5);
+        d.spec.as_mut().unwrap().replicas = Some(5);
+        let st = d.status.as_mut().unwrap();
+        st.replicas = Some(5);
+        st.updated_replicas = Some(5);
+        let mut obs = observed(Some(d), Some(statefulset(&site, 1)));
+        obs.autoscaler = Some(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "news"},
+                "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "news"}, "maxReplicas": 5},
+                "status": {"currentReplicas": 5, "desiredReplicas": 5,
+                    "currentMetrics": [{"type": "Resource", "resource": {"name": "cpu",
+                        "current": {"averageUtilization": 240}}}],
+                    "conditions": [
+                        {"type": "AbleToScale", "status": "True", "reason": "ReadyForNewScale"},
+                        {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound"},
+                        {"type": "ScalingLimited", "status": "True", "reason": "TooManyReplicas",
+                         "message": "the desired replica count is more than the maximum replica count"}]},
+            }))
+            .unwrap(),
+        );
+        let st = compute(
+            &site,
+            &obs,
+            &Plan::default(),
+            &Outcomes::default(),
+            &now(100),
+        );
+        let app = st.app.as_ref().unwrap();
+        assert_eq!((app.desired_replicas, app.ready.as_str()), (5, "5/5"));
+        let a = app.autoscaling.as_ref().unwrap();
+        assert!(a.scaling_limited);
+        assert_eq!(a.reason.as_deref(), Some("TooManyReplicas"));
+        assert_eq!(
+            (
+                a.min_replicas,
+                a.max_replicas,
+                a.current_replicas,
+                a.desired_replicas
+            ),
+            (1, 5, 5, 5)
+        );
+        assert_eq!(a.current_cpu_utilization_percentage, Some(240));
+        assert_eq!(
+            get(&st, READY).status,
+            "True",
+            "5 of the 5 the autoscaler wants"
+        );
+        let ha = get(&st, HIGHLY_AVAILABLE);
+        assert_eq!(
+            (ha.status.as_str(), ha.reason.as_str()),
+            ("False", "SingleReplica"),
+            "minReplicas 1 is allowed, and reported: {}",
+            ha.message
+        );
     }
 }

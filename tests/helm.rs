@@ -174,6 +174,7 @@ const SITE_RULES: &[&str] = &[
     "poddisruptionbudgets.policy [] [get list watch create patch delete]",
     "networkpolicies.networking.k8s.io [] [get list watch create patch]",
     "ingresses.networking.k8s.io [] [get list watch create patch delete]",
+    "horizontalpodautoscalers.autoscaling [] [get list watch create patch delete]",
     "events.events.k8s.io [] [create patch]",
     "pods [] [get list watch patch update delete]",
     "pods/eviction [] [create]",

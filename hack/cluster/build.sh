@@ -164,6 +164,24 @@ kwok_stages() {
   mv "$out.tmp" "$out"
 }
 kwok_stages
+# kwok's simulated kubelet resource metrics (/metrics/nodes/<node>/metrics/resource, what
+# metrics-server scrapes) and pod usage from the annotations kwok.x-k8s.io/usage-cpu and
+# kwok.x-k8s.io/usage-memory (1m and 1Mi without them), both shipped in its module.
+kwok_metrics() {
+  local out="$CACHE_DIR/bin/kwok-$KWOK_VERSION/metrics.yaml" dir f
+  [ -s "$out" ] && return 0
+  dir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
+  for f in metrics/resource/metrics-resource.yaml metrics/usage/usage-from-annotation.yaml; do
+    [ -f "$dir/kustomize/$f" ] || { echo "kwok $f not found in $dir" >&2; exit 1; }
+    echo "---"
+    cat "$dir/kustomize/$f"
+  done >"$out.tmp"
+  mv "$out.tmp" "$out"
+}
+kwok_metrics
+# The resource metrics API the HorizontalPodAutoscaler reads (docs/autoscaling.md).
+build_go_tool metrics-server "$METRICS_SERVER_VERSION" sigs.k8s.io/metrics-server \
+  sigs.k8s.io/metrics-server/cmd/metrics-server
 
 kminor="${KUBERNETES_VERSION#v1.}"; kminor="${kminor%%.*}"
 build_go_tool helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm \

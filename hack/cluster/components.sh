@@ -38,7 +38,20 @@ cmd_kube-apiserver() {
     --audit-log-maxsize=200 \
     --audit-log-maxbackup=1 \
     --profiling=false \
+    $(aggregation_flags) \
     --v=1
+}
+
+# The aggregation layer: metrics.k8s.io is served by metrics-server behind this API server,
+# which proxies to it with the front-proxy client certificate and the user in headers.
+aggregation_flags() {
+  echo --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+    --proxy-client-key-file="$PKI/front-proxy-client.key"
 }
 
 # With the real node (REAL_NODE=1), the `kubernetes` Service points at its bridge address,
@@ -94,11 +107,39 @@ cmd_kwok() {
     --kubeconfig="$CLUSTER_DIR/kwok.kubeconfig" \
     --config="$KWOK_BIN/stages.yaml" \
     --config="$here/kwok-stages/simulate.yaml" \
+    --config="$KWOK_BIN/metrics.yaml" \
     --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr="$POD_CIDR" \
     --node-lease-duration-seconds="${RNS_LEASE_SECONDS:-40}" \
+    --node-ip=127.0.0.1 \
+    --node-port="$KWOK_PORT" \
+    --tls-cert-file="$PKI/kwok-serving.crt" \
+    --tls-private-key-file="$PKI/kwok-serving.key" \
     --server-address="127.0.0.1:$KWOK_PORT"
+}
+
+# The resource metrics API (metrics.k8s.io) for HorizontalPodAutoscalers. It scrapes each
+# node's kubelet at its InternalIP and status port: for the simulated nodes that is kwok on
+# 127.0.0.1:$KWOK_PORT (kwok's --node-ip/--node-port), at the per-node path their
+# `metrics.k8s.io/resource-metrics-path` annotation names (node.yaml.in); for a real node its
+# kubelet. Both serve certificates of the cluster CA.
+cmd_metrics-server() {
+  echo "$METRICS_SERVER_BIN/metrics-server" \
+    --bind-address=127.0.0.1 \
+    --secure-port="$METRICS_SERVER_PORT" \
+    --tls-cert-file="$PKI/metrics-server-serving.crt" \
+    --tls-private-key-file="$PKI/metrics-server-serving.key" \
+    --kubeconfig="$CLUSTER_DIR/metrics-server.kubeconfig" \
+    --authentication-kubeconfig="$CLUSTER_DIR/metrics-server.kubeconfig" \
+    --authorization-kubeconfig="$CLUSTER_DIR/metrics-server.kubeconfig" \
+    --kubelet-preferred-address-types=InternalIP \
+    --kubelet-use-node-status-port \
+    --kubelet-certificate-authority="$PKI/ca.crt" \
+    --metric-resolution=10s \
+    --kubelet-request-timeout=5s \
+    --profiling=false \
+    --v=0
 }
 
 # The port each component listens on, to refuse a start when something else has it.
@@ -109,6 +150,7 @@ ports_of() {
     kube-controller-manager) echo "$KCM_PORT" ;;
     kube-scheduler) echo "$SCHEDULER_PORT" ;;
     kwok) echo "$KWOK_PORT" ;;
+    metrics-server) echo "$METRICS_SERVER_PORT" ;;
   esac
 }
 

@@ -22,6 +22,7 @@ APISERVER_PORT="${APISERVER_PORT:-6443}"
 KCM_PORT="${KCM_PORT:-10257}"
 SCHEDULER_PORT="${SCHEDULER_PORT:-10259}"
 KWOK_PORT="${KWOK_PORT:-10247}"
+METRICS_SERVER_PORT="${METRICS_SERVER_PORT:-10253}"
 
 # Fabricated address ranges of the simulated cluster. They are routed to a local
 # blackhole so that an accidental dial of a pod or Service IP never leaves the machine.
@@ -32,9 +33,10 @@ K8S_BIN="$CACHE_DIR/bin/kubernetes-$KUBERNETES_VERSION"
 ETCD_BIN="$CACHE_DIR/bin/etcd-$ETCD_VERSION"
 KWOK_BIN="$CACHE_DIR/bin/kwok-$KWOK_VERSION"
 HELM_BIN="$CACHE_DIR/bin/helm-$HELM_VERSION"
+METRICS_SERVER_BIN="$CACHE_DIR/bin/metrics-server-$METRICS_SERVER_VERSION"
 
 # The order in which components start; cluster-down stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server)
 
 say() { printf '%s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -44,6 +44,34 @@ make_pki() {
   touch "$PKI/done"
 }
 
+# The aggregation layer (metrics.k8s.io, served by metrics-server) and the serving
+# certificates of what metrics-server dials. Its own marker, so a cluster whose PKI predates
+# it gets these on its next start too.
+make_aggregation_pki() {
+  [ -f "$PKI/aggregation-done" ] && return 0
+  # The API server proves the user of a proxied request with a client certificate of a CA
+  # of its own (the requestheader CA); metrics-server trusts that CA for these headers only.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=articlesite-front-proxy-ca" \
+    -keyout "$PKI/front-proxy-ca.key" -out "$PKI/front-proxy-ca.crt" 2>/dev/null
+  local ext
+  ext=$(mktemp)
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' >"$ext"
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$PKI/front-proxy-client.key" \
+    -subj "/CN=front-proxy-client" -out "$PKI/front-proxy-client.csr" 2>/dev/null
+  openssl x509 -req -in "$PKI/front-proxy-client.csr" -CA "$PKI/front-proxy-ca.crt" \
+    -CAkey "$PKI/front-proxy-ca.key" -CAcreateserial -days 365 -sha256 -extfile "$ext" \
+    -out "$PKI/front-proxy-client.crt" 2>/dev/null
+  rm -f "$ext" "$PKI/front-proxy-client.csr"
+  # metrics-server: its client identity (RBAC in metrics-server.yaml) and its serving
+  # certificate, for the name the aggregator checks (<service>.<namespace>.svc).
+  sign metrics-server "/CN=system:metrics-server"
+  sign metrics-server-serving "/CN=metrics-server" \
+    "DNS:metrics-server.kube-system.svc,DNS:localhost,IP:127.0.0.1"
+  # kwok serves the simulated kubelets' /metrics/resource over TLS on 127.0.0.1.
+  sign kwok-serving "/CN=kwok" "DNS:localhost,IP:127.0.0.1"
+  touch "$PKI/aggregation-done"
+}
+
 # 10.96.0.0/16 -> 10.96.0.1, the address of the `kubernetes` Service.
 first_service_ip() {
   local base=${SERVICE_CIDR%/*}

@@ -17,11 +17,13 @@ mkdir -p "$CLUSTER_DIR" "$LOGS" "$PIDS"
 cat >"$CLUSTER_DIR/ports.env" <<EOF
 ETCD_PORT=$ETCD_PORT ETCD_PEER_PORT=$ETCD_PEER_PORT APISERVER_PORT=$APISERVER_PORT
 KCM_PORT=$KCM_PORT SCHEDULER_PORT=$SCHEDULER_PORT KWOK_PORT=$KWOK_PORT
+METRICS_SERVER_PORT=$METRICS_SERVER_PORT
 POD_CIDR=$POD_CIDR SERVICE_CIDR=$SERVICE_CIDR
 EOF
 make_pki
+make_aggregation_pki
 write_kubeconfig "$KUBECONFIG_FILE" admin
-for c in kube-controller-manager kube-scheduler kwok; do
+for c in kube-controller-manager kube-scheduler kwok metrics-server; do
   write_kubeconfig "$CLUSTER_DIR/$c.kubeconfig" "$c"
 done
 
@@ -81,6 +83,20 @@ nodes_ready() {
       grep -c True)" -eq 6 ]
 }
 wait_until "six Ready nodes" 60 kwok nodes_ready
+
+# The resource metrics API, waited for until the aggregator calls it Available (~10 s): while an
+# APIService is unavailable, discovery is incomplete and Helm refuses to install anything.
+METRICS_SERVER_PORT=$METRICS_SERVER_PORT CA_BUNDLE=$(base64 -w0 <"$PKI/ca.crt") \
+  envsubst '${METRICS_SERVER_PORT} ${CA_BUNDLE}' <"$here/metrics-server.yaml" |
+  kubectl apply --server-side --field-manager=articlesite-cluster-up -f - >/dev/null
+start_component metrics-server
+wait_until "metrics-server /livez" 30 metrics-server \
+  curl -fsS --cacert "$PKI/ca.crt" "https://127.0.0.1:$METRICS_SERVER_PORT/livez"
+metrics_api_available() {
+  [ "$(kubectl get apiservice v1beta1.metrics.k8s.io \
+      -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" = True ]
+}
+wait_until "the APIService v1beta1.metrics.k8s.io Available" 60 metrics-server metrics_api_available
 for c in kube-controller-manager kube-scheduler; do check_alive "$c"; done
 # Pods need the `default` ServiceAccount, which the controller-manager creates.
 wait_until "the default ServiceAccount" 60 kube-controller-manager kubectl -n default get serviceaccount default
@@ -91,6 +107,6 @@ elif [ "${REAL_NODE:-0}" = 1 ]; then
   real_node_up
 fi
 
-say "local cluster is up ($(( $(date +%s) - start ))s): kube $KUBERNETES_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION, 6 nodes in 3 zones"
+say "local cluster is up ($(( $(date +%s) - start ))s): kube $KUBERNETES_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION, metrics-server $METRICS_SERVER_VERSION, 6 nodes in 3 zones"
 say "logs: $LOGS/"
 echo "export KUBECONFIG=$KUBECONFIG_FILE PATH=$K8S_BIN:$HELM_BIN:\$PATH"

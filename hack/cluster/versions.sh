@@ -4,6 +4,9 @@ KUBERNETES_VERSION=v1.36.3
 ETCD_VERSION=v3.6.14
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.21.4
+# The resource metrics API (metrics.k8s.io) behind the HorizontalPodAutoscaler; v0.9 is built
+# against the Kubernetes 0.36 libraries.
+METRICS_SERVER_VERSION=v0.9.0
 # Cluster DNS of the real node (REAL_NODE=1 only).
 COREDNS_VERSION=v1.15.0
 

@@ -21,6 +21,8 @@ pub struct ChildrenPlan {
     pub applies: Vec<Apply>,
     pub delete_ingress: Option<String>,
     pub delete_pdbs: Vec<String>,
+    pub delete_autoscaler: Option<String>,
+    pub handover_replicas: Option<i32>,
     /// `spec.database.instances`, resolved (`statefulset::instances`).
     pub instances: i32,
     pub rollout: Rollout,
@@ -69,6 +71,7 @@ pub fn plan(site: &ArticleSite, observed: &Observed, problems: &[Problem]) -> Ch
 
     let (deployment, rollout) = deployment(site, observed);
     let (d, why) = compare(deployment, observed.deployment.as_ref());
+    let handover_replicas = handover(site, observed.deployment.as_ref(), why);
     push(Child::Deployment(d), why);
     if !problems.iter().any(|p| p.blocks_database) {
         let (s, why) = compare(
@@ -137,6 +140,21 @@ pub fn plan(site: &ArticleSite, observed: &Observed, problems: &[Problem]) -> Ch
         }
     }
 
+    let mut delete_autoscaler = None;
+    match resources::autoscaler::build(site) {
+        Some(desired) => {
+            let (h, why) = compare(desired, observed.autoscaler.as_ref());
+            push(Child::HorizontalPodAutoscaler(h), why);
+        }
+        None => {
+            delete_autoscaler = observed
+                .autoscaler
+                .as_ref()
+                .filter(|h| h.owner_references().iter().any(|o| o.uid == uid))
+                .map(|h| h.name_any());
+        }
+    }
+
     let problems = rollout
         .failed()
         .map(|failed| {
@@ -154,10 +172,38 @@ pub fn plan(site: &ArticleSite, observed: &Observed, problems: &[Problem]) -> Ch
         applies,
         delete_ingress,
         delete_pdbs,
+        delete_autoscaler,
+        handover_replicas,
         instances,
         rollout,
         problems,
     }
+}
+
+/// The live replica count to hand over, when this apply is the one that stops sending
+/// `replicas` while the operator's own apply still owns the field. Only the field's other
+/// owners keep it through an apply that leaves it out; the HorizontalPodAutoscaler's writes
+/// (scale subresource updates) then take it from the handover manager.
+fn handover(site: &ArticleSite, live: Option<&Deployment>, why: Outcome) -> Option<i32> {
+    if site.spec.app.autoscaling.is_none() || why == Outcome::Unchanged {
+        return None;
+    }
+    let live = live?;
+    let replicas = live.spec.as_ref()?.replicas?;
+    owns_replicas(live, crate::MANAGER).then_some(replicas)
+}
+
+/// Whether `manager`'s apply owns the Deployment's `spec.replicas` (its managed fields).
+pub fn owns_replicas(d: &Deployment, manager: &str) -> bool {
+    d.managed_fields().iter().any(|m| {
+        m.manager.as_deref() == Some(manager)
+            && m.operation.as_deref() == Some("Apply")
+            && m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|spec| spec.get("f:replicas"))
+                .is_some()
+    })
 }
 
 /// The Deployment with its final annotations: the credentials version on the pod template
@@ -168,6 +214,11 @@ fn deployment(site: &ArticleSite, observed: &Observed) -> (Deployment, Rollout) 
     let Some(spec) = desired.spec.as_mut() else {
         return (desired, Rollout::Spec);
     };
+    // A Deployment created for an autoscaled site starts at the minimum, not at the API
+    // server's default of 1; the next reconcile hands the count over (`handover`).
+    if observed.deployment.is_none() {
+        spec.replicas = spec.replicas.or(site.spec.app.min_replicas());
+    }
     let version = security::credentials_version(&[
         observed.credentials.as_ref(),
         observed.write_token.as_ref(),

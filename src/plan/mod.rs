@@ -24,6 +24,7 @@ mod secrets;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -54,6 +55,13 @@ pub struct Plan {
     pub delete_ingress: Option<String>,
     /// Budgets the spec no longer asks for (the primary's, after going back to one instance).
     pub delete_pdbs: Vec<String>,
+    /// The operator's HorizontalPodAutoscaler, once `spec.app.autoscaling` is removed. Deleted
+    /// before the Deployment takes its `replicas` back, so the two never fight.
+    pub delete_autoscaler: Option<String>,
+    /// Autoscaling was turned on: the Deployment's live replica count, applied under a field
+    /// manager of its own before the operator's apply leaves `replicas` out (server-side apply
+    /// removes a field its only owner stops sending: the Deployment would fall to 1 pod).
+    pub handover_replicas: Option<i32>,
     /// What the operator asks of Patroni, and stale EndpointSlices to delete.
     pub database: database::DatabasePlan,
     /// `spec.database.instances`, resolved (the live count when unset).
@@ -100,6 +108,7 @@ pub enum Child {
     PodDisruptionBudget(PodDisruptionBudget),
     NetworkPolicy(NetworkPolicy),
     Ingress(Ingress),
+    HorizontalPodAutoscaler(HorizontalPodAutoscaler),
 }
 
 impl Child {
@@ -116,6 +125,7 @@ impl Child {
             Child::PodDisruptionBudget(_) => PodDisruptionBudget::KIND,
             Child::NetworkPolicy(_) => NetworkPolicy::KIND,
             Child::Ingress(_) => Ingress::KIND,
+            Child::HorizontalPodAutoscaler(_) => HorizontalPodAutoscaler::KIND,
         }
     }
 
@@ -131,6 +141,7 @@ impl Child {
             Child::PodDisruptionBudget(o) => &o.metadata,
             Child::NetworkPolicy(o) => &o.metadata,
             Child::Ingress(o) => &o.metadata,
+            Child::HorizontalPodAutoscaler(o) => &o.metadata,
         };
         meta.name.as_deref().unwrap_or_default()
     }
@@ -181,6 +192,8 @@ impl Plan {
             && self.applies.is_empty()
             && self.delete_ingress.is_none()
             && self.delete_pdbs.is_empty()
+            && self.delete_autoscaler.is_none()
+            && self.handover_replicas.is_none()
             && self.database.is_empty()
             && self.expand_claims.is_empty()
             && self.pods.is_empty()
@@ -231,6 +244,8 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
         applies: children.applies,
         delete_ingress: children.delete_ingress,
         delete_pdbs: children.delete_pdbs,
+        delete_autoscaler: children.delete_autoscaler,
+        handover_replicas: children.handover_replicas,
         database,
         instances: children.instances,
         expand_claims,

@@ -22,6 +22,9 @@ pub struct PodActions {
     /// App pods to mark with a low deletion cost before the Deployment scales down, so that the
     /// pods that remain stay spread over zones and nodes.
     pub mark_for_scale_down: Vec<String>,
+    /// Marked app pods that are no longer the next to go (autoscaling: the pods changed since
+    /// they were marked); their mark is removed.
+    pub unmark_for_scale_down: Vec<String>,
     /// Pods bound to a node that no longer exists: only a force delete lets them be replaced.
     pub force_delete: Vec<Orphan>,
     /// At most one app pod to restart through the Eviction API (which honours the disruption
@@ -31,7 +34,10 @@ pub struct PodActions {
 
 impl PodActions {
     pub fn is_empty(&self) -> bool {
-        self.mark_for_scale_down.is_empty() && self.force_delete.is_empty() && self.evict.is_none()
+        self.mark_for_scale_down.is_empty()
+            && self.unmark_for_scale_down.is_empty()
+            && self.force_delete.is_empty()
+            && self.evict.is_none()
     }
 }
 
@@ -68,25 +74,8 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> PodsPlan
         .and_then(|d| d.spec.as_ref())
         .and_then(|s| s.replicas)
         .unwrap_or(0);
-    let desired = site.spec.app.replicas;
-    let mark_for_scale_down = if desired >= 1 && desired < current {
-        let keep = usize::try_from(desired).unwrap_or(0);
-        let marked = |name: &str| {
-            app_pods.iter().any(|p| {
-                p.name_any() == name
-                    && p.annotations()
-                        .get(DELETION_COST_ANNOTATION)
-                        .map(String::as_str)
-                        == Some(SCALE_DOWN_COST)
-            })
-        };
-        ha::scale_down_victims(&app_pods, &observed.nodes, keep)
-            .into_iter()
-            .filter(|name| !marked(name))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let (mark_for_scale_down, unmark_for_scale_down) =
+        scale_down_marks(site, &app_pods, &observed.nodes, current);
 
     let force_delete = ha::orphaned(&observed.pods, &observed.nodes)
         .into_iter()
@@ -133,9 +122,70 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> PodsPlan
     PodsPlan {
         actions: PodActions {
             mark_for_scale_down,
+            unmark_for_scale_down,
             force_delete,
             evict,
         },
         recheck,
+    }
+}
+
+/// The deletion-cost marks to add and to remove, given the Deployment's replica count.
+///
+/// Without autoscaling the operator itself lowers the count: the pods it removes are marked
+/// just before (and are gone after). With autoscaling the ReplicaSet removes pods whenever the
+/// HorizontalPodAutoscaler lowers the count, at most one a minute
+/// (`autoscaler::SCALE_DOWN_PODS_PER_MINUTE`), so the operator keeps exactly the next pod to go
+/// marked while the site runs above its minimum, and moves the mark when the pods change.
+fn scale_down_marks(
+    site: &ArticleSite,
+    app_pods: &[Pod],
+    nodes: &std::collections::BTreeMap<String, String>,
+    current: i32,
+) -> (Vec<String>, Vec<String>) {
+    let is_marked = |p: &Pod| {
+        p.annotations()
+            .get(DELETION_COST_ANNOTATION)
+            .map(String::as_str)
+            == Some(SCALE_DOWN_COST)
+    };
+    // A terminating pod keeps its mark: it is going already.
+    let marked: Vec<String> = app_pods
+        .iter()
+        .filter(|p| is_marked(p) && p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .collect();
+    match site.spec.app.min_replicas() {
+        None => {
+            let desired = site.spec.app.replicas;
+            if desired < 1 || desired >= current {
+                return (Vec::new(), Vec::new());
+            }
+            let keep = usize::try_from(desired).unwrap_or(0);
+            let mark = ha::scale_down_victims(app_pods, nodes, keep)
+                .into_iter()
+                .filter(|name| !marked.contains(name))
+                .collect();
+            (mark, Vec::new())
+        }
+        Some(min) => {
+            let next = crate::resources::autoscaler::SCALE_DOWN_PODS_PER_MINUTE;
+            let victims = if current > min {
+                let keep = usize::try_from(current - next).unwrap_or(0);
+                ha::scale_down_victims(app_pods, nodes, keep)
+            } else {
+                Vec::new()
+            };
+            let mark = victims
+                .iter()
+                .filter(|name| !marked.contains(name))
+                .cloned()
+                .collect();
+            let unmark = marked
+                .into_iter()
+                .filter(|name| !victims.contains(name))
+                .collect();
+            (mark, unmark)
+        }
     }
 }

@@ -79,6 +79,7 @@ fn applied(mut observed: Observed, plan: &Plan) -> Observed {
             Child::PodDisruptionBudget(o) => observed.pdbs.push(o),
             Child::NetworkPolicy(o) => observed.network_policies.push(o),
             Child::Ingress(o) => observed.ingress = Some(o),
+            Child::HorizontalPodAutoscaler(o) => observed.autoscaler = Some(o),
         }
     }
     observed
@@ -951,4 +952,152 @@ fn a_standby_is_not_rebuilt_when_that_could_cost_data_or_loop() {
     failing(&mut o, "news-postgresql-2", 9_000, true, "stopped");
     failing(&mut o, "news-postgresql-0", 9_000, false, "running");
     assert_eq!(rebuild_of(&s, &o), None, "no serving primary");
+}
+
+/// An autoscaled site that has converged: created at its minimum, then handed over.
+fn steady_autoscaled(site: &ArticleSite) -> Observed {
+    let created = steady(site);
+    let handed_over = plan(site, &created, now());
+    applied(created, &handed_over)
+}
+
+fn autoscaled(mut s: ArticleSite, spec: serde_json::Value) -> ArticleSite {
+    s.spec.app.autoscaling = Some(serde_json::from_value(spec).unwrap());
+    s
+}
+
+/// The live Deployment as the operator's apply left it: its manager owns `spec.replicas`.
+fn owned_by_operator(observed: &mut Observed) {
+    let d = observed.deployment.as_mut().unwrap();
+    d.metadata.managed_fields = Some(vec![
+        serde_json::from_value(json!({
+            "manager": crate::MANAGER, "operation": "Apply", "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}},
+        }))
+        .unwrap(),
+    ]);
+}
+
+#[test]
+fn turning_autoscaling_on_hands_the_replica_count_over_once() {
+    let s = site("news");
+    let mut observed = steady(&s);
+    owned_by_operator(&mut observed);
+    let on = autoscaled(s, json!({"maxReplicas": 6}));
+    let p = plan(&on, &observed, now());
+    assert_eq!(p.handover_replicas, Some(3), "the live count, no jump");
+    let planned = kinds(&p);
+    assert!(planned.contains(&("Deployment", "news".to_string(), Outcome::Updated)));
+    assert!(planned.contains(&(
+        "HorizontalPodAutoscaler",
+        "news".to_string(),
+        Outcome::Created
+    )));
+    let deployment = p
+        .applies
+        .iter()
+        .find_map(|a| match &a.child {
+            Child::Deployment(d) => Some(d.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(deployment.spec.unwrap().replicas, None);
+
+    // Applied: the operator's apply no longer owns replicas, and the autoscaler changed it.
+    let mut after = applied(observed, &p);
+    if let Some(spec) = after.deployment.as_mut().and_then(|d| d.spec.as_mut()) {
+        spec.replicas = Some(5);
+    }
+    let again = plan(&on, &after, now());
+    assert!(
+        again.is_empty(),
+        "the autoscaler's count is never fought: {:?}",
+        kinds(&again)
+    );
+}
+
+#[test]
+fn turning_autoscaling_off_deletes_the_autoscaler_and_takes_replicas_back() {
+    let on = autoscaled(site("news"), json!({"maxReplicas": 6}));
+    let mut observed = steady_autoscaled(&on);
+    assert!(observed.autoscaler.is_some());
+    observed
+        .autoscaler
+        .as_mut()
+        .unwrap()
+        .metadata
+        .owner_references = Some(vec![crate::resources::owner_reference(&on)]);
+    let off = site("news");
+    let p = plan(&off, &observed, now());
+    assert_eq!(p.delete_autoscaler.as_deref(), Some("news"));
+    assert_eq!(p.handover_replicas, None);
+    let replicas = p.applies.iter().find_map(|a| match &a.child {
+        Child::Deployment(d) => d.spec.as_ref().and_then(|s| s.replicas),
+        _ => None,
+    });
+    assert_eq!(replicas, Some(3), "spec.app.replicas sets the count again");
+}
+
+#[test]
+fn autoscaling_keeps_the_next_pod_to_go_marked() {
+    let s = autoscaled(site("news"), json!({"minReplicas": 2, "maxReplicas": 6}));
+    let mut observed = steady_autoscaled(&s);
+    if let Some(spec) = observed.deployment.as_mut().and_then(|d| d.spec.as_mut()) {
+        spec.replicas = Some(4);
+    }
+    observed.pods = vec![
+        app_pod("news-a", "n1", true, None),
+        app_pod("news-b", "n1", true, None),
+        app_pod("news-c", "n2", true, None),
+        app_pod("news-d", "n3", true, None),
+    ];
+    // Marked earlier, when it was the next to go; now zone-a has two pods.
+    observed.pods[2]
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(DELETION_COST_ANNOTATION.into(), SCALE_DOWN_COST.into());
+    let p = plan(&s, &observed, now());
+    assert_eq!(
+        p.pods.mark_for_scale_down,
+        ["news-a"],
+        "zone-a had two pods"
+    );
+    assert_eq!(p.pods.unmark_for_scale_down, ["news-c"]);
+    assert!(p.applies.is_empty(), "{:?}", kinds(&p));
+
+    // At the minimum nothing can go: no mark is kept.
+    if let Some(spec) = observed.deployment.as_mut().and_then(|d| d.spec.as_mut()) {
+        spec.replicas = Some(2);
+    }
+    observed.pods.truncate(2);
+    observed.pods[0]
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(DELETION_COST_ANNOTATION.into(), SCALE_DOWN_COST.into());
+    let p = plan(&s, &observed, now());
+    assert!(p.pods.mark_for_scale_down.is_empty());
+    assert_eq!(p.pods.unmark_for_scale_down, ["news-a"]);
+}
+
+#[test]
+fn a_site_created_with_autoscaling_starts_at_its_minimum_then_hands_over() {
+    let s = autoscaled(site("news"), json!({"maxReplicas": 6}));
+    let p = plan(&s, &with_secrets(), now());
+    let replicas = p.applies.iter().find_map(|a| match &a.child {
+        Child::Deployment(d) => d.spec.as_ref().and_then(|s| s.replicas),
+        _ => None,
+    });
+    assert_eq!(replicas, Some(3), "not the API server's default of 1");
+    let mut created = applied(with_secrets(), &p);
+    owned_by_operator(&mut created);
+    let next = plan(&s, &created, now());
+    assert_eq!(next.handover_replicas, Some(3));
+    let replicas = next.applies.iter().find_map(|a| match &a.child {
+        Child::Deployment(d) => Some(d.spec.as_ref().and_then(|s| s.replicas)),
+        _ => None,
+    });
+    assert_eq!(replicas, Some(None), "then replicas is left out");
 }

@@ -233,7 +233,9 @@ pub fn build(site: &ArticleSite, cluster_domain: &str) -> Deployment {
     Deployment {
         metadata: meta,
         spec: Some(DeploymentSpec {
-            replicas: Some(app.replicas),
+            // With autoscaling the HorizontalPodAutoscaler owns the count: not sending the
+            // field keeps server-side apply from ever resetting it (`plan::children`, handover).
+            replicas: app.autoscaling.is_none().then_some(app.replicas),
             revision_history_limit: Some(5),
             progress_deadline_seconds: Some(site.spec.high_availability.rollout_deadline_seconds),
             min_ready_seconds: Some(site.spec.high_availability.min_ready_seconds),
@@ -454,6 +456,21 @@ mod tests {
         site.spec.high_availability.spread = SpreadPolicy::None;
         assert!(when(&site).is_empty());
         assert!(affinity(&site, Component::App).is_none());
+    }
+
+    #[test]
+    fn autoscaling_leaves_replicas_out() {
+        let mut site = site("news");
+        site.spec.app.autoscaling =
+            Some(serde_json::from_value(serde_json::json!({"maxReplicas": 6})).unwrap());
+        let d = build(&site, "cluster.local");
+        assert_eq!(d.spec.as_ref().unwrap().replicas, None);
+        let body = serde_json::to_value(&d).unwrap();
+        assert!(
+            body["spec"].get("replicas").is_none(),
+            "the applied body has no replicas field: {}",
+            body["spec"]
+        );
     }
 
     #[test]

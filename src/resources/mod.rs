@@ -9,6 +9,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::{ArticleSite, ComputeResources};
 
+pub mod autoscaler;
 pub mod deployment;
 pub mod ingress;
 pub mod network_policy;

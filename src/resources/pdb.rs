@@ -42,12 +42,21 @@ pub fn app(site: &ArticleSite) -> PodDisruptionBudget {
         Names::app(&site.name_any()),
         Component::App,
         PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(
-                site.spec.high_availability.max_unavailable,
-            )),
+            max_unavailable: Some(IntOrString::Int(app_max_unavailable(site))),
             ..Default::default()
         },
     )
+}
+
+/// `maxUnavailable` of the app budget. With autoscaling the pod count moves without the
+/// operator rewriting the budget, so it must be safe at the smallest size: below
+/// `minReplicas`, leaving one pod serving (and never below 1, so a drain is never blocked).
+pub fn app_max_unavailable(site: &ArticleSite) -> i32 {
+    let asked = site.spec.high_availability.max_unavailable;
+    match site.spec.app.min_replicas() {
+        Some(min) => asked.min((min - 1).max(1)),
+        None => asked,
+    }
 }
 
 /// The instances one at a time. With replicas it covers every instance but the primary
@@ -179,6 +188,33 @@ mod tests {
             database_primary(&s, 1).is_none(),
             "one instance: a drain never deadlocks"
         );
+        let mut autoscaled = s.clone();
+        autoscaled.spec.high_availability.max_unavailable = 5;
+        autoscaled.spec.app.autoscaling = Some(
+            serde_json::from_value(serde_json::json!({"minReplicas": 2, "maxReplicas": 6}))
+                .unwrap(),
+        );
+        assert_eq!(
+            app(&autoscaled).spec.unwrap().max_unavailable,
+            Some(IntOrString::Int(1)),
+            "at minReplicas 2 one pod keeps serving through a drain"
+        );
+        autoscaled
+            .spec
+            .app
+            .autoscaling
+            .as_mut()
+            .unwrap()
+            .min_replicas = Some(1);
+        assert_eq!(app_max_unavailable(&autoscaled), 1, "never 0: drains go on");
+        autoscaled
+            .spec
+            .app
+            .autoscaling
+            .as_mut()
+            .unwrap()
+            .min_replicas = Some(4);
+        assert_eq!(app_max_unavailable(&autoscaled), 3);
         let mut s = s;
         s.spec.high_availability.block_database_drain = true;
         assert_eq!(

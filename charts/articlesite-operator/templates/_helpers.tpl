@@ -91,6 +91,10 @@ Server-side apply of a missing object needs create as well as patch.
 - apiGroups: [networking.k8s.io]
   resources: [ingresses]
   verbs: [get, list, watch, create, patch, delete]
+# The app's HorizontalPodAutoscaler (spec.app.autoscaling); deleted when that goes away.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
