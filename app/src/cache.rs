@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use lru::LruCache;
 
 use crate::compress::{self, Encoding};
@@ -29,18 +30,37 @@ pub struct Cached {
     gzip: OnceLock<Option<Bytes>>,
     br: OnceLock<Option<Bytes>>,
     pub etag: String,
+    /// The `ETag` header of each representation (identity, gzip, brotli), made once
+    /// rather than formatted and parsed for every response.
+    etag_headers: [Option<HeaderValue>; 3],
     pub content_type: &'static str,
 }
 
 impl Cached {
     pub fn new(body: impl Into<Bytes>, etag: String, content_type: &'static str) -> Self {
+        let header = |e| HeaderValue::from_str(&crate::http::encoded_etag(&etag, e)).ok();
         Cached {
             body: body.into(),
             gzip: OnceLock::new(),
             br: OnceLock::new(),
+            etag_headers: [
+                header(Encoding::Identity),
+                header(Encoding::Gzip),
+                header(Encoding::Brotli),
+            ],
             etag,
             content_type,
         }
+    }
+
+    /// The `ETag` header value of the representation in `encoding`.
+    pub fn etag_header(&self, encoding: Encoding) -> Option<&HeaderValue> {
+        let i = match encoding {
+            Encoding::Identity => 0,
+            Encoding::Gzip => 1,
+            Encoding::Brotli => 2,
+        };
+        self.etag_headers[i].as_ref()
     }
 
     /// The body in `encoding`, compressed on first use and kept; `None` when compression
@@ -66,7 +86,7 @@ impl Cached {
     /// covers both (HTML and JSON compress to well under a quarter each).
     fn weight(&self, key: &str) -> usize {
         const OVERHEAD: usize = 192;
-        OVERHEAD + key.len() + self.etag.len() + self.body.len() + self.body.len() / 2
+        OVERHEAD + key.len() + 4 * self.etag.len() + self.body.len() + self.body.len() / 2
     }
 }
 
@@ -131,10 +151,17 @@ pub struct Hit {
 
 /// The keys of one article's entries.
 pub fn article_keys(slug: &str) -> [String; 2] {
-    [
-        format!("api:article|{slug}"),
-        format!("page:article|{slug}"),
-    ]
+    [api_article_key(slug), page_article_key(slug)]
+}
+
+/// The key of an article's API entry.
+pub fn api_article_key(slug: &str) -> String {
+    format!("api:article|{slug}")
+}
+
+/// The key of an article's page entry.
+pub fn page_article_key(slug: &str) -> String {
+    format!("page:article|{slug}")
 }
 
 impl Cache {

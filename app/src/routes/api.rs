@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{ListParams, cached_response, published_article};
 use crate::auth::{Credentials, WriteAuth, credentials};
-use crate::cache::{Cached, Scope, article_keys};
+use crate::cache::{Cached, Scope, api_article_key};
 use crate::db::articles::{self, Article, Precondition, RepoError};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, OptionalJsonBody};
@@ -102,7 +102,7 @@ pub async fn list(
     let Query(params) = params.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
     let query = params.to_query()?;
     let key = ListParams::cache_key("api:list", &query);
-    cached_response(&state, key, Scope::List, &headers, async {
+    cached_response(&state, key, Scope::List, &headers, async || {
         let listed = state
             .read(async |c| articles::list_published(c, &query).await)
             .await?;
@@ -156,8 +156,8 @@ pub async fn get(
             ))
         }
         Credentials::None => {
-            let [key, _] = article_keys(&slug);
-            cached_response(&state, key, Scope::Article, &headers, async {
+            let key = api_article_key(&slug);
+            cached_response(&state, key, Scope::Article, &headers, async || {
                 published_article(&state, &slug)
                     .await?
                     .try_map(|a| article_json(&a))
