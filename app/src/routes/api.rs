@@ -63,7 +63,10 @@ fn slug_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(v).map_err(|e| ApiError::Internal(e.to_string()))
+    let mut body = serde_json::to_vec(v).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Cached bodies: the cache counts the length, so hold no more than that.
+    body.shrink_to_fit();
+    Ok(body)
 }
 
 fn article_json(a: &Article) -> Result<Cached, ApiError> {

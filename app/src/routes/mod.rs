@@ -18,6 +18,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::cache::{Cached, Scope};
+use crate::compress;
 use crate::db::articles::{self, Article, Cursor, ListQuery};
 use crate::db::failover::Sourced;
 use crate::error::ApiError;
@@ -86,6 +87,11 @@ pub async fn cached_response(
 ) -> Result<Response, ApiError> {
     if let Some(hit) = state.cache.get(&key) {
         state.metrics.cache_hits.inc();
+        // The first request for an encoding compresses the body; the cache counts it.
+        let made = hit.prepare(compress::negotiate(req_headers));
+        if made > 0 {
+            state.cache.charge(&key, &hit, made);
+        }
         return Ok(conditional(req_headers, &hit, CACHE_PUBLIC, Freshness::Hit));
     }
     let caching = state.cache.enabled() && state.cache.coherent();

@@ -18,7 +18,9 @@ use crate::validate::is_valid_slug;
 
 use crate::render::HTML;
 
-fn html(body: String) -> Cached {
+fn html(mut body: String) -> Cached {
+    // The cache counts the length: hold no more than that.
+    body.shrink_to_fit();
     let etag = body_etag(body.as_bytes());
     Cached::new(body, etag, HTML)
 }
