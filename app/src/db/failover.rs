@@ -9,8 +9,7 @@
 //!   timeout is closed instead of going back to the pool (`Held`): it reaches a demoted
 //!   server, or a frozen one, and sqlx's ping on release has no time limit of its own.
 //! - Idle connections are checked with a bounded ping (`bounded_ping`), so a frozen host
-//!   costs a fraction of the acquire timeout per connection, not all of it (connections
-//!   that returned to the pool moments ago, after sqlx's own ping, are not pinged twice).
+//!   costs a fraction of the acquire timeout per connection, not all of it.
 //! - Reads may fall back to the replicas' Service while the primary fails, only within a
 //!   staleness bound (`Staleness`).
 
@@ -125,28 +124,16 @@ pub fn ping_limit(db_timeout: Duration) -> Duration {
     (db_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
-/// Connections back in the pool for less than this are not pinged again before use.
-/// sqlx pings every connection as it returns it to the pool, so such a connection
-/// answered moments ago; under load every connection is idle for far less than this, and
-/// a second ping per query was a third of the database round trips of an uncached read
-/// (see docs/benchmarks.md). A host that froze since costs the request that takes it its
-/// database timeout, as it costs every request already in flight on that host.
-pub const RECENTLY_CHECKED: Duration = Duration::from_millis(100);
-
 /// The `before_acquire` hook: a ping that gives up after `limit` (a frozen host never
-/// answers, and sqlx 0.9 sets no TCP keepalive), for connections idle for at least
-/// [`RECENTLY_CHECKED`].
+/// answers, and sqlx 0.9 sets no TCP keepalive).
 pub fn bounded_ping(
     limit: Duration,
 ) -> impl for<'c> Fn(&'c mut PgConnection, PoolConnectionMetadata) -> Hook<'c, bool>
 + Send
 + Sync
 + 'static {
-    move |conn, meta| {
+    move |conn, _meta| {
         Box::pin(async move {
-            if meta.idle_for < RECENTLY_CHECKED {
-                return Ok(true);
-            }
             match tokio::time::timeout(limit, conn.ping()).await {
                 Ok(Ok(())) => Ok(true),
                 Ok(Err(e)) => Err(e),
