@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use lru::LruCache;
 
 use crate::compress::{self, Encoding};
@@ -29,44 +30,89 @@ pub struct Cached {
     gzip: OnceLock<Option<Bytes>>,
     br: OnceLock<Option<Bytes>>,
     pub etag: String,
+    /// The `ETag` header of each representation (identity, gzip, brotli), made once
+    /// rather than formatted and parsed for every response.
+    etag_headers: [Option<HeaderValue>; 3],
     pub content_type: &'static str,
 }
 
 impl Cached {
     pub fn new(body: impl Into<Bytes>, etag: String, content_type: &'static str) -> Self {
+        let header = |e| HeaderValue::from_str(&crate::http::encoded_etag(&etag, e)).ok();
         Cached {
             body: body.into(),
             gzip: OnceLock::new(),
             br: OnceLock::new(),
+            etag_headers: [
+                header(Encoding::Identity),
+                header(Encoding::Gzip),
+                header(Encoding::Brotli),
+            ],
             etag,
             content_type,
         }
     }
 
+    /// The `ETag` header value of the representation in `encoding`.
+    pub fn etag_header(&self, encoding: Encoding) -> Option<&HeaderValue> {
+        let i = match encoding {
+            Encoding::Identity => 0,
+            Encoding::Gzip => 1,
+            Encoding::Brotli => 2,
+        };
+        self.etag_headers[i].as_ref()
+    }
+
     /// The body in `encoding`, compressed on first use and kept; `None` when compression
     /// would not pay (a small body, or no gain).
     pub fn encoded(&self, encoding: Encoding) -> Option<Bytes> {
+        self.encode(encoding).0
+    }
+
+    /// Makes the copy in `encoding` if it is not there yet; returns the bytes it added
+    /// (0 when it was there already, or compression does not pay), for the cache's bound.
+    pub fn prepare(&self, encoding: Encoding) -> usize {
+        self.encode(encoding).1
+    }
+
+    fn encode(&self, encoding: Encoding) -> (Option<Bytes>, usize) {
         if self.body.len() < compress::MIN_SIZE {
-            return None;
+            return (None, 0);
         }
         let slot = match encoding {
-            Encoding::Identity => return None,
+            Encoding::Identity => return (None, 0),
             Encoding::Gzip => &self.gzip,
             Encoding::Brotli => &self.br,
         };
-        slot.get_or_init(|| match encoding {
-            Encoding::Gzip => compress::gzip(&self.body),
-            _ => compress::brotli(&self.body),
-        })
-        .clone()
+        let mut made = 0;
+        let copy = slot
+            .get_or_init(|| {
+                let copy = match encoding {
+                    Encoding::Gzip => compress::gzip(&self.body),
+                    _ => compress::brotli(&self.body),
+                };
+                made = copy.as_ref().map_or(0, Bytes::len);
+                copy
+            })
+            .clone();
+        (copy, made)
     }
 
-    /// Bytes this entry holds, for the cache's bound. The compressed copies may be made
-    /// after the entry is stored, so room for them is counted up front: half the body
-    /// covers both (HTML and JSON compress to well under a quarter each).
+    /// The compressed copies made so far.
+    fn compressed_len(&self) -> usize {
+        [&self.gzip, &self.br]
+            .into_iter()
+            .filter_map(|slot| slot.get().and_then(|c| c.as_ref()).map(Bytes::len))
+            .sum()
+    }
+
+    /// Bytes this entry holds, for the cache's bound: the body, the compressed copies made
+    /// so far (copies made later are added by [`Cache::charge`]), key, tags and overhead.
+    /// Room for copies is not reserved up front: a cache whose clients accept no
+    /// encoding (or one) would hold a third fewer pages than its bound allows.
     fn weight(&self, key: &str) -> usize {
         const OVERHEAD: usize = 192;
-        OVERHEAD + key.len() + self.etag.len() + self.body.len() + self.body.len() / 2
+        OVERHEAD + key.len() + 4 * self.etag.len() + self.body.len() + self.compressed_len()
     }
 }
 
@@ -96,6 +142,16 @@ impl Inner {
     fn remove(&mut self, key: &str) {
         if let Some(e) = self.map.pop(key) {
             self.bytes -= e.weight;
+        }
+    }
+
+    /// Drops the least recently used entries until both bounds hold.
+    fn evict_beyond(&mut self, max_bytes: usize, max_entries: Option<usize>) {
+        while self.bytes > max_bytes || max_entries.is_some_and(|m| self.map.len() > m) {
+            match self.map.pop_lru() {
+                Some((_, e)) => self.bytes -= e.weight,
+                None => break,
+            }
         }
     }
 
@@ -131,10 +187,17 @@ pub struct Hit {
 
 /// The keys of one article's entries.
 pub fn article_keys(slug: &str) -> [String; 2] {
-    [
-        format!("api:article|{slug}"),
-        format!("page:article|{slug}"),
-    ]
+    [api_article_key(slug), page_article_key(slug)]
+}
+
+/// The key of an article's API entry.
+pub fn api_article_key(slug: &str) -> String {
+    format!("api:article|{slug}")
+}
+
+/// The key of an article's page entry.
+pub fn page_article_key(slug: &str) -> String {
+    format!("page:article|{slug}")
 }
 
 impl Cache {
@@ -233,13 +296,25 @@ impl Cache {
                 weight,
             },
         );
-        while inner.bytes > self.max_bytes || self.max_entries.is_some_and(|m| inner.map.len() > m)
-        {
-            match inner.map.pop_lru() {
-                Some((_, e)) => inner.bytes -= e.weight,
-                None => break,
-            }
+        inner.evict_beyond(self.max_bytes, self.max_entries);
+    }
+
+    /// Counts `bytes` of compressed copies that `value`, the entry under `key`, made after
+    /// it was stored, and evicts the least recently used entries beyond the bound. Nothing
+    /// happens if the entry is gone or was replaced (its memory goes with its last user).
+    pub fn charge(&self, key: &str, value: &Arc<Cached>, bytes: usize) {
+        let Some(lock) = &self.inner else { return };
+        let Ok(mut guard) = lock.lock() else { return };
+        let inner = &mut *guard;
+        let Some(entry) = inner.map.peek_mut(key) else {
+            return;
+        };
+        if !Arc::ptr_eq(&entry.value, value) {
+            return;
         }
+        entry.weight += bytes;
+        inner.bytes += bytes;
+        inner.evict_beyond(self.max_bytes, self.max_entries);
     }
 
     /// One article changed (or was deleted): its entries go, and every list entry.
@@ -317,19 +392,19 @@ mod tests {
     fn value(s: &str) -> Arc<Cached> {
         Arc::new(Cached::new(
             Bytes::from(s.to_owned()),
-            format!("\"{s}\""),
+            format!("\"{}\"", s.len()),
             "text/plain",
         ))
     }
 
     #[test]
     fn bounded_by_bytes() {
-        let c = cache(true, 3 * 2800);
+        let c = cache(true, 3 * 1300);
         for k in ["a", "b", "c", "d"] {
             c.insert(c.ticket(), k.into(), Scope::List, value(&k.repeat(1000)));
         }
         assert_eq!(c.len(), 3);
-        assert!(c.bytes() <= 3 * 2800);
+        assert!(c.bytes() <= 3 * 1300);
         assert!(c.get("a").is_none(), "least recently used is evicted");
         assert!(c.get("d").is_some());
         c.insert(
@@ -408,6 +483,38 @@ mod tests {
         );
         assert!(big.encoded(Encoding::Gzip).is_some());
         assert!(value("tiny").encoded(Encoding::Gzip).is_none());
+    }
+
+    #[test]
+    fn compressed_copies_are_counted_when_made() {
+        let c = cache(true, 1 << 20);
+        let v = value(&"<p>hello</p>".repeat(100));
+        c.insert(c.ticket(), "k".into(), Scope::Article, v.clone());
+        let before = c.bytes();
+        let made = v.prepare(Encoding::Gzip);
+        assert!(made > 0);
+        assert_eq!(v.prepare(Encoding::Gzip), 0, "made once");
+        c.charge("k", &v, made);
+        assert_eq!(c.bytes(), before + made);
+        // Another value under the same key is not charged.
+        c.charge("k", &value("other"), 100);
+        assert_eq!(c.bytes(), before + made);
+    }
+
+    #[test]
+    fn a_charge_beyond_the_bound_evicts() {
+        let body = "<p>hello</p>".repeat(100);
+        let c = cache(true, 2 * 1600);
+        let a = value(&body);
+        let b = value(&body);
+        c.insert(c.ticket(), "a".into(), Scope::Article, a.clone());
+        c.insert(c.ticket(), "b".into(), Scope::Article, b.clone());
+        assert_eq!(c.len(), 2);
+        let made = b.prepare(Encoding::Brotli) + b.prepare(Encoding::Gzip);
+        c.charge("b", &b, made + 500);
+        assert!(c.bytes() <= 2 * 1600);
+        assert!(c.get("a").is_none(), "the least recently used went");
+        assert!(c.get("b").is_some());
     }
 
     #[test]

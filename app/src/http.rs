@@ -126,7 +126,6 @@ pub fn conditional(
         Some(b) => (b, wanted),
         None => (cached.body.clone(), Encoding::Identity),
     };
-    let etag = encoded_etag(&cached.etag, encoding);
     let mut res = if none_match(req_headers, &cached.etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -142,8 +141,8 @@ pub fn conditional(
         r
     };
     let h = res.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
+    if let Some(v) = cached.etag_header(encoding) {
+        h.insert(header::ETAG, v.clone());
     }
     // A 304 repeats the 200's Vary (RFC 9110 §15.4.5).
     h.insert(

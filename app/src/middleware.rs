@@ -1,27 +1,46 @@
-//! Cross-cutting request handling: request log and metrics, load shedding, the request
-//! timeout, and `Connection: close` while draining.
+//! Cross-cutting request handling, as two tower layers: [`ObserveLayer`] (request log and
+//! metrics, HTML error pages on reader paths, security headers, `Connection: close` while
+//! draining) around every route, and [`GuardLayer`] (load shedding, the schema check, the
+//! wrong-token rule and the request timeout) around the site routes.
+//!
+//! They are written as tower services rather than `axum::middleware::from_fn`: a `from_fn`
+//! layer clones the whole stack below it on every request (each level a boxed service), and
+//! with nine of them that cloning, allocating and freeing was the largest cost of a cache
+//! hit (see docs/benchmarks.md, "Where the time goes"). Every check before the handler is
+//! synchronous, so each layer calls its inner service at once and only wraps its future.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
+use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::{Credentials, credentials};
 use crate::error::{ApiError, Problem};
-use crate::metrics::{RequestLabels, RouteLabels, method_label};
+use crate::metrics::{RequestLabels, Route, RouteLabels, method_label};
 use crate::render;
 use crate::state::AppState;
 
-/// What `observe` records when a request ends, whether it was answered or dropped.
+/// The future of both layers' services.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+fn ready(res: Response) -> ResponseFuture {
+    Box::pin(std::future::ready(Ok(res)))
+}
+
+/// What `Observe` records when a request ends, whether it was answered or dropped.
 struct Observation {
     state: Arc<AppState>,
     method: &'static str,
-    route: String,
+    route: Route,
     started: Instant,
     span: tracing::Span,
     finished: bool,
@@ -82,115 +101,118 @@ impl Drop for Observation {
 /// One JSON log line per request, inside a span carrying the request id, and the request
 /// metrics. The route label is the matched pattern and the method one of the standard
 /// ones or `other`, so clients cannot blow up cardinality. A request the client abandons
-/// is still counted and logged (as 499), and leaves the in-flight gauge.
-pub async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let span =
-        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
-    state.metrics.in_flight.inc();
-    let mut observation = Observation {
-        state,
-        method,
-        route,
-        started: Instant::now(),
-        span: span.clone(),
-        finished: false,
-    };
-    let res = next.run(req).instrument(span).await;
-    observation.finish(res.status().as_u16());
-    res
+/// is still counted and logged (as 499), and leaves the in-flight gauge. On the way out:
+/// HTML error pages for reader paths, the security headers, and `Connection: close` while
+/// draining.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    state: Arc<AppState>,
 }
 
-/// Site routes answer 503 until migrations have run: before that every query would fail.
-pub async fn require_schema(
-    State(state): State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if state.lifecycle.migrated() {
-        next.run(req).await
-    } else {
-        ApiError::NotReady.into_response()
+impl ObserveLayer {
+    pub fn new(state: Arc<AppState>) -> Self {
+        ObserveLayer { state }
     }
 }
 
-/// Refuses work beyond capacity with 503 and Retry-After instead of queueing it.
-pub async fn shed(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match state.capacity.clone().try_acquire_owned() {
-        Ok(_permit) => next.run(req).await,
-        Err(_) => {
-            state.metrics.shed.inc();
-            ApiError::Overloaded.into_response()
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            state: self.state.clone(),
+            inner,
         }
     }
 }
 
-/// Bounds every request, body reading included. A problem body and Retry-After tell the
-/// client this is transient.
-pub async fn timeout(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
-        Ok(res) => res,
-        Err(_) => ApiError::Timeout.into_response(),
-    }
+#[derive(Clone)]
+pub struct Observe<S> {
+    state: Arc<AppState>,
+    inner: S,
 }
 
-/// While draining, ask each client to close its connection after this response, so its
-/// next request opens a new connection that lands on a ready replica.
-pub async fn drain_close(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
-    if state.lifecycle.draining() {
-        res.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    res
-}
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Error = Infallible>,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ResponseFuture;
 
-/// One rule for a wrong token, on every site route, reads included: a request that sends
-/// `Authorization` with anything but the write token is refused with 401, never silently
-/// served as anonymous (a misconfigured client learns at once). No token is fine for reads.
-pub async fn reject_wrong_token(
-    State(state): State<Arc<AppState>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if credentials(req.headers(), &state.token) == Credentials::Invalid {
-        return ApiError::Unauthorized.into_response();
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
-    next.run(req).await
+
+    fn call(&mut self, req: Request) -> ResponseFuture {
+        let method = method_label(req.method());
+        let route = Route::new(req.extensions().get::<MatchedPath>());
+        let span = {
+            let request_id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", request_id = %request_id, method = %method, route = %route.as_str())
+        };
+        // Only an error on a reader path needs the path again (a cheap, shared copy).
+        let reader_uri = is_reader_path(req.uri().path()).then(|| req.uri().clone());
+        let state = self.state.clone();
+        state.metrics.in_flight.inc();
+        let mut observation = Observation {
+            state: state.clone(),
+            method,
+            route,
+            started: Instant::now(),
+            span: span.clone(),
+            finished: false,
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = match fut.instrument(span).await {
+                Ok(r) => r.into_response(),
+                Err(never) => match never {},
+            };
+            let mut res = match reader_uri {
+                Some(uri) => html_errors(&state, res, &uri),
+                None => res,
+            };
+            security_headers(&mut res);
+            if state.lifecycle.draining() {
+                // Ask the client to close after this response, so its next request opens
+                // a new connection that lands on a ready replica.
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            observation.finish(res.status().as_u16());
+            Ok(res)
+        })
+    }
 }
 
 /// Paths a reader's browser visits: everything but the API, the probes and `/metrics`.
 pub fn is_reader_path(path: &str) -> bool {
-    !(path == "/api"
-        || path.starts_with("/api/")
-        || matches!(path, "/livez" | "/readyz" | "/metrics"))
+    !(path == "/api" || path.starts_with("/api/") || is_ops_path(path))
+}
+
+/// The probes and `/metrics`: neither shed nor queued behind site traffic, and they
+/// ignore `Authorization`.
+fn is_ops_path(path: &str) -> bool {
+    matches!(path, "/livez" | "/readyz" | "/metrics")
 }
 
 /// Errors on reader paths (a 404, a bad cursor, the database away, a wrong method) are
 /// answered as an HTML page with the same status and headers; the API keeps its problem
 /// documents.
-pub async fn html_errors(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_owned();
-    let res = next.run(req).await;
-    if !is_reader_path(&path) {
-        return res;
-    }
+fn html_errors(state: &AppState, res: Response, uri: &Uri) -> Response {
     let Some(problem) = res.extensions().get::<Problem>().cloned() else {
         return res;
     };
     let (mut parts, _) = res.into_parts();
-    let page = match render::error_page(state.site(), problem.status, &path, &problem.detail) {
+    let path = uri.path();
+    let page = match render::error_page(state.site(), problem.status, path, &problem.detail) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot render the error page");
@@ -204,14 +226,17 @@ pub async fn html_errors(State(state): State<Arc<AppState>>, req: Request, next:
     Response::from_parts(parts, Body::from(page))
 }
 
+/// Built once: parsing the policy for every response showed in the profile.
+static CSP: LazyLock<Option<HeaderValue>> =
+    LazyLock::new(|| HeaderValue::from_str(render::content_security_policy()).ok());
+
 /// Security headers on every response: a Content-Security-Policy that allows only what
 /// the pages use (the one inline style sheet, by hash; images from this site and https;
 /// the search form), no framing, no MIME sniffing, no full referrer to other sites.
-pub async fn security_headers(req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
+fn security_headers(res: &mut Response) {
     let h = res.headers_mut();
-    if let Ok(csp) = HeaderValue::from_str(render::content_security_policy()) {
-        h.insert(header::CONTENT_SECURITY_POLICY, csp);
+    if let Some(csp) = CSP.as_ref() {
+        h.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
     }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -222,5 +247,90 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("strict-origin-when-cross-origin"),
     );
-    res
+}
+
+/// Around the site routes (the probes and `/metrics` pass straight through), in this
+/// order:
+/// - work beyond capacity is refused with 503 and Retry-After instead of queueing;
+/// - until migrations have run every query would fail: 503;
+/// - one rule for a wrong token, on every site route, reads included: a request that
+///   sends `Authorization` with anything but the write token is refused with 401, never
+///   silently served as anonymous (a misconfigured client learns at once); no token is
+///   fine for reads;
+/// - every request is bounded in time, body reading included (503 with a problem body
+///   and Retry-After: the client knows it is transient).
+#[derive(Clone)]
+pub struct GuardLayer {
+    state: Arc<AppState>,
+}
+
+impl GuardLayer {
+    pub fn new(state: Arc<AppState>) -> Self {
+        GuardLayer { state }
+    }
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            state: self.state.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guard<S> {
+    state: Arc<AppState>,
+    inner: S,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Error = Infallible>,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> ResponseFuture {
+        if is_ops_path(req.uri().path()) {
+            let fut = self.inner.call(req);
+            return Box::pin(async move {
+                match fut.await {
+                    Ok(r) => Ok(r.into_response()),
+                    Err(never) => match never {},
+                }
+            });
+        }
+        let state = &self.state;
+        let Ok(permit) = state.capacity.clone().try_acquire_owned() else {
+            state.metrics.shed.inc();
+            return ready(ApiError::Overloaded.into_response());
+        };
+        if !state.lifecycle.migrated() {
+            return ready(ApiError::NotReady.into_response());
+        }
+        if credentials(req.headers(), &state.token) == Credentials::Invalid {
+            return ready(ApiError::Unauthorized.into_response());
+        }
+        let limit = state.config.request_timeout;
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let _permit = permit;
+            match tokio::time::timeout(limit, fut).await {
+                Ok(Ok(r)) => Ok(r.into_response()),
+                Ok(Err(never)) => match never {},
+                Err(_) => Ok(ApiError::Timeout.into_response()),
+            }
+        })
+    }
 }

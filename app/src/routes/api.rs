@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{ListParams, cached_response, published_article};
 use crate::auth::{Credentials, WriteAuth, credentials};
-use crate::cache::{Cached, Scope, article_keys};
+use crate::cache::{Cached, Scope, api_article_key};
 use crate::db::articles::{self, Article, Precondition, RepoError};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, OptionalJsonBody};
@@ -63,7 +63,10 @@ fn slug_of(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(v).map_err(|e| ApiError::Internal(e.to_string()))
+    let mut body = serde_json::to_vec(v).map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Cached bodies: the cache counts the length, so hold no more than that.
+    body.shrink_to_fit();
+    Ok(body)
 }
 
 fn article_json(a: &Article) -> Result<Cached, ApiError> {
@@ -102,7 +105,7 @@ pub async fn list(
     let Query(params) = params.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
     let query = params.to_query()?;
     let key = ListParams::cache_key("api:list", &query);
-    cached_response(&state, key, Scope::List, &headers, async {
+    cached_response(&state, key, Scope::List, &headers, async || {
         let listed = state
             .read(async |c| articles::list_published(c, &query).await)
             .await?;
@@ -156,8 +159,8 @@ pub async fn get(
             ))
         }
         Credentials::None => {
-            let [key, _] = article_keys(&slug);
-            cached_response(&state, key, Scope::Article, &headers, async {
+            let key = api_article_key(&slug);
+            cached_response(&state, key, Scope::Article, &headers, async || {
                 published_article(&state, &slug)
                     .await?
                     .try_map(|a| article_json(&a))

@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 
 use super::{DEFAULT_PAGE, ListParams, cached_response, published_article};
-use crate::cache::{Cached, Scope, article_keys};
+use crate::cache::{Cached, Scope, page_article_key};
 use crate::db::articles;
 use crate::error::ApiError;
 use crate::http::body_etag;
@@ -18,7 +18,9 @@ use crate::validate::is_valid_slug;
 
 use crate::render::HTML;
 
-fn html(body: String) -> Cached {
+fn html(mut body: String) -> Cached {
+    // The cache counts the length: hold no more than that.
+    body.shrink_to_fit();
     let etag = body_etag(body.as_bytes());
     Cached::new(body, etag, HTML)
 }
@@ -32,7 +34,7 @@ pub async fn index(
     params.limit = Some(DEFAULT_PAGE.to_string());
     let query = params.to_query()?;
     let key = ListParams::cache_key("page:index", &query);
-    cached_response(&state, key, Scope::List, &headers, async {
+    cached_response(&state, key, Scope::List, &headers, async || {
         let listed = state
             .read(async |c| articles::list_published(c, &query).await)
             .await?;
@@ -58,8 +60,8 @@ pub async fn article(
         Ok(Path(slug)) if is_valid_slug(&slug) => slug,
         _ => return Err(ApiError::NotFound),
     };
-    let [_, key] = article_keys(&slug);
-    cached_response(&state, key, Scope::Article, &headers, async {
+    let key = page_article_key(&slug);
+    cached_response(&state, key, Scope::Article, &headers, async || {
         published_article(&state, &slug).await?.try_map(|a| {
             let page = render::article_page(state.site(), &a)
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
