@@ -224,7 +224,7 @@ pub fn plan(
         out.rebuild = Some(rebuild);
         return out;
     }
-    match restart_step(site, observed, state) {
+    match restart_step(observed, state) {
         Some(RestartStep::Delete(pod)) => out.restart_pod = Some(pod),
         Some(RestartStep::SwitchOver) if !busy => {
             if let (Some(leader), Some(standby)) =
@@ -254,7 +254,7 @@ enum RestartStep {
 /// The StatefulSet controller labels each pod with the revision of its template.
 const REVISION_LABEL: &str = "controller-revision-hash";
 
-fn restart_step(site: &ArticleSite, observed: &Observed, state: &State) -> Option<RestartStep> {
+fn restart_step(observed: &Observed, state: &State) -> Option<RestartStep> {
     let sts = observed.statefulset.as_ref()?;
     let status = sts.status.as_ref()?;
     // A status from before the last change of the template names an old revision.
@@ -263,7 +263,7 @@ fn restart_step(site: &ArticleSite, observed: &Observed, state: &State) -> Optio
     }
     let update = status.update_revision.as_deref()?;
     let replicas = usize::try_from(sts.spec.as_ref()?.replicas.unwrap_or(1)).unwrap_or(1);
-    let pods = database_pods(site, observed);
+    let pods = observed.database_pods();
     // One at a time: while a pod goes or comes, wait.
     if pods.iter().any(|p| p.metadata.deletion_timestamp.is_some()) || pods.len() < replicas {
         return None;
@@ -312,21 +312,6 @@ fn restart_step(site: &ArticleSite, observed: &Observed, state: &State) -> Optio
     }
 }
 
-/// The site's database pods.
-fn database_pods<'a>(site: &ArticleSite, observed: &'a Observed) -> Vec<&'a Pod> {
-    observed
-        .pods
-        .iter()
-        .filter(|p| {
-            p.labels()
-                .get("app.kubernetes.io/component")
-                .map(String::as_str)
-                == Some("database")
-                && p.labels().get("app.kubernetes.io/instance") == Some(&site.name_any())
-        })
-        .collect()
-}
-
 /// A standby failing for `spec.database.rebuildFailingStandbySeconds`, when rebuilding it is
 /// safe: a serving primary to clone from, no pod coming or going, the standby on the primary's
 /// pod template (a bad new template would fail again on any volume), and no rebuild within
@@ -348,7 +333,7 @@ fn rebuild(
     if last.is_some_and(|r| now.duration_since(r.at.0) < REBUILD_INTERVAL) {
         return None;
     }
-    let pods = database_pods(site, observed);
+    let pods = observed.database_pods();
     if pods.len() < 2 || pods.iter().any(|p| crate::ha::is_terminating(p)) {
         return None;
     }
