@@ -101,6 +101,19 @@ impl Fixture {
         .await
     }
 
+    /// Makes `pod` crash-loop (kwok's simulation stage, `hack/cluster/kwok-stages/`).
+    async fn crash_loop(&self, pod: &str) {
+        self.pods
+            .patch(
+                pod,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"annotations": {
+                    "articlesite.io/simulate": "crashloop"}}})),
+            )
+            .await
+            .expect("make the pod crash-loop");
+    }
+
     /// Plays Patroni's member update: its pod's `status` annotation and `role` label. As in
     /// Patroni 4, a streaming replica is `state: running` with `replication_state: streaming`.
     async fn member(&self, pod: &str, role: &str, state: &str, xlog: i64) {
@@ -1112,15 +1125,7 @@ async fn a_standby_that_keeps_failing_is_rebuilt_on_a_new_volume() {
 
     // p2 crash-loops (kwok's simulation stage), as a standby whose data is broken would.
     let started = Instant::now();
-    f.pods
-        .patch(
-            p2,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"annotations": {
-                "articlesite.io/simulate": "crashloop"}}})),
-        )
-        .await
-        .expect("make p2 crash-loop");
+    f.crash_loop(p2).await;
     let rebuild = f
         .wait_status("db", "the rebuild recorded", |s| {
             s.status.as_ref()?.database.as_ref()?.last_rebuild.clone()
@@ -1167,15 +1172,7 @@ async fn a_standby_that_keeps_failing_is_rebuilt_on_a_new_volume() {
     // Failing again right away: no second rebuild within 30 minutes.
     let f2 = f.pods.get(p2).await.expect("p2").uid();
     f.member(p2, "replica", "start failed", 0).await;
-    f.pods
-        .patch(
-            p2,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"annotations": {
-                "articlesite.io/simulate": "crashloop"}}})),
-        )
-        .await
-        .expect("make p2 crash-loop again");
+    f.crash_loop(p2).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         let p = f.pods.get(p2).await.expect("p2");

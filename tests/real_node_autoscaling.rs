@@ -238,7 +238,7 @@ async fn the_autoscaler_adds_pods_under_load_and_removes_them_after() {
     // Latency before: one reader.
     let quiet = ReadLoad::start(&addr, path, 1);
     let t = Instant::now();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await; // the measured window, not a wait
     let before = quiet.window(t, Instant::now());
     let quiet_failed = quiet.failed();
     quiet.stop().await;
@@ -277,7 +277,7 @@ async fn the_autoscaler_adds_pods_under_load_and_removes_them_after() {
     .await;
     let t_serving = started.elapsed();
     let scaled = Instant::now();
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await; // the measured window, not a wait
     let after = load.window(scaled, Instant::now());
     let early = load.window(started, started + Duration::from_secs(15));
     let peak = hpas
