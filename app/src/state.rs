@@ -1,6 +1,7 @@
 //! State shared by every request handler and background task of one server.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Semaphore;
@@ -13,6 +14,10 @@ use crate::db::{self, DbError, Outage, timed};
 use crate::metrics::Metrics;
 use crate::shutdown::Lifecycle;
 use crate::token::TokenDigest;
+
+/// The part of the database timeout a read gives the primary when a replica could answer
+/// instead: the rest is the replica's.
+const PRIMARY_SHARE_OF_READ: f64 = 0.5;
 
 pub struct AppState {
     pub config: Config,
@@ -80,10 +85,22 @@ impl AppState {
     where
         E: From<DbError> + Outage,
     {
+        self.db_within(self.config.db_timeout, op).await
+    }
+
+    /// `db` with its own time limit (reads that have a replica to fall back on).
+    async fn db_within<T, E>(
+        &self,
+        limit: Duration,
+        op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<DbError> + Outage,
+    {
         let open = self.breaker.is_open();
         let result = match self.breaker.check() {
             Err(e) => Err(E::from(e)),
-            Ok(()) => timed(self.config.db_timeout, failover::run_on(&self.pool, op)).await,
+            Ok(()) => timed(limit, failover::run_on(&self.pool, op)).await,
         };
         let result = match result {
             Err(e)
@@ -128,7 +145,17 @@ impl AppState {
     where
         E: From<DbError> + Outage,
     {
-        let primary_error = match self.db(op.clone()).await {
+        // A client gives a read about as long as the database timeout. When a replica can
+        // take over, the primary gets only part of it, so that a hung primary (frozen, cut
+        // off: no error, only silence) still leaves time to answer from the replica.
+        let fallback = self.read_pool.is_some() && !self.replica_breaker.is_open();
+        let limit = if fallback {
+            self.config.db_timeout.mul_f64(PRIMARY_SHARE_OF_READ)
+        } else {
+            self.config.db_timeout
+        };
+        let started = Instant::now();
+        let primary_error = match self.db_within(limit, op.clone()).await {
             Ok(v) => return Ok(Sourced::primary(v)),
             Err(e) if e.is_outage() => e,
             Err(e) => return Err(e),
@@ -140,7 +167,8 @@ impl AppState {
             return Err(primary_error);
         }
         let since_primary = self.failover.since_primary_answered();
-        let result = timed(self.config.db_timeout, async {
+        let left = self.config.db_timeout.saturating_sub(started.elapsed());
+        let result = timed(left, async {
             let mut held = Held::acquire(read_pool)
                 .await
                 .map_err(|e| E::from(DbError::from(e)))?;

@@ -4,6 +4,7 @@
 //! the reads it can still answer into failures).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -15,6 +16,13 @@ use crate::db::failover::{self, Staleness};
 use crate::db::{self, DbError};
 use crate::http::CACHE_NONE;
 use crate::state::AppState;
+
+/// The kubelet waits 2 s for `/readyz` (`timeoutSeconds` of the operator's Deployment) and
+/// counts a later answer as a failure: two of them take the pod out of its Service. So the
+/// answer comes within that, whatever the database does: a hung primary (frozen, cut off)
+/// gets `PRIMARY_CHECK`, the replica `REPLICA_CHECK` after it.
+const PRIMARY_CHECK: Duration = Duration::from_millis(800);
+const REPLICA_CHECK: Duration = Duration::from_millis(800);
 
 fn probe(status: StatusCode, body: serde_json::Value) -> Response {
     let mut res = (status, Json(body)).into_response();
@@ -41,7 +49,19 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         return unready("migrations not applied yet");
     }
     let limit = state.config.db_timeout;
-    match db::timed(limit, failover::run_on(&state.pool, db::ready)).await {
+    // While the breaker is open its probe asks the primary every 250 ms; asking again here
+    // would only spend the kubelet's time on a primary known to be down.
+    let primary = match state.breaker.check() {
+        Err(e) => Err(e),
+        Ok(()) => {
+            db::timed(
+                limit.min(PRIMARY_CHECK),
+                failover::run_on(&state.pool, db::ready),
+            )
+            .await
+        }
+    };
+    match primary {
         Ok(true) => {
             state.failover.primary_answered();
             // The database answered: requests need not wait for the breaker's own probe.
@@ -79,7 +99,7 @@ async fn replica_can_serve(state: &AppState) -> Option<Staleness> {
     );
     let since_primary = state.failover.since_primary_answered();
     let status = db::timed(
-        state.config.db_timeout,
+        state.config.db_timeout.min(REPLICA_CHECK),
         failover::run_on(pool, async |c| failover::replica_status(c).await),
     )
     .await

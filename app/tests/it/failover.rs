@@ -386,9 +386,32 @@ async fn reads_come_from_a_streaming_replica_while_the_primary_is_frozen() {
         slowest.as_millis()
     );
     assert_eq!(ok, total);
+    // A hung primary answers nothing: each read gives it half the database timeout (1 s
+    // here) and the replica the rest, so no read waits the whole timeout on the primary.
+    assert!(
+        slowest < Duration::from_millis(900),
+        "a read waited {} ms with the primary frozen (database timeout 1,000 ms)",
+        slowest.as_millis()
+    );
     assert_eq!(
         srv.get("/api/v1/articles/a").await.headers()["x-replica-staleness-seconds"],
         "0.0"
+    );
+    // The kubelet waits 2 s for /readyz and takes the pod out of its Service after two late
+    // answers: with the primary frozen the probe must still answer in time, and ready.
+    let t = Instant::now();
+    let ready = srv.get("/readyz").await;
+    let took = t.elapsed();
+    println!(
+        "primary frozen: /readyz answered {} in {} ms",
+        ready.status(),
+        took.as_millis()
+    );
+    assert_eq!(ready.status(), 200);
+    assert!(
+        took < Duration::from_secs(2),
+        "/readyz took {} ms",
+        took.as_millis()
     );
 
     // Thawed, the primary answers again and the replica is no longer asked.
