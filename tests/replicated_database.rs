@@ -152,16 +152,20 @@ fn synchronous_standby_names(ip: &str, login: &Login) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Whether the server at `ip` commits a write now: `select txid_current()` assigns a
-/// transaction id, so its commit is a real one (and waits for the synchronous standby).
-/// A server in recovery refuses it; a frozen or cut-off one does not answer within 1.5 s.
+/// Whether the server at `ip` commits a write now, as a client's write commits: a
+/// transactional WAL record (`pg_logical_emit_message`), so the commit waits for the
+/// synchronous standby. Not `select txid_current()`: a transaction that wrote no WAL before
+/// its commit record commits without waiting for any standby (PostgreSQL skips the wait),
+/// so a thawed old primary "accepted" it in the moment before Patroni demoted it, a commit
+/// no client could have had acknowledged. A server in recovery refuses the write; a frozen
+/// or cut-off one does not answer within 1.5 s.
 fn accepts_write(ip: &str, login: &Login) -> bool {
     let Ok(mut child) = Command::new("psql")
         .args([
             "-X",
             "-At",
             "-c",
-            "select txid_current()",
+            "select pg_logical_emit_message(true, 'articlesite-e2e', '')",
             &format!(
                 "host={ip} port=5432 user={} dbname={} connect_timeout=1",
                 login.user, login.database
