@@ -176,7 +176,7 @@ async fn the_autoscaler_adds_pods_under_load_and_removes_them_after() {
             // A small CPU request, so that a load this machine can generate is a large share.
             "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
             "autoscaling": {"minReplicas": 2, "maxReplicas": 6,
-                "targetCPUUtilizationPercentage": 50, "scaleDownStabilizationSeconds": 30},
+                "targetCPUUtilizationPercentage": 50, "scaleDownStabilizationSeconds": 60},
         },
         "database": {
             "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
