@@ -80,8 +80,14 @@ finish() { # ROOT
   local root=$1
   install -m 0755 "$images_dir/postgresql-entrypoint.sh" "$root/usr/local/bin/postgresql-entrypoint"
   install -m 0755 "$images_dir/patroni-post-bootstrap.sh" "$root/usr/local/bin/patroni-post-bootstrap"
+  # Backups (docs/backup-and-restore.md): the restore at bootstrap, the standby restored from
+  # the repository, and the agent that creates the stanza and reports archiving.
+  install -m 0755 "$images_dir/patroni-restore.sh" "$root/usr/local/bin/patroni-restore"
+  install -m 0755 "$images_dir/pgbackrest-replica.sh" "$root/usr/local/bin/pgbackrest-replica"
+  install -m 0755 "$images_dir/backup-agent.py" "$root/usr/local/bin/backup-agent"
   # Writable at run time only where the operator mounts volumes; these are the mount points.
-  mkdir -p "$root/run/postgresql" "$root/var/lib/postgresql/data" "$root/etc/patroni" "$root/tmp"
+  mkdir -p "$root/run/postgresql" "$root/var/lib/postgresql/data" "$root/etc/patroni" "$root/tmp" \
+    "$root/etc/pgbackrest"
   chown "$POSTGRES_UID:$POSTGRES_UID" "$root/run/postgresql" "$root/var/lib/postgresql" \
     "$root/var/lib/postgresql/data"
   chmod 2775 "$root/run/postgresql"

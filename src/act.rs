@@ -10,7 +10,9 @@
 //! 3. the ServiceAccounts (the pods name them) and the database's Role (its RoleBinding is
 //!    checked against it), then every other child at once (server-side apply);
 //! 4. the rest at once: the Ingress no longer asked for, storage expansion, force deletion of
-//!    orphaned pods, the eviction of an unhealthy pod.
+//!    orphaned pods, the eviction of an unhealthy pod;
+//! 5. what the operator asks of Patroni, and the switchover annotation;
+//! 6. a backup Job, the backup annotation, and the leftovers of a removed `spec.backup`.
 //!
 //! A refusal the user must fix (invalid, forbidden) is recorded and the other writes go on; any
 //! other error fails the reconcile, which is retried with backoff.
@@ -20,10 +22,12 @@ use std::fmt::Debug;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Endpoints, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -37,6 +41,7 @@ use crate::diff::Outcome;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::patroni;
+use crate::plan::backup::{BACKUP_ANNOTATION, Leftover};
 use crate::plan::database::{ConfigPatch, Rebuild, SWITCHOVER_ANNOTATION, Switchover};
 use crate::plan::{Apply, Child, Eviction, Expansion, Orphan, Plan, Rollout, Rotation};
 use crate::secrets::{self, Generated};
@@ -75,6 +80,12 @@ pub struct Outcomes {
     pub database_pod_restarted: Option<String>,
     /// The failing standby whose claim and pod were deleted.
     pub standby_rebuilt: Option<Rebuild>,
+    /// The backup Job this reconcile created (a 409 means it exists: not ours).
+    pub backup_job_created: Option<String>,
+    /// The backup annotation was removed from the site.
+    pub backup_request_cleared: bool,
+    /// Leftovers of a removed `spec.backup` that were deleted (`Kind/name`).
+    pub backup_deleted: Vec<String>,
 }
 
 /// A generated Secret as the create's answer described it: metadata only, the value dropped.
@@ -289,10 +300,61 @@ pub async fn act(
     out.switchover = switchover;
     out.config_patched = config_patched;
     if db.clear_annotation {
-        clear_switchover_annotation(client, &ns, metrics, site).await?;
+        clear_annotation(client, &ns, metrics, site, SWITCHOVER_ANNOTATION).await?;
         out.annotation_cleared = true;
     }
+
+    // 6. Backups: the Job, then its annotation (a failed create leaves the request).
+    let b = &plan.backup;
+    if let Some(job) = &b.create_job {
+        out.backup_job_created = create_job(client, &ns, metrics, job).await?;
+    }
+    if b.clear_request {
+        clear_annotation(client, &ns, metrics, site, BACKUP_ANNOTATION).await?;
+        out.backup_request_cleared = true;
+    }
+    out.backup_deleted = futures::future::try_join_all(
+        b.delete
+            .iter()
+            .map(|l| delete_leftover(client, &ns, metrics, l)),
+    )
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
     Ok(out)
+}
+
+/// Creates a backup Job; `Some(name)` when this call created it.
+async fn create_job(
+    client: &Client,
+    ns: &str,
+    metrics: &Metrics,
+    job: &Job,
+) -> Result<Option<String>> {
+    let name = job.name_any();
+    metrics.write("create", "Job");
+    match api::<Job>(client, ns).create(&post_params(), job).await {
+        Ok(_) => {
+            info!(job = %name, "backup job created");
+            Ok(Some(name))
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(Error::kube("create", "Job")(e)),
+    }
+}
+
+async fn delete_leftover(
+    client: &Client,
+    ns: &str,
+    metrics: &Metrics,
+    leftover: &Leftover,
+) -> Result<Option<String>> {
+    let deleted = match leftover {
+        Leftover::CronJob(n) => delete_named::<CronJob>(client, ns, metrics, n).await?,
+        Leftover::RoleBinding(n) => delete_named::<RoleBinding>(client, ns, metrics, n).await?,
+    };
+    Ok(deleted)
 }
 
 /// Deletes one object; `Some(name)` when this call deleted it.
@@ -467,14 +529,15 @@ async fn rebuild_standby(
     }
 }
 
-/// Removes the switchover annotation: the request was handed to Patroni (or refused).
-async fn clear_switchover_annotation(
+/// Removes a request annotation (switchover, backup): the request was acted on (or refused).
+async fn clear_annotation(
     client: &Client,
     ns: &str,
     metrics: &Metrics,
     site: &ArticleSite,
+    annotation: &str,
 ) -> Result<()> {
-    let patch = serde_json::json!({"metadata": {"annotations": {SWITCHOVER_ANNOTATION: null}}});
+    let patch = serde_json::json!({"metadata": {"annotations": {annotation: null}}});
     metrics.write("patch", "ArticleSite");
     match api::<ArticleSite>(client, ns)
         .patch(
@@ -568,6 +631,7 @@ async fn apply_child(
         Child::NetworkPolicy(o) => ssa(&api(client, ns), o).await.map(drop),
         Child::Ingress(o) => ssa(&api(client, ns), o).await.map(drop),
         Child::HorizontalPodAutoscaler(o) => ssa(&api(client, ns), o).await.map(drop),
+        Child::CronJob(o) => ssa(&api(client, ns), o).await.map(drop),
     };
     let outcome = |rejected| ChildOutcome {
         kind,

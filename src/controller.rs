@@ -20,6 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -51,6 +52,8 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     pub concurrency: u16,
     pub cluster_domain: String,
+    /// Image of the backup Jobs (`articlesite-operator backup`): the operator's own.
+    pub backup_image: String,
     /// Periodic re-check of every site even without events (reads only at steady state).
     pub resync: Duration,
     /// Trailing-edge debounce of reconcile triggers (kube-runtime's `Config::debounce`).
@@ -114,8 +117,14 @@ pub async fn reconcile(site: Arc<ArticleSite>, ctx: Arc<Context>) -> Result<Acti
 }
 
 async fn reconcile_site(site: &ArticleSite, ctx: &Context) -> Result<Action> {
-    let mut observed =
-        observe::observe(&ctx.client, &ctx.caches, site, &ctx.settings.cluster_domain).await?;
+    let mut observed = observe::observe(
+        &ctx.client,
+        &ctx.caches,
+        site,
+        &ctx.settings.cluster_domain,
+        &ctx.settings.backup_image,
+    )
+    .await?;
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut plan = plan::plan(site, &observed, now);
     let mut outcomes = act::act(&ctx.client, &ctx.metrics, site, &plan).await?;
@@ -252,6 +261,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
             .owns_stream(watches::children::<Role>(&client, ns, m.clone()))
             .owns_stream(watches::children::<RoleBinding>(&client, ns, m.clone()))
             .owns_stream(watches::children::<Ingress>(&client, ns, m.clone()))
+            .owns_stream(watches::children::<CronJob>(&client, ns, m.clone()))
             // Its status (the replica count it wants, whether it is limited) is reported.
             .owns_stream(watches::children::<HorizontalPodAutoscaler>(
                 &client,
@@ -265,6 +275,14 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<Metrics>) {
                 |pod: PartialObjectMeta<Pod>| {
                     let site = pod.labels().get("app.kubernetes.io/instance")?.clone();
                     Some(ObjectRef::new(&site).within(&pod.namespace()?))
+                },
+            )
+            // Backup Jobs belong to their CronJobs: mapped by instance label, like pods.
+            .watches_stream(
+                watches::children::<Job>(&client, ns, m.clone()),
+                |job: PartialObjectMeta<Job>| {
+                    let site = job.labels().get("app.kubernetes.io/instance")?.clone();
+                    Some(ObjectRef::new(&site).within(&job.namespace()?))
                 },
             )
             .reconcile_all_on(metrics.api_recoveries())

@@ -14,6 +14,12 @@ use kube::core::{ListMerge, Rule};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+mod backup;
+pub use backup::{
+    BackupFailure, BackupRecord, BackupSpec, BackupStatus, BootstrapSpec, CaSecret, RecoverySpec,
+    S3Repository, UriStyle,
+};
+
 /// Group of the custom resource.
 pub const GROUP: &str = "articlesite.io";
 
@@ -55,7 +61,9 @@ const PG_IDENTIFIER_RULE: &str = "self.matches('^[a-z_][a-z0-9_]{0,62}$')";
     printcolumn(name = "URL", type_ = "string", priority = 1, json_path = ".status.url"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.size() <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
-        .message("metadata.name must be at most 40 characters of lowercase letters, digits and '-', starting with a letter (it prefixes the names of Services and StatefulSet pods)")
+        .message("metadata.name must be at most 40 characters of lowercase letters, digits and '-', starting with a letter (it prefixes the names of Services and StatefulSet pods)"),
+    validation = Rule::new("!has(self.spec.database) || !has(self.spec.database.bootstrap) || has(self.spec.backup)")
+        .message("spec.database.bootstrap.recovery restores from the bucket of spec.backup: set spec.backup (the restored site archives to its own path there)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ArticleSiteSpec {
@@ -86,6 +94,11 @@ pub struct ArticleSiteSpec {
     /// Nodes the site's pods may run on (app and database alike). Anywhere when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<PlacementSpec>,
+
+    /// Continuous archiving and scheduled backups of the database to S3-compatible object
+    /// storage (docs/backup-and-restore.md). No backups when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
 }
 
 /// Which nodes run the pods of a site: a node selector and tolerations, applied to the pod
@@ -463,7 +476,9 @@ fn quantity_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.synchronousMode != 'Strict' || (has(self.instances) && self.instances >= 2)")
-        .message("spec.database.synchronousMode Strict needs spec.database.instances set to at least 2: with one instance every write would wait forever for a synchronous standby that does not exist (use Synchronous, which writes alone while no standby is left)")
+        .message("spec.database.synchronousMode Strict needs spec.database.instances set to at least 2: with one instance every write would wait forever for a synchronous standby that does not exist (use Synchronous, which writes alone while no standby is left)"),
+    validation = Rule::new("!has(self.bootstrap) || (has(oldSelf.bootstrap) && self.bootstrap == oldSelf.bootstrap)")
+        .message("spec.database.bootstrap can only be set when the site is created: restoring into an existing site would replace its database; create a new ArticleSite to restore into")
 )]
 pub struct DatabaseSpec {
     /// Number of PostgreSQL instances: one primary and `instances - 1` hot standbys, placed one
@@ -529,6 +544,10 @@ pub struct DatabaseSpec {
     #[serde(default = "default_rebuild_failing_standby")]
     #[schemars(range(min = 0, max = 86400))]
     pub rebuild_failing_standby_seconds: i64,
+
+    /// Start a new site's database from a backup instead of empty. Only at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
 }
 
 fn default_rebuild_failing_standby() -> i64 {
@@ -547,6 +566,7 @@ impl Default for DatabaseSpec {
             storage: StorageSpec::default(),
             resources: default_db_resources(),
             rebuild_failing_standby_seconds: default_rebuild_failing_standby(),
+            bootstrap: None,
         }
     }
 }
@@ -673,6 +693,9 @@ pub struct ArticleSiteStatus {
     /// Placement of the ready app pods, restarts and rollbacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability: Option<AvailabilityStatus>,
+    /// The backup repository, while `spec.backup` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
 }
 
 /// What the operator observed and did for high availability.

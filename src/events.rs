@@ -8,6 +8,7 @@ use kube::{Resource, ResourceExt};
 use tracing::warn;
 
 use crate::act::{EvictionOutcome, ExpansionOutcome, Outcomes};
+use crate::backup_report::CONTINUOUS_ARCHIVING;
 use crate::crd::{ArticleSite, ArticleSiteStatus};
 use crate::diff::Outcome;
 use crate::metrics::Metrics;
@@ -152,6 +153,7 @@ pub fn transitions(
         ));
     }
     events.extend(database(site, plan, outcomes, new));
+    events.extend(backups(site, plan, outcomes, new));
     for o in &outcomes.pods_deleted {
         events.push(SiteEvent::warning(
             Reason::OrphanedPodDeleted,
@@ -159,6 +161,58 @@ pub fn transitions(
                 "pod {} was bound to node {}, which no longer exists; deleted it so that it is replaced",
                 o.pod, o.node
             ),
+        ));
+    }
+    events
+}
+
+/// The backups' Events: a Job started, a backup that succeeded or failed (seen once, when
+/// the status first records it), a request that was not a backup type.
+fn backups(
+    site: &ArticleSite,
+    plan: &Plan,
+    outcomes: &Outcomes,
+    new: &ArticleSiteStatus,
+) -> Vec<SiteEvent> {
+    let mut events = Vec::new();
+    if let Some(job) = &outcomes.backup_job_created {
+        events.push(SiteEvent::normal(
+            Reason::BackupStarted,
+            format!("started backup Job {job}"),
+        ));
+    }
+    if let (true, Some(why)) = (outcomes.backup_request_cleared, &plan.backup.refused) {
+        events.push(SiteEvent::warning(
+            Reason::BackupRequestRefused,
+            why.clone(),
+        ));
+    }
+    let old = site.status.as_ref().and_then(|s| s.backup.as_ref());
+    let Some(now) = new.backup.as_ref() else {
+        return events;
+    };
+    if let Some(b) = &now.last_backup
+        && old.and_then(|o| o.last_backup.as_ref()).map(|o| &o.label) != Some(&b.label)
+    {
+        let seconds = b.finished.0.as_second() - b.started.0.as_second();
+        events.push(SiteEvent::normal(
+            Reason::BackupSucceeded,
+            format!(
+                "{} backup {} took {seconds}s: {} MiB of database, {} MiB in {}",
+                b.kind,
+                b.label,
+                b.database_bytes >> 20,
+                b.repository_bytes >> 20,
+                now.repository
+            ),
+        ));
+    }
+    if let Some(f) = &now.last_failure
+        && old.and_then(|o| o.last_failure.as_ref()).map(|o| &o.job) != Some(&f.job)
+    {
+        events.push(SiteEvent::warning(
+            Reason::BackupFailed,
+            format!("backup Job {} failed: {}", f.job, f.message),
         ));
     }
     events
@@ -257,6 +311,7 @@ fn conditions(old: Option<&ArticleSiteStatus>, new: &ArticleSiteStatus) -> Vec<S
         PROGRESSING,
         HIGHLY_AVAILABLE,
         DATABASE_HIGHLY_AVAILABLE,
+        CONTINUOUS_ARCHIVING,
     ] {
         let before = state(old, type_);
         let Some(c) = new.conditions.iter().find(|c| c.type_ == type_) else {
@@ -293,6 +348,10 @@ fn conditions(old: Option<&ArticleSiteStatus>, new: &ArticleSiteStatus) -> Vec<S
             (HIGHLY_AVAILABLE, _) if was_true => events.push(SiteEvent::warning(reason, message)),
             (DATABASE_HIGHLY_AVAILABLE, "True") => events.push(SiteEvent::normal(reason, message)),
             (DATABASE_HIGHLY_AVAILABLE, _) if was_true => {
+                events.push(SiteEvent::warning(reason, message))
+            }
+            (CONTINUOUS_ARCHIVING, "True") => events.push(SiteEvent::normal(reason, message)),
+            (CONTINUOUS_ARCHIVING, _) if was_true => {
                 events.push(SiteEvent::warning(reason, message))
             }
             _ => {}

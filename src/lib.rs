@@ -8,6 +8,9 @@
 pub mod act;
 pub mod admission;
 pub mod api_health;
+pub mod archive;
+pub mod backup_job;
+pub mod backup_report;
 pub mod caches;
 pub mod controller;
 pub mod crd;

@@ -11,6 +11,7 @@ use kube::{Client, Config};
 use tracing::info;
 
 use articlesite_operator::api_health::{self, ApiHealth};
+use articlesite_operator::backup_job;
 use articlesite_operator::controller::{self, Settings};
 use articlesite_operator::fence::{Fence, FenceLayer};
 use articlesite_operator::leader::{self, ElectionSettings, Elector};
@@ -35,6 +36,24 @@ enum Command {
     Crd,
     /// Reconcile ArticleSites until SIGTERM or SIGINT.
     Run(RunArgs),
+    /// Back up one site's database (what its backup Jobs run): pgBackRest in the primary's pod.
+    Backup(BackupArgs),
+}
+
+#[derive(clap::Args)]
+struct BackupArgs {
+    /// The ArticleSite.
+    #[arg(long)]
+    site: String,
+    /// Its namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// `full`, `diff` or `incr`.
+    #[arg(long = "type", default_value = "full")]
+    kind: articlesite_operator::resources::backup::BackupType,
+    /// Where the result goes for the operator to read (the container's termination message).
+    #[arg(long, default_value = "/dev/termination-log")]
+    result_file: std::path::PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -56,6 +75,10 @@ struct RunArgs {
     /// DNS domain of the cluster, for in-cluster URLs.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Image of the backup Jobs, which run `articlesite-operator backup`: this operator's own
+    /// image (the chart sets it).
+    #[arg(long, env = "BACKUP_IMAGE", default_value = concat!("articlesite/articlesite-operator:", env!("CARGO_PKG_VERSION")))]
+    backup_image: String,
     /// Seconds between periodic re-checks of each site (reads only when nothing changed).
     #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
@@ -143,6 +166,23 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run(args).await,
+        Command::Backup(args) => {
+            telemetry::init(LogFormat::Json);
+            let client = Client::try_default()
+                .await
+                .context("load kubeconfig or in-cluster config")?;
+            let job = backup_job::BackupJob {
+                namespace: args.namespace,
+                site: args.site,
+                kind: args.kind,
+            };
+            let result = job.run(&client).await;
+            // The operator reads the outcome from the termination message, success or not.
+            let message = backup_job::termination_message(&result);
+            std::fs::write(&args.result_file, message)
+                .with_context(|| format!("write {}", args.result_file.display()))?;
+            result.map(|_| ()).map_err(Into::into)
+        }
     }
 }
 
@@ -208,6 +248,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .collect(),
         concurrency: args.concurrency.max(1),
         cluster_domain: args.cluster_domain,
+        backup_image: args.backup_image,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         debounce: Duration::from_millis(args.debounce_millis),
     };

@@ -11,6 +11,7 @@ use std::fmt::Debug;
 use k8s_openapi::Resource as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
@@ -38,6 +39,10 @@ use crate::spread::NodeFacts;
 pub struct Observed {
     /// The cluster's DNS domain (a setting of the operator), for in-cluster URLs.
     pub cluster_domain: String,
+    /// The image the backup Jobs run (a setting of the operator: its own image).
+    pub backup_image: String,
+    /// The backup objects, while `spec.backup` is set or was (`status.backup`).
+    pub backup: BackupObserved,
     pub deployment: Option<Deployment>,
     pub statefulset: Option<StatefulSet>,
     pub service_account: Option<ServiceAccount>,
@@ -80,6 +85,24 @@ pub struct Observed {
     pub stale_endpoint_slices: Vec<String>,
 }
 
+/// What exists of a site's backups.
+#[derive(Clone, Debug, Default)]
+pub struct BackupObserved {
+    /// Whether `spec.backup` was looked at (else everything below is empty).
+    pub looked: bool,
+    pub config: Option<ConfigMap>,
+    pub service_account: Option<ServiceAccount>,
+    pub role: Option<Role>,
+    pub role_binding: Option<RoleBinding>,
+    pub cron_jobs: Vec<CronJob>,
+    /// Every backup Job of the site (scheduled and on demand), by label.
+    pub jobs: Vec<Job>,
+    /// Whether the repository's credentials Secret exists (metadata only).
+    pub credentials_exist: bool,
+    /// Whether the CA Secret exists; `None` when the spec names none.
+    pub ca_exists: Option<bool>,
+}
+
 impl Observed {
     /// Patroni's view of the site's database, from its Endpoints and database pods.
     pub fn patroni(&self, site: &ArticleSite) -> crate::patroni::State {
@@ -97,6 +120,18 @@ impl Observed {
                     == Some("database")
             })
             .collect()
+    }
+
+    /// The archive report of the primary's backup agent: the Patroni leader's pod, else the
+    /// pod whose agent says it is the primary.
+    pub fn archive_report(&self, site: &ArticleSite) -> Option<crate::archive::ArchiveReport> {
+        let pods = self.database_pods();
+        let leader = self.patroni(site).leader;
+        let report = |p: &&Pod| crate::archive::ArchiveReport::of(p);
+        pods.iter()
+            .find(|p| leader.as_deref() == Some(p.name_any().as_str()))
+            .and_then(report)
+            .or_else(|| pods.iter().filter_map(report).find(|r| r.primary))
     }
 
     /// What is known of node `name` (cordon, taints), from the node cache.
@@ -177,6 +212,7 @@ pub async fn observe(
     caches: &Caches,
     site: &ArticleSite,
     cluster_domain: &str,
+    backup_image: &str,
 ) -> Result<Observed> {
     let ns = site
         .namespace()
@@ -233,6 +269,7 @@ pub async fn observe(
         ),
         endpoints,
         stale_endpoint_slices,
+        backup,
     ) = futures::try_join!(
         get_opt(namespaced::<Deployment>(client, &ns), Names::app(&name)),
         get_opt(
@@ -302,6 +339,7 @@ pub async fn observe(
         },
         list(namespaced::<Endpoints>(client, &ns), &database_selector),
         controller_slices(client, &ns, &database_service),
+        observe_backup(client, site, &ns),
     )?;
     let storage_class = storage_class(caches, site);
     let claims = caches
@@ -341,6 +379,8 @@ pub async fn observe(
 
     Ok(Observed {
         cluster_domain: cluster_domain.to_string(),
+        backup_image: backup_image.to_string(),
+        backup,
         deployment,
         statefulset,
         service_account,
@@ -365,6 +405,68 @@ pub async fn observe(
         patroni_config,
         endpoints,
         stale_endpoint_slices,
+    })
+}
+
+/// The backup objects of a site whose spec asks for backups, or whose status says it did
+/// (their removal is then planned); nothing is read for the others.
+async fn observe_backup(client: &Client, site: &ArticleSite, ns: &str) -> Result<BackupObserved> {
+    let had = site.status.as_ref().is_some_and(|s| s.backup.is_some());
+    if site.spec.backup.is_none() && !had {
+        return Ok(BackupObserved::default());
+    }
+    let name = site.name_any();
+    let secrets: Api<Secret> = namespaced(client, ns);
+    let exists = |secret: Option<String>| {
+        let secrets = secrets.clone();
+        async move {
+            match secret {
+                Some(s) => secrets
+                    .get_metadata_opt(&s)
+                    .await
+                    .map(|m| Some(m.is_some()))
+                    .map_err(Error::kube("get", Secret::KIND)),
+                None => Ok(None),
+            }
+        }
+    };
+    let spec = site.spec.backup.as_ref();
+    let selector = resources::selector_string(&resources::selector_labels(site, Component::Backup));
+    let (config, service_account, role, role_binding, cron_jobs, jobs, credentials, ca) = futures::try_join!(
+        get_opt(
+            namespaced::<ConfigMap>(client, ns),
+            Names::backup_config(&name)
+        ),
+        get_opt(
+            namespaced::<ServiceAccount>(client, ns),
+            Names::backup(&name)
+        ),
+        get_opt(namespaced::<Role>(client, ns), Names::backup(&name)),
+        get_opt(namespaced::<RoleBinding>(client, ns), Names::backup(&name)),
+        get_named(
+            namespaced::<CronJob>(client, ns),
+            [
+                resources::backup::BackupType::Full,
+                resources::backup::BackupType::Diff
+            ]
+            .into_iter()
+            .map(|k| resources::backup::cron_job_name(&name, k))
+            .collect()
+        ),
+        list(namespaced::<Job>(client, ns), &selector),
+        exists(spec.map(|b| b.s3.credentials_secret.clone())),
+        exists(spec.and_then(|b| b.s3.ca_secret.as_ref().map(|c| c.name.clone()))),
+    )?;
+    Ok(BackupObserved {
+        looked: true,
+        config,
+        service_account,
+        role,
+        role_binding,
+        cron_jobs,
+        jobs,
+        credentials_exist: credentials.unwrap_or(false),
+        ca_exists: ca,
     })
 }
 

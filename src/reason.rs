@@ -63,6 +63,29 @@ pub enum Reason {
     SwitchoverFailed,
     DatabaseInstanceRestarted,
     DatabaseStandbyRebuilt,
+    // Backups: problems (Degraded)
+    BackupCredentialsNotFound,
+    #[strum(serialize = "BackupCANotFound")]
+    BackupCaNotFound,
+    RecoveryTargetInFuture,
+    RecoveryTargetInvalid,
+    // ContinuousArchiving
+    Archiving,
+    ArchiveStatusUnknown,
+    ArchiveLagging,
+    ArchiveCredentialsRejected,
+    ArchiveBucketNotFound,
+    #[strum(serialize = "ArchiveTLSFailed")]
+    ArchiveTlsFailed,
+    ArchiveUnreachable,
+    ArchiveRepositoryMismatch,
+    ArchiveFailing,
+    // LastBackupSucceeded, and the backups' Events
+    BackupSucceeded,
+    BackupFailed,
+    NoBackupYet,
+    BackupStarted,
+    BackupRequestRefused,
     // Actions (Events)
     SecretCreated,
     CredentialsRecreated,

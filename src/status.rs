@@ -16,6 +16,7 @@ use kube::ResourceExt;
 
 use crate::act::{EvictionOutcome, ExpansionOutcome, Outcomes};
 use crate::admission;
+use crate::backup_report;
 use crate::crd::{
     AppStatus, ArticleSite, ArticleSiteStatus, AutoscalingStatus, AvailabilityStatus,
     CredentialsStatus, DatabaseStatus,
@@ -190,9 +191,25 @@ fn database_state(
 }
 
 fn condition(type_: &str, ok: bool, reason: Reason, message: String, generation: i64) -> Condition {
+    tri_condition(type_, Some(ok), reason, message, generation)
+}
+
+/// A condition that may be `Unknown` (`None`).
+fn tri_condition(
+    type_: &str,
+    ok: Option<bool>,
+    reason: Reason,
+    message: String,
+    generation: i64,
+) -> Condition {
     Condition {
         type_: type_.into(),
-        status: if ok { "True" } else { "False" }.into(),
+        status: match ok {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
+        }
+        .into(),
         reason: reason.as_str().into(),
         message,
         observed_generation: Some(generation),
@@ -339,7 +356,10 @@ pub fn compute(
         .or(observed.statefulset.as_ref());
     let mut app = app_rollout(site, deployment);
     app.status.autoscaling = autoscaling_status(site, observed.autoscaler.as_ref());
-    let problems = problems(plan, outcomes, &app);
+    let mut problems = problems(plan, outcomes, &app);
+    let archive = observed.archive_report(site);
+    let backup = backup_report::report(site, observed, archive.as_ref());
+    problems.extend(backup.as_ref().and_then(|b| b.problem.clone()));
     let patroni = observed.patroni(site);
     // A paused site plans nothing: the instance count as last reported, else as observed.
     let instances = if plan.paused {
@@ -480,6 +500,20 @@ pub fn compute(
             generation,
         ),
     ];
+    if let Some(b) = &backup {
+        for (type_, v) in [
+            (backup_report::CONTINUOUS_ARCHIVING, &b.archiving),
+            (backup_report::LAST_BACKUP_SUCCEEDED, &b.last_backup),
+        ] {
+            conditions.push(tri_condition(
+                type_,
+                v.status,
+                v.reason,
+                v.message.clone(),
+                generation,
+            ));
+        }
+    }
     transition_times(&mut conditions, previous, now);
 
     let prev = previous
@@ -529,6 +563,7 @@ pub fn compute(
         url: Some(resources::in_cluster_url(site, &observed.cluster_domain)),
         credentials,
         availability: Some(availability),
+        backup: backup.map(|b| b.status),
     }
 }
 

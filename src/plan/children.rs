@@ -255,7 +255,7 @@ fn deployment(site: &ArticleSite, observed: &Observed) -> (Deployment, Rollout) 
 }
 
 /// Stamps the applied-hash annotation on `desired` and compares it with `live`.
-fn compare<K: Resource + Serialize>(mut desired: K, live: Option<&K>) -> (K, Outcome) {
+pub(super) fn compare<K: Resource + Serialize>(mut desired: K, live: Option<&K>) -> (K, Outcome) {
     // Serialising a k8s-openapi object cannot fail (no maps with non-string keys); should it
     // ever, applying is the safe choice: the API server validates the object.
     let Ok((body, hash)) = diff::stamp(&mut desired) else {

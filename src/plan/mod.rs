@@ -15,6 +15,7 @@
 //!    guard (`diff`); only those that differ are applied;
 //! 4. storage expansion, and the pod actions of high availability (`pods`).
 
+pub mod backup;
 mod children;
 pub mod database;
 mod environment;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -64,6 +66,8 @@ pub struct Plan {
     pub handover_replicas: Option<i32>,
     /// What the operator asks of Patroni, and stale EndpointSlices to delete.
     pub database: database::DatabasePlan,
+    /// Backup Jobs to start, the backup annotation to clear, leftovers of a removed `spec.backup`.
+    pub backup: backup::BackupPlan,
     /// `spec.database.instances`, resolved (the live count when unset).
     pub instances: i32,
     /// Data claims to grow to a larger `storage.size`.
@@ -109,6 +113,7 @@ pub enum Child {
     NetworkPolicy(NetworkPolicy),
     Ingress(Ingress),
     HorizontalPodAutoscaler(HorizontalPodAutoscaler),
+    CronJob(CronJob),
 }
 
 impl Child {
@@ -126,6 +131,7 @@ impl Child {
             Child::NetworkPolicy(_) => NetworkPolicy::KIND,
             Child::Ingress(_) => Ingress::KIND,
             Child::HorizontalPodAutoscaler(_) => HorizontalPodAutoscaler::KIND,
+            Child::CronJob(_) => CronJob::KIND,
         }
     }
 
@@ -142,6 +148,7 @@ impl Child {
             Child::NetworkPolicy(o) => &o.metadata,
             Child::Ingress(o) => &o.metadata,
             Child::HorizontalPodAutoscaler(o) => &o.metadata,
+            Child::CronJob(o) => &o.metadata,
         };
         meta.name.as_deref().unwrap_or_default()
     }
@@ -195,6 +202,7 @@ impl Plan {
             && self.delete_autoscaler.is_none()
             && self.handover_replicas.is_none()
             && self.database.is_empty()
+            && self.backup.is_empty()
             && self.expand_claims.is_empty()
             && self.pods.is_empty()
     }
@@ -209,6 +217,7 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
         };
     }
     let mut problems = environment::problems(site, observed);
+    problems.extend(backup::problems(site, observed, now));
     let secrets = secrets::plan(site, observed);
     if secrets.waiting {
         return Plan {
@@ -219,8 +228,10 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
             ..Plan::default()
         };
     }
-    let children = children::plan(site, observed, &problems);
+    let mut children = children::plan(site, observed, &problems);
     problems.extend(children.problems);
+    let archive = observed.archive_report(site);
+    let backup = backup::plan(site, observed, archive.as_ref(), now, &mut children.applies);
     let expand_claims = children::expansions(site, observed, &problems);
     let pods = pods::plan(site, observed, now);
     let patroni = observed.patroni(site);
@@ -234,6 +245,7 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
             .then_some(Duration::from_secs(5)),
         // A pending switchover is looked at again until it happened or timed out.
         database::pending(site, now).map(|_| Duration::from_secs(5)),
+        backup.recheck,
     ]
     .into_iter()
     .flatten()
@@ -247,6 +259,7 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
         delete_autoscaler: children.delete_autoscaler,
         handover_replicas: children.handover_replicas,
         database,
+        backup,
         instances: children.instances,
         expand_claims,
         pods: pods.actions,

@@ -49,10 +49,29 @@ fn applied(mut observed: Observed, plan: &Plan) -> Observed {
             Child::ServiceAccount(o) if o.metadata.name.as_deref() == Some("news") => {
                 observed.service_account = Some(o)
             }
+            Child::ServiceAccount(o) if o.metadata.name.as_deref() == Some("news-backup") => {
+                observed.backup.service_account = Some(o)
+            }
             Child::ServiceAccount(o) => observed.database_service_account = Some(o),
+            Child::Role(o) if o.metadata.name.as_deref() == Some("news-backup") => {
+                observed.backup.role = Some(o)
+            }
             Child::Role(o) => observed.database_role = Some(o),
+            Child::RoleBinding(o) if o.metadata.name.as_deref() == Some("news-backup") => {
+                observed.backup.role_binding = Some(o)
+            }
             Child::RoleBinding(o) => observed.database_role_binding = Some(o),
+            Child::ConfigMap(o) if o.metadata.name.as_deref() == Some("news-pgbackrest") => {
+                observed.backup.config = Some(o)
+            }
             Child::ConfigMap(o) => observed.patroni_config = Some(o),
+            Child::CronJob(o) => {
+                observed
+                    .backup
+                    .cron_jobs
+                    .retain(|c| c.metadata.name != o.metadata.name);
+                observed.backup.cron_jobs.push(o)
+            }
             Child::Deployment(mut d) => {
                 d.metadata.uid = Some("deployment-uid".into());
                 d.metadata.generation = Some(1);

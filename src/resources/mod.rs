@@ -10,6 +10,7 @@ use kube::{Resource, ResourceExt};
 use crate::crd::{ArticleSite, ComputeResources};
 
 pub mod autoscaler;
+pub mod backup;
 pub mod deployment;
 pub mod ingress;
 pub mod network_policy;
@@ -41,6 +42,8 @@ pub const WRITE_TOKEN_KEY: &str = "token";
 pub enum Component {
     App,
     Database,
+    /// The backup Jobs (`backup`).
+    Backup,
 }
 
 impl Component {
@@ -48,12 +51,14 @@ impl Component {
         match self {
             Component::App => "article-server",
             Component::Database => "postgresql",
+            Component::Backup => "pgbackrest",
         }
     }
     fn component_label(self) -> &'static str {
         match self {
             Component::App => "app",
             Component::Database => "database",
+            Component::Backup => "backup",
         }
     }
 }
@@ -102,6 +107,14 @@ impl Names {
     pub fn service_account(site: &str) -> String {
         site.to_string()
     }
+    /// ServiceAccount, Role and RoleBinding of the backup Jobs; prefix of their CronJobs.
+    pub fn backup(site: &str) -> String {
+        format!("{site}-backup")
+    }
+    /// The ConfigMap with `pgbackrest.conf`.
+    pub fn backup_config(site: &str) -> String {
+        format!("{site}-pgbackrest")
+    }
     pub fn default_tls_secret(site: &str) -> String {
         format!("{site}-tls")
     }
@@ -130,7 +143,7 @@ pub fn labels(site: &ArticleSite, component: Component) -> BTreeMap<String, Stri
     labels.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
     let image = match component {
         Component::App => &site.spec.app.image,
-        Component::Database => &site.spec.database.image,
+        Component::Database | Component::Backup => &site.spec.database.image,
     };
     if let Some(version) = image_version(image) {
         labels.insert("app.kubernetes.io/version".into(), version);

@@ -52,8 +52,31 @@ fn dns_rule() -> NetworkPolicyEgressRule {
 }
 
 /// Ingress: 5432 from the app and the instances, 8008 from the instances. Egress: the
-/// instances (5432 streaming and pg_rewind, 8008 failsafe), DNS, the API server.
+/// instances (5432 streaming and pg_rewind, 8008 failsafe), DNS, the API server, and with
+/// `spec.backup` the S3 endpoint's port (any address: object storage is outside the cluster).
 pub fn database(site: &ArticleSite) -> NetworkPolicy {
+    let mut egress = vec![
+        dns_rule(),
+        NetworkPolicyEgressRule {
+            to: Some(vec![pods_of(site, Component::Database)]),
+            ports: Some(vec![tcp(POSTGRES_PORT), tcp(PATRONI_PORT)]),
+        },
+        NetworkPolicyEgressRule {
+            to: None,
+            ports: Some(API_SERVER_PORTS.iter().map(|p| tcp(*p)).collect()),
+        },
+    ];
+    if let Some(b) = &site.spec.backup {
+        let port =
+            b.s3.endpoint
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(443);
+        egress.push(NetworkPolicyEgressRule {
+            to: None,
+            ports: Some(vec![tcp(port)]),
+        });
+    }
     NetworkPolicy {
         metadata: object_meta(site, Names::database(&site.name_any()), Component::Database),
         spec: Some(NetworkPolicySpec {
@@ -72,17 +95,7 @@ pub fn database(site: &ArticleSite) -> NetworkPolicy {
                     ports: Some(vec![tcp(PATRONI_PORT)]),
                 },
             ]),
-            egress: Some(vec![
-                dns_rule(),
-                NetworkPolicyEgressRule {
-                    to: Some(vec![pods_of(site, Component::Database)]),
-                    ports: Some(vec![tcp(POSTGRES_PORT), tcp(PATRONI_PORT)]),
-                },
-                NetworkPolicyEgressRule {
-                    to: None,
-                    ports: Some(API_SERVER_PORTS.iter().map(|p| tcp(*p)).collect()),
-                },
-            ]),
+            egress: Some(egress),
         }),
     }
 }

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use serde_json::json;
 
-use super::{Component, Names, PATRONI_PORT, POSTGRES_PORT, object_meta};
+use super::{Component, Names, PATRONI_PORT, POSTGRES_PORT, backup, object_meta};
 use crate::crd::{ArticleSite, SynchronousMode};
 use crate::patroni::{SyncReplication, SynchronousKeys};
 
@@ -80,7 +80,7 @@ pub fn document(site: &ArticleSite, claim_size: &str) -> serde_json::Value {
     if keys.strict {
         dcs["synchronous_mode_strict"] = json!(true);
     }
-    json!({
+    let mut doc = json!({
         "restapi": {"listen": format!("0.0.0.0:{PATRONI_PORT}")},
         "bootstrap": {
             "dcs": dcs,
@@ -108,7 +108,29 @@ pub fn document(site: &ArticleSite, claim_size: &str) -> serde_json::Value {
                 "host replication all all scram-sha-256",
             ],
         },
-    })
+    });
+    if let Some(b) = &site.spec.backup {
+        merge(&mut doc["postgresql"], backup::patroni_postgresql(b));
+        if let Some(boot) = &site.spec.database.bootstrap {
+            merge(
+                &mut doc["bootstrap"],
+                backup::patroni_bootstrap(site, &boot.recovery),
+            );
+        }
+    }
+    doc
+}
+
+/// Adds `extra`'s keys to `into`, objects merged key by key.
+fn merge(into: &mut serde_json::Value, extra: serde_json::Value) {
+    match (into, extra) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
 }
 
 pub fn build(site: &ArticleSite, claim_size: &str) -> ConfigMap {

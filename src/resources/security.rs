@@ -72,6 +72,17 @@ pub fn app_pod_security(site: &ArticleSite) -> PodSecurityContext {
     }
 }
 
+/// A backup Job's pod: the operator image's non-root user (the same ids as the article server's).
+pub fn job_pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(APP_UID),
+        run_as_group: Some(APP_GID),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
+}
+
 /// The database pod's security context; `fsGroup` makes the data volume writable by postgres.
 pub fn database_pod_security() -> PodSecurityContext {
     PodSecurityContext {

@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::backup;
 use super::deployment::{affinity, empty_dir, mount, topology_spread};
 use super::patroni_config::{self, PGDATA, SOCKET_DIR};
 use super::placement;
@@ -38,6 +39,8 @@ pub const DATA_VOLUME: &str = "data";
 /// The volume is mounted at the parent of PGDATA so the data directory is a fresh subdirectory
 /// (no lost+found).
 const DATA_MOUNT: &str = "/var/lib/postgresql";
+/// Pod template annotation: the hash of the backup configuration (`backup::config_hash`).
+pub const BACKUP_CONFIG_ANNOTATION: &str = "articlesite.io/backup-config";
 /// Instances of a new site when `spec.database.instances` is unset.
 pub const DEFAULT_INSTANCES: i32 = 3;
 
@@ -165,6 +168,12 @@ fn patroni_env(site: &ArticleSite) -> Vec<EnvVar> {
     }
     env.push(value_env("POSTGRES_DB", &site.spec.database.name));
     env.push(value_env("PGDATA", PGDATA));
+    if let Some(b) = &site.spec.backup {
+        env.extend(backup::credentials_env(b));
+        if let Some(boot) = &site.spec.database.bootstrap {
+            env.extend(backup::restore_env(site, &boot.recovery));
+        }
+    }
     env
 }
 
@@ -195,6 +204,27 @@ pub fn build(site: &ArticleSite, claim_size: &str, instances: i32) -> StatefulSe
     // Patroni finds its members by its labels plus the scope label.
     let mut pod_labels = meta.labels.clone().unwrap_or_default();
     pod_labels.insert(patroni::SCOPE_LABEL.into(), patroni::scope(&name));
+    let mut mounts = vec![
+        mount(DATA_VOLUME, DATA_MOUNT),
+        mount("run", SOCKET_DIR),
+        mount("tmp", "/tmp"),
+        k8s_openapi::api::core::v1::VolumeMount {
+            read_only: Some(true),
+            ..mount("patroni", patroni_config::MOUNT_DIR)
+        },
+    ];
+    let mut volumes = vec![empty_dir("run", "16Mi"), empty_dir("tmp", "256Mi")];
+    let mut sidecars = Vec::new();
+    let mut pod_annotations = None;
+    if let Some(b) = &site.spec.backup {
+        mounts.extend(backup::config_mounts(b));
+        volumes.extend(backup::config_volumes(site, b));
+        sidecars.push(backup::agent_container(site, b));
+        pod_annotations = Some(BTreeMap::from([(
+            BACKUP_CONFIG_ANNOTATION.to_string(),
+            backup::config_hash(site, b, claim_size),
+        )]));
+    }
     let config_volume = Volume {
         name: "patroni".into(),
         config_map: Some(ConfigMapVolumeSource {
@@ -230,6 +260,7 @@ pub fn build(site: &ArticleSite, claim_size: &str, instances: i32) -> StatefulSe
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
+                    annotations: pod_annotations,
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -243,7 +274,7 @@ pub fn build(site: &ArticleSite, claim_size: &str, instances: i32) -> StatefulSe
                     affinity: affinity(site, Component::Database),
                     node_selector: placement::node_selector(site),
                     tolerations: Some(placement::tolerations(site)),
-                    containers: vec![Container {
+                    containers: [Container {
                         name: CONTAINER_NAME.into(),
                         image: Some(db.image.clone()),
                         image_pull_policy: Some(db.image_pull_policy.as_str().into()),
@@ -262,22 +293,13 @@ pub fn build(site: &ArticleSite, claim_size: &str, instances: i32) -> StatefulSe
                         readiness_probe: Some(http_probe("/health", 5, 3)),
                         liveness_probe: Some(http_probe("/liveness", 10, 6)),
                         security_context: Some(restricted_container_security()),
-                        volume_mounts: Some(vec![
-                            mount(DATA_VOLUME, DATA_MOUNT),
-                            mount("run", SOCKET_DIR),
-                            mount("tmp", "/tmp"),
-                            k8s_openapi::api::core::v1::VolumeMount {
-                                read_only: Some(true),
-                                ..mount("patroni", patroni_config::MOUNT_DIR)
-                            },
-                        ]),
+                        volume_mounts: Some(mounts),
                         ..Default::default()
-                    }],
-                    volumes: Some(vec![
-                        empty_dir("run", "16Mi"),
-                        empty_dir("tmp", "256Mi"),
-                        config_volume,
-                    ]),
+                    }]
+                    .into_iter()
+                    .chain(sidecars)
+                    .collect(),
+                    volumes: Some(volumes.into_iter().chain([config_volume]).collect()),
                     ..Default::default()
                 }),
             },

@@ -27,7 +27,8 @@ Permissions on namespaced objects, exactly what the operator calls (docs/install
 Server-side apply of a missing object needs create as well as patch.
 */}}
 {{- define "aso.namespacedRules" -}}
-# patch: removes the articlesite.io/switchover annotation once the request is handed to Patroni.
+# patch: removes the articlesite.io/switchover and articlesite.io/backup annotations once the
+# request is handed on.
 - apiGroups: [articlesite.io]
   resources: [articlesites]
   verbs: [list, watch, patch]
@@ -61,9 +62,23 @@ Server-side apply of a missing object needs create as well as patch.
 # The database pods' Role and RoleBinding (Patroni's API access). RBAC lets the operator grant
 # only what it holds itself, so it holds Patroni's rules (endpoints and pods below) rather than
 # `escalate` or `bind`, which would let it grant anything.
+# delete: the backup Jobs' RoleBinding when spec.backup is removed.
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
+# Backups (spec.backup): the scheduled CronJobs (deleted with spec.backup), the Jobs outside
+# the schedules (the first backup, one asked for), and the Jobs' results for the status.
+- apiGroups: [batch]
+  resources: [cronjobs]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch, create]
+# Only because the backup Jobs' Role grants it (exec into the site's database pods, by name):
+# the operator itself never execs.
+- apiGroups: [""]
+  resources: [pods/exec]
+  verbs: [create, get]
 # Patroni's objects: list (its state), create and patch (the failover object, the synchronous
 # mode in the config object), delete (the endpoints controller's leftover of the client Service
 # on upgrade); get, watch and update only because the Role it creates grants them.
