@@ -621,21 +621,15 @@ async fn invalid_backup_specs_are_refused() {
         .create(&PostParams::default(), &site("later", spec))
         .await
         .expect("accepted by the schema");
-    let s = wait_condition(
-        &sites,
-        "later",
-        "Degraded",
-        "True",
-        Some("RecoveryTargetInFuture"),
-        TIMEOUT,
-    )
+    // (The missing keys Secret is reported too; the first problem names the condition.)
+    wait_for("later: Degraded for the future target", TIMEOUT, || async {
+        let s = get(&sites, "later").await?;
+        match condition(&s, "Degraded") {
+            Some((st, _, m)) if st == "True" && m.contains("is in the future") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
     .await;
-    assert!(
-        condition(&s, "Degraded")
-            .unwrap()
-            .2
-            .contains("in the future")
-    );
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
     assert!(
         sts.get_opt("later-postgresql").await.unwrap().is_none(),

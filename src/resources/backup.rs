@@ -605,7 +605,11 @@ pub fn cron_jobs(site: &ArticleSite, backup: &BackupSpec, image: &str) -> Vec<Cr
                 failed_jobs_history_limit: Some(3),
                 job_template: JobTemplateSpec {
                     metadata: Some(ObjectMeta {
-                        labels: Some(labels(site, Component::Backup)),
+                        labels: Some({
+                            let mut l = labels(site, Component::Backup);
+                            l.insert(BACKUP_TYPE_LABEL.into(), kind.to_string());
+                            l
+                        }),
                         ..Default::default()
                     }),
                     spec: Some(job_spec(site, image, kind)),
@@ -620,8 +624,13 @@ pub fn cron_jobs(site: &ArticleSite, backup: &BackupSpec, image: &str) -> Vec<Cr
 /// A backup Job outside the schedules: the first full backup once archiving works, or one
 /// asked for with the `articlesite.io/backup` annotation.
 pub fn job(site: &ArticleSite, name: String, image: &str, kind: BackupType) -> Job {
+    let mut metadata = object_meta(site, name, Component::Backup);
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(BACKUP_TYPE_LABEL.into(), kind.to_string());
     Job {
-        metadata: object_meta(site, name, Component::Backup),
+        metadata,
         spec: Some(job_spec(site, image, kind)),
         ..Default::default()
     }
