@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make e2e: the end-to-end tests on real nodes (cargo feature e2e), in two runs of the local
 # cluster: one real node (REAL_NODE=1, tests/real_node.rs: the chart, the site, DNS, routes;
-# tests/real_node_autoscaling.rs: the HorizontalPodAutoscaler under a bounded load),
+# tests/real_node_autoscaling.rs: the HorizontalPodAutoscaler under a bounded load;
+# tests/backup_restore.rs: backups to the local S3 server and restores from them),
 # then three (REAL_NODES=3, tests/real_nodes.rs: node failures under load;
 # tests/replicated_database.rs: the loss of the database's primary under load). For each, when no
 # cluster runs, it starts the cluster, builds and imports the images, runs the test, stops the
@@ -96,7 +97,7 @@ if [ -n "$(component_pid kube-apiserver)" ]; then
   fi
 fi
 want=${E2E_NODES:-all}
-if [ "$running" != multi ] && { [ "$want" = all ] || [ "$want" = 1 ]; }; then run_e2e 1 "real_node real_node_autoscaling"; fi
+if [ "$running" != multi ] && { [ "$want" = all ] || [ "$want" = 1 ]; }; then run_e2e 1 "real_node real_node_autoscaling backup_restore"; fi
 if [ "$running" != single ] && { [ "$want" = all ] || [ "$want" = 3 ]; }; then
   [ -z "$(component_pid kube-apiserver)" ] || [ "$running" = multi ] || die "the cluster of the first run is still up"
   run_e2e 3 "real_nodes replicated_database"

@@ -102,7 +102,7 @@ pub struct Sample {
 /// new article whose slug is recorded once the site acknowledged it (201).
 pub struct Load {
     samples: Arc<Mutex<Vec<Sample>>>,
-    acked: Arc<Mutex<Vec<String>>>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -136,7 +136,7 @@ impl Load {
                         .await;
                         let ok = matches!(r, Ok((201, _, _)));
                         if ok && let Ok(mut a) = acked.lock() {
-                            a.push(slug);
+                            a.push((slug, Instant::now()));
                         }
                         (ok, ok)
                     } else {
@@ -231,6 +231,14 @@ impl Load {
     }
 
     pub fn acked(&self) -> Vec<String> {
+        self.acked_with_times()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    /// The acknowledged slugs, each with when its 201 arrived.
+    pub fn acked_with_times(&self) -> Vec<(String, Instant)> {
         self.acked.lock().expect("acked").clone()
     }
 
