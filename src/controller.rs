@@ -155,6 +155,11 @@ async fn reconcile_site(site: &ArticleSite, ctx: &Context) -> Result<Action> {
         let ns = site.namespace().unwrap_or_default();
         ctx.metrics.database(&ns, &site.name_any(), old, db);
     }
+    ctx.metrics.backup(
+        &site.namespace().unwrap_or_default(),
+        &site.name_any(),
+        &new,
+    );
     let written = if site.status.as_ref() == Some(&new) {
         Ok(())
     } else {

@@ -30,6 +30,13 @@ pub struct WriteLabels {
     pub kind: String,
 }
 
+/// One site.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabels {
+    pub namespace: String,
+    pub site: String,
+}
+
 /// One database instance of one site.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InstanceLabels {
@@ -63,6 +70,12 @@ pub struct Metrics {
     pub database_switchovers: Counter,
     /// Bytes each replica is behind its primary (0 for the primary).
     pub replication_lag: Family<InstanceLabels, Gauge>,
+    /// Seconds since the epoch of a site's last archived WAL segment and last backup: the age
+    /// of what a restore could reach (alert on `time() - ...`).
+    pub backup_last_archived: Family<SiteLabels, Gauge>,
+    pub backup_last_success: Family<SiteLabels, Gauge>,
+    /// 1 while a site's archiving fails or lags (`ContinuousArchiving` False).
+    pub backup_archive_failing: Family<SiteLabels, Gauge>,
     registry: Registry,
     ready: AtomicBool,
     /// A replica waiting for the Lease: healthy and ready to take over, reconciling nothing.
@@ -152,6 +165,24 @@ impl Default for Metrics {
             "Bytes of WAL a database instance has not replayed, against its primary",
             replication_lag.clone(),
         );
+        let backup_last_archived = Family::<SiteLabels, Gauge>::default();
+        let backup_last_success = Family::<SiteLabels, Gauge>::default();
+        let backup_archive_failing = Family::<SiteLabels, Gauge>::default();
+        registry.register(
+            "backup_last_archived_timestamp_seconds",
+            "When a site's primary last archived a WAL segment to its repository",
+            backup_last_archived.clone(),
+        );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When a site's last successful backup finished",
+            backup_last_success.clone(),
+        );
+        registry.register(
+            "backup_archive_failing",
+            "1 while a site's WAL archiving fails or lags",
+            backup_archive_failing.clone(),
+        );
         let throttled = Counter::default();
         registry.register(
             "throttled_requests",
@@ -188,6 +219,9 @@ impl Default for Metrics {
             database_failovers,
             database_switchovers,
             replication_lag,
+            backup_last_archived,
+            backup_last_success,
+            backup_archive_failing,
             registry,
             ready: AtomicBool::new(false),
             standby: AtomicBool::new(false),
@@ -243,6 +277,34 @@ impl Metrics {
                     .set(lag);
             }
         }
+    }
+
+    /// The backup figures of a new status.
+    pub fn backup(&self, namespace: &str, site: &str, status: &crate::crd::ArticleSiteStatus) {
+        let Some(b) = &status.backup else {
+            return;
+        };
+        let labels = SiteLabels {
+            namespace: namespace.into(),
+            site: site.into(),
+        };
+        if let Some(t) = &b.last_archived_at {
+            self.backup_last_archived
+                .get_or_create(&labels)
+                .set(t.0.as_second());
+        }
+        if let Some(l) = &b.last_backup {
+            self.backup_last_success
+                .get_or_create(&labels)
+                .set(l.finished.0.as_second());
+        }
+        let failing = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == crate::backup_report::CONTINUOUS_ARCHIVING && c.status == "False");
+        self.backup_archive_failing
+            .get_or_create(&labels)
+            .set(i64::from(failing));
     }
 
     pub fn error(&self, reason: String) {

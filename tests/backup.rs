@@ -98,7 +98,7 @@ fn job_report(label: &str, kind: &str, stop: i64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_follow_the_spec_and_report_the_jobs_results() {
-    let (client, ns, _op, sites) = namespace_with_operator("backup", &[], &[]).await;
+    let (client, ns, op, sites) = namespace_with_operator("backup", &[], &[]).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &ns.name);
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns.name);
@@ -376,6 +376,25 @@ async fn backups_follow_the_spec_and_report_the_jobs_results() {
     assert_eq!(
         condition(&s, "Degraded").map(|c| c.1),
         Some("ArchiveCredentialsRejected".into())
+    );
+    let (_, page) = op.get("/metrics").await.expect("metrics");
+    let site_label = "site=\"news\"";
+    assert_eq!(
+        common::http::metric_in(
+            &page,
+            "articlesite_operator_backup_archive_failing",
+            site_label
+        ),
+        Some(1.0),
+        "the archive failure in the metrics"
+    );
+    assert_eq!(
+        common::http::metric_in(
+            &page,
+            "articlesite_operator_backup_last_success_timestamp_seconds",
+            site_label
+        ),
+        Some(stop as f64)
     );
     println!(
         "archiving failure: {}",
