@@ -39,6 +39,9 @@ make_pki() {
   sign kube-scheduler "/CN=system:kube-scheduler"
   # kwok drives node and pod status for every simulated node: it acts cluster-wide.
   sign kwok "/O=system:masters/CN=kwok"
+  # The API server's identity towards the real nodes' kubelets (exec, logs, port-forward:
+  # the backup Jobs exec pgBackRest in the primary). The kubelets take clients of this CA.
+  sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
   openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
   openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   touch "$PKI/done"
