@@ -631,7 +631,12 @@ pub fn job(site: &ArticleSite, name: String, image: &str, kind: BackupType) -> J
         .insert(BACKUP_TYPE_LABEL.into(), kind.to_string());
     Job {
         metadata,
-        spec: Some(job_spec(site, image, kind)),
+        spec: Some(JobSpec {
+            // The CronJobs' history limits keep theirs; these go a week after they finish
+            // (the status keeps the last result).
+            ttl_seconds_after_finished: Some(7 * 24 * 3600),
+            ..job_spec(site, image, kind)
+        }),
         ..Default::default()
     }
 }
