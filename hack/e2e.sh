@@ -29,10 +29,10 @@ host_state() {
   echo "== mounts"; awk '{print $5}' /proc/self/mountinfo | grep -E "^(/run/netns|$RN_RUN|$RN_DIR|$CLUSTER_DIR/real-nodes)" || true
   echo "== netns"; ls /run/netns 2>/dev/null || true
   echo "== iptables"; { iptables-save; ip6tables-save; } 2>/dev/null | grep -E -- 'KUBE-|CNI-|ARTICLESITE-' || true
-  echo "== processes"; ps -eo args | grep -E "^(containerd|$K8S_BIN/kube(let|-proxy)|containerd-shim|socat -lf $LOGS/apiserver-proxy|$COREDNS_BIN/coredns)" | grep -v grep || true
+  echo "== processes"; ps -eo args | grep -E "^(containerd|$K8S_BIN/kube(let|-proxy)|containerd-shim|socat -lf $LOGS/apiserver-proxy|$COREDNS_BIN/coredns|$RCLONE_BIN/rclone serve s3 $CLUSTER_DIR/s3/data)" | grep -v grep || true
   echo "== cgroups"; find /sys/fs/cgroup -maxdepth 2 \( -name kubepods -o -name "$RNS_CG-*" \) 2>/dev/null || true
   echo "== sysctls"; for s in $RN_SYSCTLS; do [ -e "/proc/sys/${s//.//}" ] && echo "$s=$(sysctl -n "$s")"; done
-  echo "== dirs"; ls -d /var/log/pods /var/log/containers /var/lib/kubelet "$RN_DIR" "$CLUSTER_DIR/real-nodes" "$RN_RUN" 2>/dev/null || true
+  echo "== dirs"; ls -d /var/log/pods /var/log/containers /var/lib/kubelet "$RN_DIR" "$CLUSTER_DIR/real-nodes" "$RN_RUN" "$CLUSTER_DIR/s3" 2>/dev/null || true
 }
 
 export KUBECONFIG="$KUBECONFIG_FILE" POD_CIDR SERVICE_CIDR

@@ -5,6 +5,7 @@
 #   hack/cluster/build.sh            # everything the local cluster needs
 #   hack/cluster/build.sh kubelet    # plus extra Kubernetes commands (real node)
 #   hack/cluster/build.sh coredns    # plus CoreDNS (the real node's cluster DNS)
+#   hack/cluster/build.sh rclone     # plus rclone (the tests' S3 server, s3.sh)
 #
 # Prints the bin directory of each component on stdout, one "name=dir" per line.
 set -euo pipefail
@@ -137,13 +138,54 @@ GO
   echo "coredns=$out"
 }
 
+# rclone with the local backend and `serve s3` only (plus `version`): the S3 server of the
+# backup tests (s3.sh). A main package of our own, as for CoreDNS: the other 70-odd backends and
+# their cloud SDKs are not compiled in. The godebug lines are those of rclone's own go.mod.
+build_rclone() {
+  local out="$CACHE_DIR/bin/rclone-$RCLONE_VERSION"
+  if [ -x "$out/rclone" ]; then echo "rclone=$out"; return; fi
+  local mod="$CACHE_DIR/src/rclone-$RCLONE_VERSION" logf="$log_dir/build-rclone-$RCLONE_VERSION.log"
+  mkdir -p "$mod" "$out"
+  echo "building rclone $RCLONE_VERSION (log: $logf)" >&2
+  (
+    set -e
+    cd "$mod"
+    printf 'module articlesite.local/rclone-build\n\ngo 1.26.0\n\ngodebug (\n\tmultipathtcp=0\n\tx509negativeserial=1\n)\n\nrequire github.com/rclone/rclone %s\n' \
+      "$RCLONE_VERSION" > go.mod
+    cat > main.go <<'GO'
+// rclone with what the tests' S3 server needs: the local backend and `serve s3`.
+package main
+
+import (
+	"github.com/rclone/rclone/cmd"
+
+	_ "github.com/rclone/rclone/backend/local"
+	_ "github.com/rclone/rclone/cmd/serve/s3"
+	_ "github.com/rclone/rclone/cmd/version"
+)
+
+func main() { cmd.Main() }
+GO
+    go build -mod=mod -p 2 -trimpath -ldflags "-s -w -X github.com/rclone/rclone/fs.Version=$RCLONE_VERSION" \
+      -o "$out/rclone.tmp" .
+    mv "$out/rclone.tmp" "$out/rclone"
+  ) >"$logf" 2>&1 || fail rclone "$logf"
+  echo "rclone=$out"
+}
+
 k8s_cmds=()
 want_coredns=0
+want_rclone=0
 for a in "$@"; do
-  if [ "$a" = coredns ]; then want_coredns=1; else k8s_cmds+=("$a"); fi
+  case $a in
+    coredns) want_coredns=1 ;;
+    rclone) want_rclone=1 ;;
+    *) k8s_cmds+=("$a") ;;
+  esac
 done
 build_kubernetes "${k8s_cmds[@]}"
 [ "$want_coredns" = 1 ] && build_coredns
+[ "$want_rclone" = 1 ] && build_rclone
 build_go_tool etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3
 build_go_tool kwok "$KWOK_VERSION" sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok \
   "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"

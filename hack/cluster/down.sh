@@ -5,6 +5,8 @@ set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 . "$here/components.sh"
 
+# The tests' S3 server first: it listens on the real node's bridge address, which goes below.
+"$here/s3.sh" stop
 # The real node first (REAL_NODE=1), while the API server still answers its kubelet.
 if [ -n "$RNS_MULTI" ]; then real_nodes_down; else real_node_down; fi
 
@@ -22,6 +24,6 @@ done
 # Keep the logs of the last run for post-mortems; everything else goes.
 if [ -d "$CLUSTER_DIR" ]; then
   rm -rf "$CLUSTER_DIR/etcd" "$CLUSTER_DIR/pki" "$PIDS" "$CLUSTER_DIR"/*.kubeconfig "$KUBECONFIG_FILE" \
-    "$CLUSTER_DIR/ports.env"
+    "$CLUSTER_DIR/ports.env" "$CLUSTER_DIR/s3"
 fi
 say "local cluster stopped"

@@ -23,6 +23,8 @@ KCM_PORT="${KCM_PORT:-10257}"
 SCHEDULER_PORT="${SCHEDULER_PORT:-10259}"
 KWOK_PORT="${KWOK_PORT:-10247}"
 METRICS_SERVER_PORT="${METRICS_SERVER_PORT:-10253}"
+# The tests' S3 server (s3.sh, real node(s) only): on the real node's bridge address, not 127.0.0.1.
+S3_PORT="${S3_PORT:-9443}"
 
 # Fabricated address ranges of the simulated cluster. They are routed to a local
 # blackhole so that an accidental dial of a pod or Service IP never leaves the machine.
@@ -34,6 +36,7 @@ ETCD_BIN="$CACHE_DIR/bin/etcd-$ETCD_VERSION"
 KWOK_BIN="$CACHE_DIR/bin/kwok-$KWOK_VERSION"
 HELM_BIN="$CACHE_DIR/bin/helm-$HELM_VERSION"
 METRICS_SERVER_BIN="$CACHE_DIR/bin/metrics-server-$METRICS_SERVER_VERSION"
+RCLONE_BIN="$CACHE_DIR/bin/rclone-$RCLONE_VERSION"
 
 # The order in which components start; cluster-down stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server)

@@ -17,7 +17,7 @@ mkdir -p "$CLUSTER_DIR" "$LOGS" "$PIDS"
 cat >"$CLUSTER_DIR/ports.env" <<EOF
 ETCD_PORT=$ETCD_PORT ETCD_PEER_PORT=$ETCD_PEER_PORT APISERVER_PORT=$APISERVER_PORT
 KCM_PORT=$KCM_PORT SCHEDULER_PORT=$SCHEDULER_PORT KWOK_PORT=$KWOK_PORT
-METRICS_SERVER_PORT=$METRICS_SERVER_PORT
+METRICS_SERVER_PORT=$METRICS_SERVER_PORT S3_PORT=$S3_PORT
 POD_CIDR=$POD_CIDR SERVICE_CIDR=$SERVICE_CIDR
 EOF
 make_pki
@@ -105,6 +105,12 @@ if [ -n "$RNS_MULTI" ]; then
   real_nodes_up "$(rns_count)"
 elif [ "${REAL_NODE:-0}" = 1 ]; then
   real_node_up
+fi
+# The S3 server of the backup tests (s3.sh), once the bridge exists: on the address where the
+# real node(s)' pods reach this machine (the bridge's gateway, or the host on the machines'
+# network), and only there.
+if [ -n "$RNS_MULTI" ] || [ "${REAL_NODE:-0}" = 1 ]; then
+  S3_ADDRESS=$(rn_gateway) "$here/s3.sh" start
 fi
 
 say "local cluster is up ($(( $(date +%s) - start ))s): kube $KUBERNETES_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION, metrics-server $METRICS_SERVER_VERSION, 6 nodes in 3 zones"

@@ -9,5 +9,8 @@ HELM_VERSION=v3.21.4
 METRICS_SERVER_VERSION=v0.9.0
 # Cluster DNS of the real node (REAL_NODE=1 only).
 COREDNS_VERSION=v1.15.0
+# The S3-compatible server of the backup tests (`rclone serve s3`, real node(s) only, s3.sh).
+# Debian's rclone (1.60) predates `serve s3`.
+RCLONE_VERSION=v1.76.0
 
 CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/articlesite"
