@@ -25,6 +25,9 @@ import urllib.request
 
 INTERVAL = 10
 STANZA_RETRY = 30
+# While archiving fails and the spool holds no error file (archive-push removes global.error
+# when it respawns its background process), `pgbackrest info` names the cause; at most this often.
+INFO_RETRY = 60
 ANNOTATION = "articlesite.io/archive"
 SA = "/var/run/secrets/kubernetes.io/serviceaccount"
 STANZA = os.environ.get("ARTICLESITE_STANZA", "db")
@@ -93,6 +96,24 @@ def spool_error():
     return " ".join(lines)[:800] or None
 
 
+def info_error():
+    """The repository's error as `pgbackrest info` reports it (it exits 0 even then)."""
+    try:
+        out = subprocess.run(
+            ["pgbackrest", f"--stanza={STANZA}", "--output=json", "info"],
+            capture_output=True, text=True, timeout=120,
+        )
+        stanzas = json.loads(out.stdout or "[]")
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    for stanza in stanzas:
+        for repo in stanza.get("repo", []):
+            status = repo.get("status", {})
+            if status.get("code", 0) != 0:
+                return " ".join(str(status.get("message", "")).split())[:800]
+    return None
+
+
 def pgbackrest(*args, timeout=300):
     try:
         out = subprocess.run(
@@ -133,6 +154,7 @@ def main():
     stanza = ""  # "ok" once created on this primary; "error" while creation fails
     stanza_error = None
     last_attempt = 0.0
+    last_info, info_text = 0.0, None
     log("backup agent started", stanza=STANZA)
     while True:
         seen = archiver()
@@ -154,6 +176,12 @@ def main():
                 not seen["lastArchivedAt"] or seen["lastFailedAt"] > seen["lastArchivedAt"]
             )
             error = stanza_error or (spool_error() if failed_last else None)
+            if failed_last and not error and seen["primary"]:
+                if time.monotonic() - last_info >= INFO_RETRY:
+                    last_info, info_text = time.monotonic(), info_error()
+                error = info_text
+            if not failed_last:
+                info_text = None
             if error:
                 report["error"] = error
             value = json.dumps(report, sort_keys=True, separators=(",", ":"))

@@ -146,6 +146,9 @@ pub fn config_file(site: &ArticleSite, backup: &BackupSpec, claim_size: &str) ->
         // A WAL segment that cannot be pushed in this time fails the archive_command, which
         // PostgreSQL retries; short enough that the agent reports a broken repository soon.
         ("archive-timeout", "60".into()),
+        // A request to an unreachable repository fails after this; pgBackRest retries some
+        // up to eight times, so a broken repository shows within minutes, not an hour.
+        ("io-timeout", "20".into()),
         ("process-max", "2".into()),
         ("compress-type", "gz".into()),
         ("compress-level", "3".into()),
