@@ -5,7 +5,8 @@ On the primary it creates pgBackRest's stanza in the repository (once per promot
 command is idempotent) and runs `pgbackrest check`, which archives a WAL segment at once, so a
 new site has its first archived segment (and then its first backup) within a minute. On every
 instance it publishes, every INTERVAL seconds, what pg_stat_archiver says and pgBackRest's last
-archive error in the pod's `articlesite.io/archive` annotation, with the pod's own token (the
+archive error in the pod's `articlesite.io/archive` annotation (also: a segment stuck longer than
+STALL_SECONDS, and the last segment pgBackRest dropped because the queue was full), with the pod's own token (the
 database Role allows pods patch, for Patroni). The annotation is written only when it changes,
 so an idle site costs no writes. The operator reads it into status.backup and the
 ContinuousArchiving condition (src/archive.rs); it never dials the pods.
@@ -24,7 +25,14 @@ import time
 import urllib.request
 
 INTERVAL = 10
+# The spool is looked at more often: pgBackRest's notes on dropped segments (its `.ok` files)
+# are removed by its next run.
+SPOOL_TICK = 2
 STANZA_RETRY = 30
+# A segment waiting this long for the repository means archiving is stuck, well before
+# PostgreSQL's archive_command reports a failure (pgBackRest retries for minutes first).
+STALL_SECONDS = 30
+STATE = "/tmp/backup-agent-state.json"
 # While archiving fails and the spool holds no error file (archive-push removes global.error
 # when it respawns its background process), `pgbackrest info` names the cause; at most this often.
 INFO_RETRY = 60
@@ -99,8 +107,9 @@ def spool_error():
 def info_error():
     """The repository's error as `pgbackrest info` reports it (it exits 0 even then)."""
     try:
+        # A short io-timeout: an unreachable repository answers within seconds.
         out = subprocess.run(
-            ["pgbackrest", f"--stanza={STANZA}", "--output=json", "info"],
+            ["pgbackrest", f"--stanza={STANZA}", "--io-timeout=5", "--output=json", "info"],
             capture_output=True, text=True, timeout=120,
         )
         stanzas = json.loads(out.stdout or "[]")
@@ -112,6 +121,50 @@ def info_error():
             if status.get("code", 0) != 0:
                 return " ".join(str(status.get("message", "")).split())[:800]
     return None
+
+
+def dropped_segments():
+    """Segments pgBackRest dropped because the archive queue exceeded archive-push-queue-max:
+    it tells PostgreSQL they were archived, and notes it in their `.ok` status files."""
+    dropped = []
+    for path in glob.glob(os.path.join(SPOOL, "archive", STANZA, "out", "*.ok")):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if "dropped WAL file" in text:
+            dropped.append(os.path.basename(path)[:-3])
+    return dropped
+
+
+def stalled_since():
+    """When the oldest segment still waiting to be archived was finished, if that is more than
+    STALL_SECONDS ago."""
+    pgdata = os.environ.get("PGDATA", "/var/lib/postgresql/pgdata")
+    ready = glob.glob(os.path.join(pgdata, "pg_wal", "archive_status", "*.ready"))
+    try:
+        oldest = min((os.path.getmtime(r) for r in ready), default=None)
+    except OSError:
+        return None
+    if oldest is None or time.time() - oldest < STALL_SECONDS:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(oldest))
+
+
+def load_state():
+    try:
+        with open(STATE, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def save_state(state):
+    tmp = STATE + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(state, f)
+    os.replace(tmp, STATE)
 
 
 def pgbackrest(*args, timeout=300):
@@ -155,44 +208,63 @@ def main():
     stanza_error = None
     last_attempt = 0.0
     last_info, info_text = 0.0, None
+    # The newest dropped segment survives container restarts (the /tmp volume is the pod's):
+    # the gap it leaves lasts until the next backup, which the operator then starts.
+    state = load_state()
     log("backup agent started", stanza=STANZA)
+    next_cycle = 0.0
     while True:
+        dropped = dropped_segments()
+        if dropped and max(dropped) > state.get("droppedWal", ""):
+            state = {"droppedWal": max(dropped),
+                     "droppedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            save_state(state)
+            log("pgBackRest dropped WAL: the archive has a gap until the next backup", **state)
+            next_cycle = 0.0
+        if time.monotonic() < next_cycle:
+            time.sleep(SPOOL_TICK)
+            continue
+        next_cycle = time.monotonic() + INTERVAL
         seen = archiver()
-        if seen is not None:
-            if not seen["primary"]:
-                stanza, stanza_error = "", None
-            elif stanza != "ok" and time.monotonic() - last_attempt >= (
-                STANZA_RETRY if stanza == "error" else 0
-            ):
-                last_attempt = time.monotonic()
-                ok, text = pgbackrest("stanza-create")
-                if ok:
-                    # Archives a segment now and proves the round trip.
-                    ok, text = pgbackrest("check", timeout=120)
-                stanza, stanza_error = ("ok", None) if ok else ("error", text)
-                log("stanza " + ("ready" if ok else "failed"), error=stanza_error)
-            report = dict(seen, stanza=stanza)
-            failed_last = seen["lastFailedAt"] and (
-                not seen["lastArchivedAt"] or seen["lastFailedAt"] > seen["lastArchivedAt"]
-            )
-            error = stanza_error or (spool_error() if failed_last else None)
-            if failed_last and not error and seen["primary"]:
-                if time.monotonic() - last_info >= INFO_RETRY:
-                    last_info, info_text = time.monotonic(), info_error()
-                error = info_text
-            if not failed_last:
-                info_text = None
-            if error:
-                report["error"] = error
-            value = json.dumps(report, sort_keys=True, separators=(",", ":"))
-            if value != published:
-                try:
-                    patch_annotation(value)
-                    published = value
-                    log("archive status published", **report)
-                except Exception as e:  # the API may be away: try again next round
-                    log("could not publish the archive status", error=str(e))
-        time.sleep(INTERVAL)
+        if seen is None:
+            continue
+        if not seen["primary"]:
+            stanza, stanza_error = "", None
+        elif stanza != "ok" and time.monotonic() - last_attempt >= (
+            STANZA_RETRY if stanza == "error" else 0
+        ):
+            last_attempt = time.monotonic()
+            ok, text = pgbackrest("stanza-create")
+            if ok:
+                # Archives a segment now and proves the round trip.
+                ok, text = pgbackrest("check", timeout=120)
+            stanza, stanza_error = ("ok", None) if ok else ("error", text)
+            log("stanza " + ("ready" if ok else "failed"), error=stanza_error)
+        report = dict(seen, stanza=stanza, **state)
+        stalled = stalled_since() if seen["primary"] else None
+        if stalled:
+            report["stalledSince"] = stalled
+        failed_last = seen["lastFailedAt"] and (
+            not seen["lastArchivedAt"] or seen["lastFailedAt"] > seen["lastArchivedAt"]
+        )
+        trouble = failed_last or stalled
+        error = stanza_error or (spool_error() if trouble else None)
+        if trouble and not error and seen["primary"]:
+            if time.monotonic() - last_info >= INFO_RETRY:
+                last_info, info_text = time.monotonic(), info_error()
+            error = info_text
+        if not trouble:
+            info_text = None
+        if error:
+            report["error"] = error
+        value = json.dumps(report, sort_keys=True, separators=(",", ":"))
+        if value != published:
+            try:
+                patch_annotation(value)
+                published = value
+                log("archive status published", **report)
+            except Exception as e:  # the API may be away: try again next round
+                log("could not publish the archive status", error=str(e))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,16 @@ pub struct ArchiveReport {
     /// attempt failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// When the oldest segment still waiting was finished, once it has waited 30 s: archiving
+    /// is stuck before PostgreSQL reports a failure.
+    #[serde(default)]
+    pub stalled_since: Option<String>,
+    /// The newest segment pgBackRest dropped because the queue exceeded `archiveQueueMax`,
+    /// and when: the archive has a gap there until the next backup.
+    #[serde(default)]
+    pub dropped_wal: Option<String>,
+    #[serde(default)]
+    pub dropped_at: Option<String>,
 }
 
 /// How archiving goes, from the primary's report.
@@ -50,6 +60,9 @@ pub enum Archiving {
     Failing(Reason, String),
     /// Segments pile up without a failure.
     Lagging(i64),
+    /// Segments were dropped (the queue was full) after the last backup started: recovery
+    /// cannot cross them until the next backup.
+    Gap(String),
     /// No report from the primary yet.
     Unknown,
 }
@@ -71,7 +84,20 @@ impl ArchiveReport {
         self.last_failed_at.as_deref()?.parse().ok()
     }
 
-    pub fn archiving(&self) -> Archiving {
+    pub fn dropped(&self) -> Option<Timestamp> {
+        self.dropped_at.as_deref()?.parse().ok()
+    }
+
+    /// A gap that no backup has covered yet: dropped after `last_backup_started`.
+    pub fn uncovered_gap(&self, last_backup_started: Option<Timestamp>) -> Option<Timestamp> {
+        let dropped = self.dropped()?;
+        last_backup_started
+            .is_none_or(|b| b <= dropped)
+            .then_some(dropped)
+    }
+
+    /// How archiving goes, given when the newest successful backup started.
+    pub fn archiving(&self, last_backup_started: Option<Timestamp>) -> Archiving {
         let error = self.error.clone().unwrap_or_default();
         if !self.stanza_ok() {
             return Archiving::Failing(classify(&error), error);
@@ -81,6 +107,9 @@ impl ArchiveReport {
             (Some(_), None) => true,
             (None, _) => false,
         };
+        if (failed_since_success || self.stalled_since.is_some()) && !error.is_empty() {
+            return Archiving::Failing(classify(&error), error);
+        }
         if failed_since_success {
             let text = if error.is_empty() {
                 format!(
@@ -92,8 +121,11 @@ impl ArchiveReport {
             };
             return Archiving::Failing(classify(&text), text);
         }
-        if self.pending_segments > LAGGING_SEGMENTS {
+        if self.stalled_since.is_some() || self.pending_segments > LAGGING_SEGMENTS {
             return Archiving::Lagging(self.pending_segments);
+        }
+        if self.uncovered_gap(last_backup_started).is_some() {
+            return Archiving::Gap(self.dropped_wal.clone().unwrap_or_default());
         }
         Archiving::Working
     }
@@ -150,32 +182,55 @@ mod tests {
     fn archiving_follows_the_newest_event() {
         let ok = report(serde_json::json!({"primary": true, "stanza": "ok",
             "lastArchivedWal": "000000010000000000000003", "lastArchivedAt": "2026-12-01T10:00:00Z"}));
-        assert_eq!(ok.archiving(), Archiving::Working);
+        assert_eq!(ok.archiving(None), Archiving::Working);
         let failing = report(serde_json::json!({"primary": true, "stanza": "ok",
             "lastArchivedAt": "2026-12-01T10:00:00Z", "lastFailedAt": "2026-12-01T10:01:00Z",
             "lastFailedWal": "000000010000000000000004",
             "error": "ERROR: [049]: unable to get address for 's3.invalid': [-2] Name or service not known"}));
         assert!(matches!(
-            failing.archiving(),
+            failing.archiving(None),
             Archiving::Failing(Reason::ArchiveUnreachable, _)
         ));
         let recovered = ArchiveReport {
             last_archived_at: Some("2026-12-01T10:02:00Z".into()),
             ..failing
         };
-        assert_eq!(recovered.archiving(), Archiving::Working);
+        assert_eq!(recovered.archiving(None), Archiving::Working);
         let lagging = ArchiveReport {
             pending_segments: 20,
             ..ok.clone()
         };
-        assert_eq!(lagging.archiving(), Archiving::Lagging(20));
+        assert_eq!(lagging.archiving(None), Archiving::Lagging(20));
+        let stalled = ArchiveReport {
+            stalled_since: Some("2026-12-01T10:01:00Z".into()),
+            error: Some("[HostConnectError] unable to connect to '10.88.0.1:9443': [111] Connection refused".into()),
+            ..ok.clone()
+        };
+        assert!(matches!(
+            stalled.archiving(None),
+            Archiving::Failing(Reason::ArchiveUnreachable, _)
+        ));
+        let gap = ArchiveReport {
+            dropped_wal: Some("000000010000000000000009".into()),
+            dropped_at: Some("2026-12-01T10:05:00Z".into()),
+            ..ok.clone()
+        };
+        let at = |t: &str| Some(t.parse::<Timestamp>().unwrap());
+        assert_eq!(
+            gap.archiving(at("2026-12-01T09:00:00Z")),
+            Archiving::Gap("000000010000000000000009".into())
+        );
+        assert_eq!(
+            gap.archiving(at("2026-12-01T10:06:00Z")),
+            Archiving::Working
+        );
         let no_stanza = ArchiveReport {
             stanza: "error".into(),
             error: Some("HTTP 403 Forbidden <Code>InvalidAccessKeyId</Code>".into()),
             ..ok
         };
         assert!(matches!(
-            no_stanza.archiving(),
+            no_stanza.archiving(None),
             Archiving::Failing(Reason::ArchiveCredentialsRejected, _)
         ));
     }

@@ -165,7 +165,8 @@ pub fn report(
     });
 
     let running = observed.backup.jobs.iter().any(is_active);
-    let archiving = match archive.map(ArchiveReport::archiving) {
+    let backup_started = status.last_backup.as_ref().map(|b| b.started.0);
+    let archiving = match archive.map(|a| a.archiving(backup_started)) {
         None | Some(Archiving::Unknown) => Verdict {
             status: None,
             reason: Reason::ArchiveStatusUnknown,
@@ -184,6 +185,13 @@ pub fn report(
             reason: Reason::ArchiveLagging,
             message: format!(
                 "{n} WAL segments wait to be archived: the repository takes them slower than they are written"
+            ),
+        },
+        Some(Archiving::Gap(wal)) => Verdict {
+            status: Some(false),
+            reason: Reason::ArchiveGap,
+            message: format!(
+                "pgBackRest dropped WAL up to {wal} (the queue exceeded spec.backup.archiveQueueMax): no restore can cross that gap; a full backup is started to close it"
             ),
         },
         Some(Archiving::Failing(reason, text)) => Verdict {

@@ -73,6 +73,7 @@ pub enum Reason {
     Archiving,
     ArchiveStatusUnknown,
     ArchiveLagging,
+    ArchiveGap,
     ArchiveCredentialsRejected,
     ArchiveBucketNotFound,
     #[strum(serialize = "ArchiveTLSFailed")]

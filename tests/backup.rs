@@ -474,6 +474,52 @@ async fn backups_follow_the_spec_and_report_the_jobs_results() {
     common::site::wait_warning_event(&client, &ns.name, "BackupFailed", TIMEOUT).await;
     println!("failed backup: {}", failure.message);
 
+    // pgBackRest dropped segments (the queue was full): a gap no restore can cross, reported,
+    // and closed by a full backup the operator starts at once.
+    let now = jiff::Timestamp::now().to_string();
+    let dropped_at = format!("{}Z", &now[..19]);
+    report_archive(
+        &pods,
+        db_pod,
+        json!({"primary": true, "stanza": "ok",
+            "lastArchivedWal": "000000010000000000000012", "lastArchivedAt": dropped_at,
+            "droppedWal": "000000010000000000000011", "droppedAt": dropped_at, "pendingSegments": 0}),
+    )
+    .await;
+    let s = wait_condition(
+        &sites,
+        name,
+        "ContinuousArchiving",
+        "False",
+        Some("ArchiveGap"),
+        TIMEOUT,
+    )
+    .await;
+    assert!(
+        condition(&s, "ContinuousArchiving")
+            .unwrap()
+            .2
+            .contains("000000010000000000000011")
+    );
+    let gap_job = format!(
+        "news-backup-gap-{}",
+        dropped_at.parse::<jiff::Timestamp>().unwrap().as_second()
+    );
+    wait_for(&format!("Job {gap_job}"), TIMEOUT, || get(&jobs, &gap_job)).await;
+    let pod = finished_pod(&pods, &gap_job).await;
+    let after = jiff::Timestamp::now().as_second() + 13;
+    set_result(&pods, &pod, job_report("20261202-110000F", "full", after)).await;
+    wait_condition(
+        &sites,
+        name,
+        "ContinuousArchiving",
+        "True",
+        Some("Archiving"),
+        TIMEOUT,
+    )
+    .await;
+    println!("gap: ArchiveGap, Job {gap_job} closed it");
+
     // Backups removed: the CronJob and the Jobs' grant go, the status forgets the repository.
     let patch = json!({"spec": {"backup": null}});
     sites

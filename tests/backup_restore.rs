@@ -272,6 +272,10 @@ async fn backups_restore_to_a_point_in_time_and_survive_the_loss_of_everything()
                "region": endpoint.get("S3_REGION").cloned().unwrap_or("us-east-1".into()),
                "uriStyle": "Path", "credentialsSecret": "s3-keys", "caSecret": {"name": "s3-ca"}},
         "archiveTimeoutSeconds": ARCHIVE_TIMEOUT,
+        // Room for the outage below (a segment every ARCHIVE_TIMEOUT seconds while the load
+        // writes): beyond it pgBackRest would drop WAL, which the gap step of tests/backup.rs
+        // covers.
+        "archiveQueueMax": "512Mi",
     });
 
     // The site, two instances, archiving from the start.
@@ -440,10 +444,11 @@ async fn backups_restore_to_a_point_in_time_and_survive_the_loss_of_everything()
         list.items
             .into_iter()
             .next()
-            .map(|p| p.name_any())
+            .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
             .ok_or_else(|| "no replica".to_string())
     })
     .await;
+    let (replica, old_uid) = replica;
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
     let claim = format!("data-{replica}");
     let t = Instant::now();
@@ -458,6 +463,11 @@ async fn backups_restore_to_a_point_in_time_and_survive_the_loss_of_everything()
         "the replica restored from the repository and streaming",
         Duration::from_secs(300),
         || async {
+            // The new pod, not the old one still terminating.
+            let pod = pods.get(&replica).await.map_err(|e| e.to_string())?;
+            if pod.uid().unwrap_or_default() == old_uid {
+                return Err("the old pod is still there".into());
+            }
             let logs = pods
                 .logs(
                     &replica,
@@ -468,8 +478,12 @@ async fn backups_restore_to_a_point_in_time_and_survive_the_loss_of_everything()
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            if !logs.contains("restoring this standby from the backup repository") {
-                return Err("not restoring from the repository (yet)".into());
+            // pgBackRest's own last word on the restore, not only the replica method's start
+            // (which a standby made before the first backup prints too, then falls back).
+            if !logs.contains("restoring this standby from the backup repository")
+                || !logs.contains("restore command end: completed successfully")
+            {
+                return Err("not restored from the repository (yet)".into());
             }
             let s = sites.get("orig").await.map_err(|e| e.to_string())?;
             let streaming = s.status.and_then(|s| s.database).is_some_and(|d| {

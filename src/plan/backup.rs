@@ -154,13 +154,8 @@ pub fn plan(
                 out.clear_request = true;
             }
         }
-    } else if !running && first_backup_due(site, observed, archive) {
-        out.create_job = Some(builders::job(
-            site,
-            first_job_name(&name),
-            image,
-            BackupType::Full,
-        ));
+    } else if !running && let Some(job_name) = catch_up_backup(site, observed, archive) {
+        out.create_job = Some(builders::job(site, job_name, image, BackupType::Full));
     }
     out
 }
@@ -170,21 +165,41 @@ pub fn first_job_name(site: &str) -> String {
     format!("{}-first", Names::backup(site))
 }
 
-/// A repository without a backup cannot restore anything, whatever WAL it holds: the first
-/// full backup runs as soon as the primary archives, not at the first scheduled time.
-fn first_backup_due(
+/// A full backup the schedules would start too late, by Job name:
+/// - the first: a repository without a backup cannot restore anything, whatever WAL it holds,
+///   so it runs as soon as the primary archives, not at the first scheduled time;
+/// - after a gap (segments pgBackRest dropped because the queue was full): no restore can
+///   cross it, so the next backup starts as soon as archiving works again.
+fn catch_up_backup(
     site: &ArticleSite,
     observed: &Observed,
     archive: Option<&ArchiveReport>,
-) -> bool {
-    let archiving = archive.is_some_and(|a| a.stanza_ok() && a.last_archived_wal.is_some());
-    let has_backup = site
+) -> Option<String> {
+    let archive = archive.filter(|a| a.stanza_ok() && a.last_archived_wal.is_some())?;
+    let last = site
         .status
         .as_ref()
         .and_then(|s| s.backup.as_ref())
-        .is_some_and(|b| b.last_backup.is_some());
-    let first = first_job_name(&site.name_any());
-    archiving && !has_backup && !observed.backup.jobs.iter().any(|j| j.name_any() == first)
+        .and_then(|b| b.last_backup.as_ref());
+    let name = match last {
+        None => first_job_name(&site.name_any()),
+        Some(b) => {
+            let gap = archive.uncovered_gap(Some(b.started.0))?;
+            // Not while the repository still fails: the backup would fail the same way.
+            if !matches!(
+                archive.archiving(Some(b.started.0)),
+                crate::archive::Archiving::Gap(_)
+            ) {
+                return None;
+            }
+            format!(
+                "{}-gap-{}",
+                Names::backup(&site.name_any()),
+                gap.as_second()
+            )
+        }
+    };
+    (!observed.backup.jobs.iter().any(|j| j.name_any() == name)).then_some(name)
 }
 
 /// A Job that has not finished (no Complete or Failed condition).
