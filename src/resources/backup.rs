@@ -13,11 +13,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodSpec, PodTemplateSpec, SecretKeySelector, SecretVolumeSource, ServiceAccount, Volume,
-    VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, EnvVar, PodSpec, PodTemplateSpec,
+    SecretVolumeSource, ServiceAccount, Volume, VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use serde_json::json;
@@ -25,7 +24,7 @@ use serde_json::json;
 use super::deployment::{empty_dir, mount};
 use super::patroni_config::{PGDATA, SOCKET_DIR, max_slot_wal_keep_size};
 use super::security::{self, restricted_container_security};
-use super::statefulset::{self, DATA_VOLUME};
+use super::statefulset::{self, DATA_VOLUME, field_env, secret_env, value_env};
 use super::{Component, DB_USERNAME_KEY, Names, labels, object_meta};
 use crate::crd::{ArticleSite, BackupSpec, RecoverySpec};
 
@@ -246,29 +245,6 @@ pub fn patroni_bootstrap(site: &ArticleSite, recovery: &RecoverySpec) -> serde_j
     })
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn value_env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
 /// The repository's keys, by reference only, and optional: a missing Secret must never keep
 /// the database from starting (archiving fails, and the site reports it, instead).
 pub fn credentials_env(backup: &BackupSpec) -> Vec<EnvVar> {
@@ -374,28 +350,8 @@ pub fn agent_container(site: &ArticleSite, backup: &BackupSpec) -> Container {
         value_env("PGDATA", PGDATA),
         value_env("ARTICLESITE_STANZA", STANZA),
         value_env("ARTICLESITE_SPOOL", SPOOL_PATH),
-        EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        EnvVar {
-            name: "POD_NAMESPACE".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.namespace".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
     ]);
     let mut mounts = vec![
         // The spool's error files, and the socket.
@@ -485,21 +441,7 @@ pub fn role(site: &ArticleSite) -> Role {
 }
 
 pub fn role_binding(site: &ArticleSite) -> RoleBinding {
-    let name = Names::backup(&site.name_any());
-    RoleBinding {
-        metadata: object_meta(site, name.clone(), Component::Backup),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name,
-            namespace: site.namespace(),
-            ..Default::default()
-        }]),
-    }
+    super::rbac::binding(site, Names::backup(&site.name_any()), Component::Backup)
 }
 
 /// The pod template of a backup Job: `articlesite-operator backup` from the operator's image.
@@ -536,17 +478,7 @@ fn job_spec(site: &ArticleSite, image: &str, kind: BackupType) -> JobSpec {
                         "--type".into(),
                         kind.to_string(),
                     ]),
-                    env: Some(vec![EnvVar {
-                        name: "POD_NAMESPACE".into(),
-                        value_from: Some(EnvVarSource {
-                            field_ref: Some(ObjectFieldSelector {
-                                field_path: "metadata.namespace".into(),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                    env: Some(vec![field_env("POD_NAMESPACE", "metadata.namespace")]),
                     resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
                         requests: Some(BTreeMap::from([
                             (

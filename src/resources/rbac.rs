@@ -63,9 +63,17 @@ pub fn role(site: &ArticleSite) -> Role {
 }
 
 pub fn role_binding(site: &ArticleSite) -> RoleBinding {
-    let name = Names::database_service_account(&site.name_any());
+    binding(
+        site,
+        Names::database_service_account(&site.name_any()),
+        Component::Database,
+    )
+}
+
+/// The RoleBinding `name` of the Role `name` to the ServiceAccount `name`.
+pub fn binding(site: &ArticleSite, name: String, component: Component) -> RoleBinding {
     RoleBinding {
-        metadata: object_meta(site, name.clone(), Component::Database),
+        metadata: object_meta(site, name.clone(), component),
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".into()),
             kind: "Role".into(),
