@@ -106,7 +106,6 @@ pub fn report(
         repository: builders::repository_url(site, spec),
         ..previous.cloned().unwrap_or_default()
     };
-    status.repository = builders::repository_url(site, spec);
     if let Some(s) = success
         && let Some(r) = &s.report
         && let Some(b) = &r.backup

@@ -16,8 +16,8 @@ use crate::diff::Outcome;
 use crate::observe::Observed;
 use crate::problem::Problem;
 use crate::reason::Reason;
-use crate::resources::Names;
 use crate::resources::backup::{self as builders, BackupType};
+use crate::resources::{Names, statefulset};
 
 /// The annotation a user sets on the ArticleSite to ask for a backup now: `full`, `diff` or
 /// `incr`. The operator starts the Job and removes the annotation.
@@ -91,7 +91,7 @@ pub fn plan(
         };
     };
 
-    let claim_size = builders::claim_size(site, observed.statefulset.as_ref());
+    let claim_size = statefulset::claim_size_of(site, observed.statefulset.as_ref());
     let image = &observed.backup_image;
     let mut push = |child: Child, why: Outcome| {
         if why != Outcome::Unchanged {

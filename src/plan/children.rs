@@ -58,11 +58,7 @@ pub fn plan(site: &ArticleSite, observed: &Observed, problems: &[Problem]) -> Ch
     push(Child::RoleBinding(binding), why);
     let initialized = observed.patroni(site).initialized;
     let instances = statefulset::instances(site, observed.statefulset.as_ref(), initialized);
-    let claim_size = observed
-        .statefulset
-        .as_ref()
-        .and_then(statefulset::claim_template_size)
-        .unwrap_or_else(|| site.spec.database.storage.size.clone());
+    let claim_size = statefulset::claim_size_of(site, observed.statefulset.as_ref());
     let (config, why) = compare(
         resources::patroni_config::build(site, &claim_size),
         observed.patroni_config.as_ref(),

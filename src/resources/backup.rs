@@ -24,7 +24,7 @@ use serde_json::json;
 use super::deployment::{empty_dir, mount};
 use super::patroni_config::{PGDATA, SOCKET_DIR, max_slot_wal_keep_size};
 use super::security::{self, restricted_container_security};
-use super::statefulset::{self, DATA_VOLUME, field_env, secret_env, value_env};
+use super::statefulset::{DATA_VOLUME, field_env, secret_env, value_env};
 use super::{Component, DB_USERNAME_KEY, Names, labels, object_meta};
 use crate::crd::{ArticleSite, BackupSpec, RecoverySpec};
 
@@ -574,15 +574,6 @@ pub fn job(site: &ArticleSite, name: String, image: &str, kind: BackupType) -> J
         }),
         ..Default::default()
     }
-}
-
-/// The database pods' claim size, for callers that only have the site and the StatefulSet.
-pub fn claim_size(
-    site: &ArticleSite,
-    live: Option<&k8s_openapi::api::apps::v1::StatefulSet>,
-) -> String {
-    live.and_then(statefulset::claim_template_size)
-        .unwrap_or_else(|| site.spec.database.storage.size.clone())
 }
 
 #[cfg(test)]

@@ -329,6 +329,13 @@ pub fn build(site: &ArticleSite, claim_size: &str, instances: i32) -> StatefulSe
     }
 }
 
+/// The size in the claim template: the live StatefulSet's (templates are immutable), else the
+/// spec's. What `max_slot_wal_keep_size` and the archive queue are a share of.
+pub fn claim_size_of(site: &ArticleSite, live: Option<&StatefulSet>) -> String {
+    live.and_then(claim_template_size)
+        .unwrap_or_else(|| site.spec.database.storage.size.clone())
+}
+
 /// The storage request of the live StatefulSet's claim template.
 pub fn claim_template_size(sts: &StatefulSet) -> Option<String> {
     claim_size(
