@@ -19,29 +19,26 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
-use articlesite_operator::resources::{DB_PASSWORD_KEY, DB_USERNAME_KEY, Names, WRITE_TOKEN_KEY};
-use k8s_openapi::api::core::v1::{
-    Endpoints, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
-};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use common::control_plane::Paused;
+use common::database::{
+    Instance, Login, WriterWatch, instances, secret_value, wait_healthy, wait_primary,
+};
 use common::e2e::{
     HealAll, Load, REAL_NODES, env_or, local_volumes, missing_articles, node_fault, publish_article,
 };
 use common::operator::OperatorProcess;
-use common::pods::{is_live, is_ready, node_of};
 use common::site::wait_site_ready;
 use common::{TestNamespace, client, wait_for};
 
@@ -49,252 +46,6 @@ const SWITCHOVER_ANNOTATION: &str = "articlesite.io/switchover";
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
-}
-
-/// A database pod as the test sees it: name, node, IP, Patroni's role label.
-#[derive(Clone, Debug)]
-struct Instance {
-    pod: String,
-    node: String,
-    ip: String,
-    role: String,
-    ready: bool,
-    /// Patroni's `replication_state` from the pod's `status` annotation (`streaming` for a
-    /// replica that streams from the primary; its `state` stays `running`).
-    replication: String,
-}
-
-async fn instances(pods: &Api<Pod>, site: &str) -> Result<Vec<Instance>, String> {
-    let list = pods
-        .list(&ListParams::default().labels(&format!(
-            "app.kubernetes.io/instance={site},app.kubernetes.io/component=database"
-        )))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(list
-        .items
-        .iter()
-        .filter(|p| is_live(p))
-        .map(|p| Instance {
-            pod: p.name_any(),
-            node: node_of(p).to_string(),
-            ip: p
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
-                .unwrap_or_default(),
-            role: p.labels().get("role").cloned().unwrap_or_default(),
-            ready: is_ready(p),
-            replication: p
-                .annotations()
-                .get("status")
-                .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-                .and_then(|v| v["replication_state"].as_str().map(str::to_string))
-                .unwrap_or_default(),
-        })
-        .collect())
-}
-
-/// The instance labelled primary, with two ready replicas beside it.
-async fn wait_healthy(pods: &Api<Pod>, site: &str, within: Duration) -> Instance {
-    wait_for(
-        "one primary and two ready replicas",
-        within,
-        || async move {
-            let all = instances(pods, site).await?;
-            let primaries: Vec<&Instance> = all
-                .iter()
-                .filter(|i| i.role == "primary" && i.ready)
-                .collect();
-            // Streaming, not only ready: readiness is "PostgreSQL runs" (Patroni's /health).
-            let replicas = all
-                .iter()
-                .filter(|i| i.role == "replica" && i.ready && i.replication == "streaming")
-                .count();
-            match (primaries.as_slice(), replicas) {
-                ([p], 2) => Ok((*p).clone()),
-                _ => Err(format!("{all:?}")),
-            }
-        },
-    )
-    .await
-}
-
-/// Connection settings of the site's database, read from its credentials Secret.
-#[derive(Clone)]
-struct Login {
-    user: String,
-    password: String,
-    database: String,
-}
-
-/// The primary's `synchronous_standby_names` as PostgreSQL has it (Patroni sets it), or `None`
-/// when it does not answer within 1.5 s.
-fn synchronous_standby_names(ip: &str, login: &Login) -> Option<String> {
-    let out = Command::new("timeout")
-        .args([
-            "1.5",
-            "psql",
-            "-X",
-            "-At",
-            "-c",
-            "show synchronous_standby_names",
-            &format!(
-                "host={ip} port=5432 user={} dbname={} connect_timeout=1",
-                login.user, login.database
-            ),
-        ])
-        .env("PGPASSWORD", &login.password)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Whether the server at `ip` commits a write now, as a client's write commits: a
-/// transactional WAL record (`pg_logical_emit_message`), so the commit waits for the
-/// synchronous standby. Not `select txid_current()`: a transaction that wrote no WAL before
-/// its commit record commits without waiting for any standby (PostgreSQL skips the wait),
-/// so a thawed old primary "accepted" it in the moment before Patroni demoted it, a commit
-/// no client could have had acknowledged. A server in recovery refuses the write; a frozen
-/// or cut-off one does not answer within 1.5 s.
-fn accepts_write(ip: &str, login: &Login) -> bool {
-    let Ok(mut child) = Command::new("psql")
-        .args([
-            "-X",
-            "-At",
-            "-c",
-            "select pg_logical_emit_message(true, 'articlesite-e2e', '')",
-            &format!(
-                "host={ip} port=5432 user={} dbname={} connect_timeout=1",
-                login.user, login.database
-            ),
-        ])
-        .env("PGPASSWORD", &login.password)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
-        return false;
-    };
-    let start = std::time::Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.success(),
-            Ok(None) if start.elapsed() < Duration::from_millis(1500) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
-    }
-}
-
-/// When the set of instances that committed a write changed, and the new set.
-type WriterLog = Arc<Mutex<Vec<(Instant, Vec<String>)>>>;
-
-/// Asks every known instance every 250 ms whether it commits a write; keeps the largest number
-/// that did in one round (never more than one may) and when each round's writer changed.
-struct WriterWatch {
-    max: Arc<AtomicUsize>,
-    writers: WriterLog,
-    ips: Arc<Mutex<BTreeMap<String, String>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl WriterWatch {
-    fn start(login: Login) -> Self {
-        let max = Arc::new(AtomicUsize::new(0));
-        let writers: WriterLog = Arc::default();
-        let ips: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (m, w, i, s) = (max.clone(), writers.clone(), ips.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            while !s.load(Ordering::Relaxed) {
-                let round = Instant::now();
-                let known: Vec<(String, String)> = i
-                    .lock()
-                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                    .unwrap_or_default();
-                let asks = known.into_iter().map(|(pod, ip)| {
-                    let login = login.clone();
-                    tokio::task::spawn_blocking(move || (pod, accepts_write(&ip, &login)))
-                });
-                let answers = futures::future::join_all(asks).await;
-                let now: Vec<String> = answers
-                    .into_iter()
-                    .flatten()
-                    .filter(|(_, ok)| *ok)
-                    .map(|(pod, _)| pod)
-                    .collect();
-                m.fetch_max(now.len(), Ordering::Relaxed);
-                if let Ok(mut w) = w.lock()
-                    && w.last().is_none_or(|(_, last)| *last != now)
-                {
-                    w.push((round, now));
-                }
-                tokio::time::sleep(Duration::from_millis(250).saturating_sub(round.elapsed()))
-                    .await;
-            }
-        });
-        Self {
-            max,
-            writers,
-            ips,
-            stop,
-            task,
-        }
-    }
-
-    /// The instances to ask (pod name → IP); a pod that is gone keeps its last address,
-    /// which simply stops answering.
-    fn track(&self, all: &[Instance]) {
-        if let Ok(mut m) = self.ips.lock() {
-            for i in all.iter().filter(|i| !i.ip.is_empty()) {
-                m.insert(i.pod.clone(), i.ip.clone());
-            }
-        }
-    }
-
-    /// The first moment after `from` at which exactly one instance other than `old` (or any
-    /// one, when `old` is None) committed a write.
-    fn new_writer_since(&self, from: Instant, old: Option<&str>) -> Option<(Instant, String)> {
-        let w = self.writers.lock().ok()?;
-        w.iter()
-            .filter(|(at, _)| *at >= from)
-            .find_map(|(at, now)| match now.as_slice() {
-                [one] if Some(one.as_str()) != old => Some((*at, one.clone())),
-                _ => None,
-            })
-    }
-
-    fn max(&self) -> usize {
-        self.max.load(Ordering::Relaxed)
-    }
-
-    /// The sampled moments (since `start`) at which more than one instance committed a write.
-    fn overlaps(&self, start: Instant) -> Vec<String> {
-        self.writers
-            .lock()
-            .map(|w| {
-                w.iter()
-                    .filter(|(_, now)| now.len() > 1)
-                    .map(|(at, now)| format!("+{} {now:?}", secs(*at - start)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    async fn stop(self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        self.max.load(Ordering::Relaxed)
-    }
 }
 
 /// The postmaster (PostgreSQL's main process) of the container whose cgroup path contains
@@ -360,49 +111,9 @@ struct Site {
 }
 
 impl Site {
-    /// The primary, once two replicas are ready and one of them is its synchronous standby
-    /// (Patroni's `-sync` object). Without one, Patroni lets no replica promote (a write
-    /// acknowledged meanwhile may exist on the primary alone), so a fault then would test nothing.
+    /// The primary, with a streaming synchronous standby (`common::database::wait_primary`).
     async fn primary(&self) -> Instance {
-        let p = wait_healthy(&self.pods, &self.name, Duration::from_secs(180)).await;
-        let sync = format!("{}-postgresql-sync", self.name);
-        let endpoints: Api<Endpoints> = Api::namespaced(self.pods.clone().into_client(), &self.ns);
-        wait_for("a synchronous standby", Duration::from_secs(60), || async {
-            let e = endpoints.get(&sync).await.map_err(|e| e.to_string())?;
-            let a = e.annotations();
-            match (a.get("leader"), a.get("sync_standby")) {
-                (Some(l), Some(s)) if *l == p.pod && !s.is_empty() => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
-        // And PostgreSQL itself waits for a standby: after an in-place restart the `-sync`
-        // object is the one from before it, while Patroni names the standbys again only
-        // once they have caught up. A fault in that window hits a primary that commits alone.
-        let login = self.login.clone();
-        let ip = p.ip.clone();
-        wait_for(
-            "the primary's synchronous_standby_names set",
-            Duration::from_secs(60),
-            || {
-                let (ip, login) = (ip.clone(), login.clone());
-                async move {
-                    match tokio::task::spawn_blocking(move || {
-                        synchronous_standby_names(&ip, &login)
-                    })
-                    .await
-                    {
-                        Ok(Some(names)) if !names.is_empty() => Ok(()),
-                        other => Err(format!("{other:?}")),
-                    }
-                }
-            },
-        )
-        .await;
-        if let Ok(all) = instances(&self.pods, &self.name).await {
-            self.writers.track(&all);
-        }
-        p
+        wait_primary(&self.pods, &self.ns, &self.name, &self.login, &self.writers).await
     }
 
     async fn uid_of(&self, pod: &str) -> String {
@@ -511,13 +222,6 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     );
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let secret_value = |s: &Secret, key: &str| {
-        s.data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|b| String::from_utf8(b.0.clone()).expect("utf-8"))
-            .unwrap_or_else(|| panic!("{key} in {}", s.name_any()))
-    };
     let token = secret_value(
         &secrets
             .get(&Names::write_token(&name))
@@ -525,15 +229,7 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
             .expect("token"),
         WRITE_TOKEN_KEY,
     );
-    let credentials = secrets
-        .get(&Names::database_credentials(&name))
-        .await
-        .expect("credentials");
-    let login = Login {
-        user: secret_value(&credentials, DB_USERNAME_KEY),
-        password: secret_value(&credentials, DB_PASSWORD_KEY),
-        database: "articles".into(),
-    };
+    let login = Login::of_site(&secrets, &name).await;
     let cluster_ip = Api::<Service>::namespaced(client.clone(), &ns.name)
         .get(&name)
         .await

@@ -340,7 +340,7 @@ STAGES = [
     ("app pod ready", "kwok"),
     ("Deployment available", "kube-controller-manager (minReadySeconds 5)"),
     ("database claim created", "kube-controller-manager"),
-    ("database volume provisioned", "kwok"),
+    ("database volume provisioned", "kube-controller-manager (host-path provisioner)"),
     ("database pod created", "kube-controller-manager"),
     ("database pod scheduled", "kube-scheduler"),
     ("database pod ready", "kwok"),

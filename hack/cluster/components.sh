@@ -83,6 +83,7 @@ cmd_kube-controller-manager() {
     --kube-api-qps="${KCM_API_QPS:-20}" \
     --kube-api-burst="${KCM_API_BURST:-30}" \
     $(node_monitor_flags) \
+    $(hostpath_provisioner_flags) \
     --profiling=false \
     --v=1
 }
@@ -91,6 +92,14 @@ cmd_kube-controller-manager() {
 # the default 40-60 s (see realnodes.sh and docs/real-node.md, "Node failures").
 node_monitor_flags() {
   if [ -n "${RNS_MULTI:-}" ]; then echo "$RNS_MONITOR_FLAGS"; fi
+}
+
+# KCM_HOSTPATH_PROVISIONER=1 (make bench only): the controller-manager's in-tree provisioner
+# for StorageClasses of `kubernetes.io/host-path` (empty directories under /tmp/hostpath_pv).
+# It provisions claims concurrently, where kwok's volume stages take one claim at a time, so a
+# thousand new database claims do not queue behind each other (docs/benchmarks.md).
+hostpath_provisioner_flags() {
+  if [ "${KCM_HOSTPATH_PROVISIONER:-0}" = 1 ]; then echo "--enable-hostpath-provisioner=true"; fi
 }
 
 cmd_kube-scheduler() {

@@ -1,11 +1,10 @@
 //! Helpers of the end-to-end tests on real nodes (`make e2e`): a steady load that records
-//! every acknowledged write, a watch on the PostgreSQL servers running on the nodes, node
-//! faults through `hack/cluster/node-fault.sh`, and local volumes the pods can use on any
-//! real node.
+//! every acknowledged write, node faults through `hack/cluster/node-fault.sh`, and local
+//! volumes the pods can use on any real node. The database's side is in `database.rs`.
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -247,80 +246,6 @@ impl Load {
         for t in self.tasks {
             let _ = t.await;
         }
-    }
-}
-
-/// Samples the PostgreSQL servers (postmasters) running in the real nodes' cgroups every
-/// 200 ms and keeps the highest count seen: never two may run at the same moment.
-pub struct PostmasterWatch {
-    max: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// pids of postmasters of the real nodes: `postgres` processes whose parent is not one, in a
-/// freezer cgroup of a real node (`/articlesite-<id>-n<i>/kubepods/...`).
-pub fn postmasters() -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    for e in dir.flatten() {
-        let pid = e.file_name().to_string_lossy().to_string();
-        if !pid.chars().all(|c| c.is_ascii_digit()) || comm(&pid).trim() != "postgres" {
-            continue;
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.split_whitespace().nth(1))
-            .unwrap_or("0")
-            .to_string();
-        if comm(&ppid).trim() == "postgres" {
-            continue;
-        }
-        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if let Some(line) = cg
-            .lines()
-            .find(|l| l.contains(":freezer:/articlesite-") && l.contains("/kubepods"))
-        {
-            let node = line
-                .split(":freezer:/")
-                .nth(1)
-                .and_then(|p| p.split('/').next())
-                .unwrap_or_default()
-                .to_string();
-            out.push((pid.parse().unwrap_or(0), node));
-        }
-    }
-    out
-}
-
-impl PostmasterWatch {
-    pub fn start() -> Self {
-        let max = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (m, s) = (max.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            while !s.load(Ordering::Relaxed) {
-                let n = tokio::task::spawn_blocking(postmasters)
-                    .await
-                    .map(|v| v.len())
-                    .unwrap_or(0);
-                m.fetch_max(n, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        Self { max, stop, task }
-    }
-    pub fn max(&self) -> usize {
-        self.max.load(Ordering::Relaxed)
-    }
-    pub async fn stop(self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        self.max.load(Ordering::Relaxed)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod chart;
 pub mod control_plane;
 pub mod crd;
+pub mod database;
 pub mod e2e;
 pub mod gitops;
 pub mod http;
