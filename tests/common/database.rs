@@ -313,19 +313,31 @@ pub async fn wait_primary(
     .await;
     // After an in-place restart the `-sync` object is the one from before it, while Patroni
     // names the standbys again only once they have caught up: a fault in that window hits a
-    // primary that commits alone. So ask PostgreSQL too.
+    // primary that commits alone. So ask PostgreSQL too, and wait until it names every
+    // streaming replica (`ANY 1 (a,b)`): with one name only, losing that replica stops commits
+    // until Patroni renames, which is a gap of the moment, not the steady state under test.
     let ip = p.ip.clone();
     wait_for(
-        "the primary's synchronous_standby_names set",
-        Duration::from_secs(60),
+        "the primary's synchronous_standby_names naming every streaming replica",
+        Duration::from_secs(90),
         || {
             let (ip, login) = (ip.clone(), login.clone());
             async move {
+                let replicas: Vec<String> = instances(pods, site)
+                    .await?
+                    .into_iter()
+                    .filter(|i| i.role == "replica" && i.replication == "streaming")
+                    .map(|i| i.pod)
+                    .collect();
                 match tokio::task::spawn_blocking(move || synchronous_standby_names(&ip, &login))
                     .await
                 {
-                    Ok(Some(names)) if !names.is_empty() => Ok(()),
-                    other => Err(format!("{other:?}")),
+                    Ok(Some(names))
+                        if !names.is_empty() && replicas.iter().all(|r| names.contains(r)) =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}, streaming replicas {replicas:?}")),
                 }
             }
         },
