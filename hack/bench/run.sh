@@ -59,6 +59,8 @@ case " $parts " in *" operator "*)
     done
   done
   nodes=18
+  # (A bench cluster already running from before KCM_HOSTPATH_PROVISIONER was set has no such
+  # provisioner: its claims stay Pending; stop it with CLUSTER_DIR=.cluster-bench down.sh.)
   # The benchmark's claims go to the controller-manager's host-path provisioner, which binds
   # claims concurrently (kwok's volume stages bind one at a time: at 1,000 sites the median
   # database volume waited 369 s for them, and that queue, not the operator, set the pace).
