@@ -79,9 +79,9 @@ fn secs(d: Duration) -> String {
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Target {
     /// The node of the database primary (and of one app pod).
-    Database,
+    Primary,
     /// A node with an app pod and a database replica, not the primary.
-    AppOnly,
+    Replica,
 }
 
 struct Site {
@@ -110,8 +110,8 @@ async fn scenario(
         .await
         .expect("app pods");
     let node = match target {
-        Target::Database => db_node.clone(),
-        Target::AppOnly => apps
+        Target::Primary => db_node.clone(),
+        Target::Replica => apps
             .iter()
             .map(|(_, n)| n.clone())
             .find(|n| *n != db_node)
@@ -171,7 +171,7 @@ async fn scenario(
         secs(replaced)
     );
 
-    if target == Target::Database {
+    if target == Target::Primary {
         // The old primary's pod is marked for deletion once the toleration ran out; it stays
         // Terminating while its node is away (a StatefulSet never runs two of one name).
         let (pods, old) = (site.pods.clone(), primary.pod.clone());
@@ -287,14 +287,14 @@ async fn scenario(
     println!("{line}");
     match (target, outage) {
         (_, Some((_, None))) => misses.push(format!("writes must come back: {line}")),
-        (Target::Database, Some((_, Some(resumed)))) if resumed - t0 > WRITES_BACK_WITHIN => misses
+        (Target::Primary, Some((_, Some(resumed)))) if resumed - t0 > WRITES_BACK_WITHIN => misses
             .push(format!(
                 "writes back within {} of a fault on the primary's node: {line}",
                 secs(WRITES_BACK_WITHIN)
             )),
         _ => {}
     }
-    if target == Target::AppOnly {
+    if target == Target::Replica {
         // Requests fail only while the dead node's pods are still endpoints (until NotReady);
         // from a few seconds later (the host's kube-proxy catching up) nothing fails. The
         // replica on the node is not needed for a commit: the other standby is in the quorum.
@@ -454,10 +454,10 @@ async fn a_site_on_three_real_nodes_survives_node_failures_under_load() {
     let mut lines = Vec::new();
     let mut misses = Vec::new();
     for (fault, target) in [
-        ("freeze", Target::AppOnly),
-        ("partition", Target::Database),
-        ("kill", Target::AppOnly),
-        ("freeze", Target::Database),
+        ("freeze", Target::Replica),
+        ("partition", Target::Primary),
+        ("kill", Target::Replica),
+        ("freeze", Target::Primary),
     ] {
         lines.push(scenario(&site, &load, fault, target, &mut misses).await);
     }
