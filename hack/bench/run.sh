@@ -50,15 +50,18 @@ case " $parts " in *" operator "*)
     started=1
     "$ROOT/hack/cluster/up.sh" >/dev/null
   fi
-  # Room for the pods of a thousand sites: twelve more nodes of 250 pods, four per zone.
+  # Room for the pods of a thousand sites twice over (the reference applies the same children
+  # while the operator's sites still run): 24 more nodes of 250 pods, eight per zone. With
+  # twelve, the six cluster nodes of 110 pods and the bench nodes held 3,660 pods, and the
+  # reference at 1,000 sites stalled at 1,660 of its 2,000 pods for want of room.
   for zone in a b c; do
-    for i in 1 2 3 4; do
+    for i in 1 2 3 4 5 6 7 8; do
       NODE="kwok-bench-$zone-$i" ZONE="zone-$zone" envsubst <"$ROOT/hack/bench/node.yaml.in" |
         "$K8S_BIN/kubectl" --kubeconfig="$KUBECONFIG_FILE" apply --server-side \
           --field-manager=articlesite-bench -f - >/dev/null
     done
   done
-  nodes=18
+  nodes=30
   # (A bench cluster already running from before KCM_HOSTPATH_PROVISIONER was set has no such
   # provisioner: its claims stay Pending; stop it with CLUSTER_DIR=.cluster-bench down.sh.)
   # The benchmark's claims go to the controller-manager's host-path provisioner, which binds
