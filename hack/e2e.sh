@@ -15,6 +15,8 @@ set -euo pipefail
 . "$here/components.sh"
 
 REAL_NODE=1 "$ROOT/hack/deps.sh"
+# wrk: the full-load test's read load (tests/full_load.rs, tests/load/reads.lua).
+ensure_commands wrk:wrk
 
 # What the real node may touch, in a form that can be compared before and after. Only
 # names and ranges of our own: other clusters on this machine change theirs meanwhile.
@@ -100,6 +102,6 @@ want=${E2E_NODES:-all}
 if [ "$running" != multi ] && { [ "$want" = all ] || [ "$want" = 1 ]; }; then run_e2e 1 "real_node real_node_autoscaling backup_restore"; fi
 if [ "$running" != single ] && { [ "$want" = all ] || [ "$want" = 3 ]; }; then
   [ -z "$(component_pid kube-apiserver)" ] || [ "$running" = multi ] || die "the cluster of the first run is still up"
-  run_e2e 3 "real_nodes replicated_database"
+  run_e2e 3 "real_nodes replicated_database full_load"
 fi
 say "make e2e passed in $(( $(date +%s) - T0 ))s"

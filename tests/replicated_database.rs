@@ -141,15 +141,19 @@ impl Site {
                 "no read fails while a replica is healthy: {what}: {fr}/{reads} reads failed"
             ));
         }
-        let outage = self
+        // Failed writes, and writes the article server held for a primary (slow, not
+        // failed): the longest time without an acknowledgment covers both.
+        let failing = self
             .load
             .write_outage(from)
             .map(|(failed, resumed)| resumed.unwrap_or_else(Instant::now) - failed)
             .unwrap_or_default();
+        let outage = self.load.write_pause(from).max(failing);
         (
             format!(
-                "{what}: writes stopped {}, {fw}/{writes} writes failed, {fr}/{reads} reads failed ({first} needed a retry){extra}",
-                secs(outage)
+                "{what}: writes paused {} (failing for {}), {fw}/{writes} writes failed, {fr}/{reads} reads failed ({first} needed a retry){extra}",
+                secs(outage),
+                secs(failing)
             ),
             outage,
             fw,

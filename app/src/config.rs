@@ -122,6 +122,9 @@ pub struct Config {
     pub write_token: WriteToken,
     pub pool_size: u32,
     pub db_timeout: Duration,
+    /// How long a write waits for a primary when none can be reached (a failover, a
+    /// restart): it is run again every 50 ms meanwhile, and only if nothing was sent.
+    pub write_hold: Duration,
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
@@ -136,6 +139,10 @@ pub struct Config {
 }
 
 pub const MIN_TOKEN_LEN: usize = 32;
+
+/// `ARTICLES_WRITE_HOLD_MS` by default: longer than a switchover (about 3 s) and the
+/// write Service's move after a failover, within the default request timeout.
+pub const DEFAULT_WRITE_HOLD_MS: u64 = 5000;
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -193,6 +200,14 @@ impl Config {
             "ARTICLES_DATABASE_TIMEOUT_MS",
             2000,
             10,
+            600_000,
+        );
+        let write_hold = millis(
+            &get,
+            &mut p,
+            "ARTICLES_WRITE_HOLD_MS",
+            DEFAULT_WRITE_HOLD_MS,
+            0,
             600_000,
         );
         let request_timeout = millis(
@@ -282,6 +297,20 @@ impl Config {
             ));
         }
 
+        // A held write still needs its own database call once a primary answers, and the
+        // request timeout must leave it that time, or a write that lands is answered 503.
+        if let (Some(hold), Some(db), Some(request)) = (write_hold, db_timeout, request_timeout)
+            && hold + db >= request
+        {
+            p.push(format!(
+                "ARTICLES_WRITE_HOLD_MS ({}) plus ARTICLES_DATABASE_TIMEOUT_MS ({}) must be less than \
+                 ARTICLES_REQUEST_TIMEOUT_MS ({}): a held write needs time to run once a primary answers",
+                hold.as_millis(),
+                db.as_millis(),
+                request.as_millis()
+            ));
+        }
+
         match (
             listen_addr,
             database,
@@ -289,6 +318,7 @@ impl Config {
             write_token,
             pool_size,
             db_timeout,
+            write_hold,
             request_timeout,
             header_read_timeout,
             max_connections,
@@ -310,6 +340,7 @@ impl Config {
                 Some(write_token),
                 Some(pool_size),
                 Some(db_timeout),
+                Some(write_hold),
                 Some(request_timeout),
                 Some(header_read_timeout),
                 Some(max_connections),
@@ -330,6 +361,7 @@ impl Config {
                 write_token,
                 pool_size: pool_size as u32,
                 db_timeout,
+                write_hold,
                 request_timeout,
                 header_read_timeout,
                 max_connections: max_connections as usize,
@@ -581,6 +613,7 @@ mod tests {
         assert_eq!(c.pool_size, 10);
         assert_eq!(c.db_timeout, Duration::from_millis(2000));
         assert_eq!(c.request_timeout, Duration::from_millis(10_000));
+        assert_eq!(c.write_hold, Duration::from_millis(DEFAULT_WRITE_HOLD_MS));
         assert_eq!(c.max_body_bytes, 1 << 20);
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.max_connections, 1000);
@@ -748,6 +781,30 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("must be less than"), "{e}");
+    }
+
+    #[test]
+    fn a_held_write_must_fit_in_the_request_timeout() {
+        let e = load(&[
+            ("ARTICLES_DATABASE_URL", "postgres://localhost/db"),
+            ("ARTICLES_WRITE_TOKEN", TOKEN),
+            ("ARTICLES_WRITE_HOLD_MS", "8000"),
+            ("ARTICLES_DATABASE_TIMEOUT_MS", "2000"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "ARTICLES_WRITE_HOLD_MS (8000) plus ARTICLES_DATABASE_TIMEOUT_MS (2000) must be less than ARTICLES_REQUEST_TIMEOUT_MS (10000)"
+            ),
+            "{e}"
+        );
+        let c = load(&[
+            ("ARTICLES_DATABASE_URL", "postgres://localhost/db"),
+            ("ARTICLES_WRITE_TOKEN", TOKEN),
+            ("ARTICLES_WRITE_HOLD_MS", "0"),
+        ])
+        .expect("no hold is allowed");
+        assert_eq!(c.write_hold, Duration::ZERO);
     }
 
     #[test]

@@ -114,16 +114,13 @@ async fn render_stale(state: &AppState, stop: &mut watch::Receiver<bool>) {
 /// `SELECT 1` on `pool` within `limit`, through a connection that is closed if it fails
 /// (a probe must not leave a hung connection in the pool).
 async fn ping(pool: &sqlx::PgPool, limit: Duration) -> Result<(), db::DbError> {
-    db::timed(
-        limit,
-        db::failover::run_on(pool, async |c| {
-            sqlx::query("SELECT 1")
-                .execute(c)
-                .await
-                .map(|_| ())
-                .map_err(db::DbError::from)
-        }),
-    )
+    db::failover::run_on(pool, limit, async |c| {
+        sqlx::query("SELECT 1")
+            .execute(c)
+            .await
+            .map(|_| ())
+            .map_err(db::DbError::from)
+    })
     .await
 }
 

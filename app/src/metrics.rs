@@ -68,6 +68,38 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// What became of a write that found no primary and was held (`AppState::write`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum HeldOutcome {
+    /// A primary answered within the hold and the write ran.
+    Ran,
+    /// The hold ran out first: answered 503.
+    Expired,
+    /// Too many writes were held already: answered 503 at once.
+    NoSlot,
+}
+
+impl HeldOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeldOutcome::Ran => "ran",
+            HeldOutcome::Expired => "expired",
+            HeldOutcome::NoSlot => "no_slot",
+        }
+    }
+}
+
+impl EncodeLabelValue for HeldOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeldLabels {
+    pub outcome: HeldOutcome,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -91,6 +123,7 @@ pub struct Metrics {
     pub db_circuit_open: Gauge,
     pub replica_reads: Counter,
     pub replica_refused: Counter,
+    pub writes_held: Family<HeldLabels, Counter>,
 }
 
 /// The method as a metric label: the standard ones by name, anything else as `other`, so
@@ -138,6 +171,12 @@ impl Metrics {
         let db_circuit_open = Gauge::default();
         let replica_reads = Counter::default();
         let replica_refused = Counter::default();
+        let writes_held = Family::<HeldLabels, Counter>::default();
+        registry.register(
+            "db_writes_held",
+            "Writes that found no primary and were held for one (ARTICLES_WRITE_HOLD_MS), by outcome",
+            writes_held.clone(),
+        );
         registry.register(
             "db_replica_reads",
             "Reads answered from the read replica because the primary failed",
@@ -250,6 +289,7 @@ impl Metrics {
             db_circuit_open,
             replica_reads,
             replica_refused,
+            writes_held,
         }
     }
 

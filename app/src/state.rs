@@ -11,13 +11,17 @@ use crate::config::Config;
 use crate::db::breaker::Breaker;
 use crate::db::failover::{self, Failover, Held, Sourced};
 use crate::db::{self, DbError, Outage, timed};
-use crate::metrics::Metrics;
+use crate::metrics::{HeldLabels, HeldOutcome, Metrics};
 use crate::shutdown::Lifecycle;
 use crate::token::TokenDigest;
 
 /// The part of the database timeout a read gives the primary when a replica could answer
 /// instead: the rest is the replica's.
 const PRIMARY_SHARE_OF_READ: f64 = 0.5;
+
+/// How often a held write tries again for a primary: a switchover's new primary is found
+/// within one interval, and a pool with nothing to connect to fails fast, so this is cheap.
+const HOLD_RETRY: Duration = Duration::from_millis(50);
 
 pub struct AppState {
     pub config: Config,
@@ -36,6 +40,9 @@ pub struct AppState {
     pub breaker: Breaker,
     /// The read replica's own breaker, so a replica that is down too costs nothing.
     pub replica_breaker: Breaker,
+    /// Slots for writes held while no primary answers (`write`): a quarter of the request
+    /// slots, so that a long failover cannot fill the server with waiting writes.
+    pub write_holds: Semaphore,
 }
 
 impl AppState {
@@ -54,6 +61,7 @@ impl AppState {
             cache: Cache::new(&config.cache),
             token: TokenDigest::new(&config.write_token.0),
             capacity: Arc::new(Semaphore::new(config.max_in_flight())),
+            write_holds: Semaphore::new(config.max_in_flight().div_ceil(4)),
             lifecycle: Lifecycle::default(),
             breaker: Breaker::default(),
             replica_breaker: Breaker::default(),
@@ -100,7 +108,7 @@ impl AppState {
         let open = self.breaker.is_open();
         let result = match self.breaker.check() {
             Err(e) => Err(E::from(e)),
-            Ok(()) => timed(limit, failover::run_on(&self.pool, op)).await,
+            Ok(()) => failover::run_on(&self.pool, limit, op).await,
         };
         let result = match result {
             Err(e)
@@ -112,9 +120,12 @@ impl AppState {
                     "a write hit a read-only server (demoted primary): its connection is closed");
                 Err(e)
             }
-            // The pool kept refusing standbys until it gave up: say "failing over".
+            // The pool kept refusing standbys until it gave up: say "failing over". Only
+            // when nothing was sent: a call that timed out while running stays a timeout
+            // (it may have committed), so that `write` never runs it again.
             Err(e)
-                if e.is_outage() && self.failover.refused_recently(self.config.db_timeout * 2) =>
+                if e.db_error().is_some_and(DbError::changed_nothing)
+                    && self.failover.refused_recently(self.config.db_timeout * 2) =>
             {
                 Err(E::from(DbError::NotPrimary))
             }
@@ -133,6 +144,50 @@ impl AppState {
             );
         }
         result
+    }
+
+    /// A write of a request: `db`, and while no primary can be reached (a failover, a
+    /// switchover, a restart) the write is held and run again every `HOLD_RETRY`, for up to
+    /// `ARTICLES_WRITE_HOLD_MS`, so that a client sees a slower answer instead of a 503.
+    /// Only errors that prove nothing reached the server are retried
+    /// (`DbError::changed_nothing`): a write never lands twice.
+    pub async fn write<T, E>(
+        &self,
+        op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E> + Clone,
+    ) -> Result<T, E>
+    where
+        E: From<DbError> + Outage,
+    {
+        // The hold counts from the first attempt: with the last attempt's own database
+        // timeout the whole write stays within the request timeout (checked in `config`).
+        let until = Instant::now() + self.config.write_hold;
+        let first = self.db(op.clone()).await;
+        let retryable = |r: &Result<T, E>| matches!(r, Err(e) if e.db_error().is_some_and(DbError::changed_nothing));
+        if !retryable(&first) || self.config.write_hold.is_zero() {
+            return first;
+        }
+        let Ok(_slot) = self.write_holds.try_acquire() else {
+            self.held(HeldOutcome::NoSlot);
+            return first;
+        };
+        let mut last = first;
+        while Instant::now() + HOLD_RETRY < until {
+            tokio::time::sleep(HOLD_RETRY).await;
+            last = self.db(op.clone()).await;
+            if !retryable(&last) {
+                self.held(HeldOutcome::Ran);
+                return last;
+            }
+        }
+        self.held(HeldOutcome::Expired);
+        last
+    }
+
+    fn held(&self, outcome: HeldOutcome) {
+        self.metrics
+            .writes_held
+            .get_or_create(&HeldLabels { outcome })
+            .inc();
     }
 
     /// A read for a reader path (pages, feed, API GETs): from the primary, or, when the

@@ -445,6 +445,9 @@ real_nodes_up() {
   [ -d /var/log/pods ] || [ -f "$RN_DIR/varlog.created" ] || { mkdir -p /var/log/pods && touch "$RN_DIR/varlog.created"; }
   [ -d /var/log/containers ] || [ -f "$RN_DIR/varlogc.created" ] || { mkdir -p /var/log/containers && touch "$RN_DIR/varlogc.created"; }
   [ -d /run/netns ] || [ -f "$RN_DIR/netns.created" ] || { mkdir -p /run/netns && touch "$RN_DIR/netns.created"; }
+  # `ip netns add` turns /run/netns into a (shared) mount point of itself the first time:
+  # undone on the way down, or the directory cannot be removed.
+  mountpoint -q /run/netns || [ -f "$RN_DIR/netns.mounted" ] || touch "$RN_DIR/netns.mounted"
   # The kubelet's device-plugin directory is fixed (/var/lib/kubelet/device-plugins, whatever
   # --root-dir says); remove it on the way down if a kubelet of ours made it.
   [ -d /var/lib/kubelet ] || [ -f "$RN_DIR/varlib.created" ] || touch "$RN_DIR/varlib.created"
@@ -529,6 +532,9 @@ real_nodes_down() {
   if [ -f "$RN_DIR/varlog.created" ]; then rm -rf /var/log/pods; fi
   if [ -f "$RN_DIR/varlogc.created" ]; then rm -rf /var/log/containers; fi
   if [ -f "$RN_DIR/varlib.created" ]; then rm -rf /var/lib/kubelet; fi
+  if [ -f "$RN_DIR/netns.mounted" ] && mountpoint -q /run/netns && [ -z "$(ls -A /run/netns)" ]; then
+    umount /run/netns || say "warning: could not unmount /run/netns"
+  fi
   if [ -f "$RN_DIR/netns.created" ]; then rmdir /run/netns 2>/dev/null || true; fi
   rn_restore_sysctls
   rm -rf "$RN_RUN" "$RN_DIR"

@@ -97,8 +97,13 @@ pub struct Sample {
 
 /// A steady, bounded load through the Service's ClusterIP (this machine's kube-proxy sends it
 /// to the real nodes' pods): five reads a second (a client that retries an idempotent read
-/// twice, 2 s per attempt) and five writes a second (never retried, 3 s each), each write a
-/// new article whose slug is recorded once the site acknowledged it (201).
+/// twice, 2 s per attempt) and five writes a second (never retried, `WRITE_TIMEOUT` each),
+/// each write a new article whose slug is recorded once the site acknowledged it (201).
+/// A write's client timeout: the article server's request timeout (10 s), which covers its
+/// write hold (5 s) and one database call, so a held write counts as slow, not as failed;
+/// `Load::write_pause` reports how long writes were held.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Load {
     samples: Arc<Mutex<Vec<Sample>>>,
     acked: Arc<Mutex<Vec<(String, Instant)>>>,
@@ -130,7 +135,7 @@ impl Load {
                             "/api/v1/articles",
                             Some(&token),
                             Some(&body),
-                            Duration::from_secs(3),
+                            WRITE_TIMEOUT,
                         )
                         .await;
                         let ok = matches!(r, Ok((201, _, _)));
@@ -227,6 +232,27 @@ impl Load {
             .map(|s| s.at)
             .min();
         Some((first_fail, resumed))
+    }
+
+    /// The longest time without an acknowledged write since `from`: from `from` to the
+    /// first acknowledgment, between two, or from the last one to now. With writes held
+    /// through a failover (not failed) this is the pause a client sees.
+    pub fn write_pause(&self, from: Instant) -> Duration {
+        let acked = self.acked.lock().expect("acked");
+        let mut times: Vec<Instant> = acked
+            .iter()
+            .map(|(_, t)| *t)
+            .filter(|t| *t >= from)
+            .collect();
+        times.sort();
+        times.push(Instant::now());
+        let mut prev = from;
+        let mut longest = Duration::ZERO;
+        for t in times {
+            longest = longest.max(t - prev);
+            prev = t;
+        }
+        longest
     }
 
     pub fn acked(&self) -> Vec<String> {

@@ -323,12 +323,12 @@ async fn lock_by_slug(
 pub async fn update(
     conn: &mut PgConnection,
     slug: &str,
-    pre: Precondition,
+    pre: &Precondition,
     patch: &ArticlePatch,
     rendered: Option<&Rendered>,
 ) -> Result<Article, RepoError> {
     let mut tx = conn.begin().await.map_err(DbError::from)?;
-    let current = lock_by_slug(&mut tx, slug, &pre).await?;
+    let current = lock_by_slug(&mut tx, slug, pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
     }
@@ -358,10 +358,10 @@ pub async fn update(
 pub async fn delete(
     conn: &mut PgConnection,
     slug: &str,
-    pre: Precondition,
+    pre: &Precondition,
 ) -> Result<(), RepoError> {
     let mut tx = conn.begin().await.map_err(DbError::from)?;
-    let current = lock_by_slug(&mut tx, slug, &pre).await?;
+    let current = lock_by_slug(&mut tx, slug, pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
     }
@@ -379,11 +379,11 @@ pub async fn delete(
 pub async fn publish(
     conn: &mut PgConnection,
     slug: &str,
-    pre: Precondition,
+    pre: &Precondition,
     at: Option<DateTime<Utc>>,
 ) -> Result<Article, RepoError> {
     let mut tx = conn.begin().await.map_err(DbError::from)?;
-    let current = lock_by_slug(&mut tx, slug, &pre).await?;
+    let current = lock_by_slug(&mut tx, slug, pre).await?;
     if !pre.holds(&current) {
         return Err(RepoError::PreconditionFailed);
     }

@@ -26,6 +26,7 @@ impl DbError {
             self,
             DbError::Timeout
                 | DbError::Unavailable(_)
+                | DbError::NoConnection(_)
                 | DbError::CircuitOpen
                 | DbError::ReadOnly(_)
                 | DbError::NotPrimary
@@ -38,6 +39,19 @@ impl DbError {
     /// ping it without a time limit).
     pub fn breaks_connection(&self) -> bool {
         matches!(self, DbError::Unavailable(_) | DbError::ReadOnly(_))
+    }
+
+    /// Errors that prove the call changed nothing on the server: it never got a connection,
+    /// was refused before it ran, or was refused by a read-only server. Only these make a
+    /// write safe to run again (`AppState::write`).
+    pub fn changed_nothing(&self) -> bool {
+        matches!(
+            self,
+            DbError::NoConnection(_)
+                | DbError::CircuitOpen
+                | DbError::ReadOnly(_)
+                | DbError::NotPrimary
+        )
     }
 
     /// The database is changing primaries (as opposed to simply being away).

@@ -181,20 +181,28 @@ impl Drop for Held {
     }
 }
 
-/// Runs `op` on one connection of `pool`. The connection returns to the pool after a
-/// success or an ordinary SQL error, and is closed after a connection-level error or
-/// SQLSTATE 25006 (or if this future is dropped half-way).
+/// Runs `op` on one connection of `pool`, all within `limit`. The connection returns to the
+/// pool after a success or an ordinary SQL error, and is closed after a connection-level
+/// error or SQLSTATE 25006 (or if this future is dropped half-way).
+///
+/// Waiting for a connection and running `op` fail differently on purpose: no connection
+/// within the limit is `DbError::NoConnection` (nothing was sent, a write may be retried),
+/// while a timeout once `op` runs is `DbError::Timeout` (a commit may have landed).
 pub async fn run_on<T, E>(
     pool: &PgPool,
+    limit: Duration,
     op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
 ) -> Result<T, E>
 where
     E: From<DbError> + Outage,
 {
-    let mut held = Held::acquire(pool)
-        .await
-        .map_err(|e| E::from(DbError::from(e)))?;
-    let result = op(held.conn()).await;
+    let started = Instant::now();
+    let mut held = match tokio::time::timeout(limit, Held::acquire(pool)).await {
+        Ok(Ok(held)) => held,
+        Ok(Err(e)) => return Err(E::from(DbError::NoConnection(e))),
+        Err(_) => return Err(E::from(DbError::NoConnection(sqlx::Error::PoolTimedOut))),
+    };
+    let result = super::timed(limit.saturating_sub(started.elapsed()), op(held.conn())).await;
     let breaks = matches!(&result, Err(e) if e.db_error().is_some_and(DbError::breaks_connection));
     if !breaks {
         held.keep();

@@ -24,6 +24,9 @@ pub enum DbError {
     Timeout,
     #[error("no database connection available: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// No connection could be had within the time limit: nothing was sent to the server.
+    #[error("no database connection within the time limit: {0}")]
+    NoConnection(#[source] sqlx::Error),
     #[error("the database is known to be down (circuit breaker open)")]
     CircuitOpen,
     /// SQLSTATE 25006 on a write: the server turned read-only (demoted); the connection

@@ -178,7 +178,7 @@ pub async fn create(
     let new = input.validate().map_err(ApiError::Validation)?;
     let rendered = render::render_body(&new.body);
     let a = state
-        .db(async |c| articles::create(c, &new, &rendered).await)
+        .write(async |c| articles::create(c, &new, &rendered).await)
         .await?;
     // A draft is in no public response: nothing cached changes.
 
@@ -198,7 +198,7 @@ pub async fn update(
     let patch = input.validate().map_err(ApiError::Validation)?;
     let rendered = patch.body.as_deref().map(render::render_body);
     let a = state
-        .db(async |c| articles::update(c, &slug, pre, &patch, rendered.as_ref()).await)
+        .write(async |c| articles::update(c, &slug, &pre, &patch, rendered.as_ref()).await)
         .await?;
     // This replica sees its own write at once; the others through the notification.
     state.cache.invalidate_article(&slug);
@@ -214,7 +214,7 @@ pub async fn delete(
     let slug = slug_of(path)?;
     let pre = precondition(&headers, false)?;
     state
-        .db(async |c| articles::delete(c, &slug, pre).await)
+        .write(async |c| articles::delete(c, &slug, &pre).await)
         .await?;
     // This replica sees its own write at once; the others through the notification.
     state.cache.invalidate_article(&slug);
@@ -235,7 +235,7 @@ pub async fn publish(
     let slug = slug_of(path)?;
     let pre = precondition(&headers, false)?;
     let a = state
-        .db(async |c| articles::publish(c, &slug, pre, input.at()).await)
+        .write(async |c| articles::publish(c, &slug, &pre, input.at()).await)
         .await?;
     // This replica sees its own write at once; the others through the notification.
     state.cache.invalidate_article(&slug);

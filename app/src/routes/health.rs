@@ -53,13 +53,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     // would only spend the kubelet's time on a primary known to be down.
     let primary = match state.breaker.check() {
         Err(e) => Err(e),
-        Ok(()) => {
-            db::timed(
-                limit.min(PRIMARY_CHECK),
-                failover::run_on(&state.pool, db::ready),
-            )
-            .await
-        }
+        Ok(()) => failover::run_on(&state.pool, limit.min(PRIMARY_CHECK), db::ready).await,
     };
     match primary {
         Ok(true) => {
@@ -98,9 +92,10 @@ async fn replica_can_serve(state: &AppState) -> Option<Staleness> {
         state.config.read_replica.as_ref()?,
     );
     let since_primary = state.failover.since_primary_answered();
-    let status = db::timed(
+    let status = failover::run_on(
+        pool,
         state.config.db_timeout.min(REPLICA_CHECK),
-        failover::run_on(pool, async |c| failover::replica_status(c).await),
+        async |c| failover::replica_status(c).await,
     )
     .await
     .map_err(|e: DbError| tracing::warn!(error = %e, "read replica unreachable"))

@@ -12,9 +12,11 @@ use sqlx::PgPool;
 
 use crate::harness::{Cluster, ServiceProxy, TOKEN, TestServer, db_pool, wait_until};
 
-const FAST: [(&str, &str); 2] = [
+/// A short write hold, so that refusals are answered within a second or two.
+const FAST: [(&str, &str); 3] = [
     ("ARTICLES_CACHE_ENABLED", "false"),
     ("ARTICLES_DATABASE_TIMEOUT_MS", "1000"),
+    ("ARTICLES_WRITE_HOLD_MS", "300"),
 ];
 
 fn with_replica<'a>(port: &'a str, max_lag: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -99,6 +101,74 @@ async fn a_write_host_in_recovery_is_refused_with_503_never_500() {
         .await
         .expect("articles");
     assert_eq!(stored, ["before"], "nothing was written");
+    drop(srv);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_during_a_promotion_is_held_and_lands_instead_of_a_503() {
+    let c = Cluster::start(true).await;
+    let svc = ServiceProxy::start(c.primary.port).await;
+    let srv = TestServer::start(
+        &svc.url("articles"),
+        &[
+            ("ARTICLES_CACHE_ENABLED", "false"),
+            ("ARTICLES_DATABASE_TIMEOUT_MS", "1000"),
+            ("ARTICLES_WRITE_HOLD_MS", "8000"),
+            ("ARTICLES_REQUEST_TIMEOUT_MS", "15000"),
+        ],
+    )
+    .await;
+    srv.create_published("before", "Before", "body", &[]).await;
+    c.wait_replayed().await;
+
+    // The write Service selects the standby while it is still in recovery (as after a
+    // failover, before the promotion): the write finds no primary and is held.
+    svc.point_at(c.standby().port);
+    svc.cut();
+    let sent = Instant::now();
+    let write = {
+        let (client, url) = (srv.client.clone(), srv.url("/api/v1/articles"));
+        tokio::spawn(async move {
+            let res = client
+                .post(url)
+                .bearer_auth(TOKEN)
+                .json(&json!({ "slug": "held", "title": "t", "body": "b", "summary": "s", "tags": [] }))
+                .send()
+                .await
+                .expect("request");
+            (Instant::now(), res.status().as_u16())
+        })
+    };
+    let refused = wait_until(Duration::from_secs(5), || async {
+        srv.metric("articles_db_standby_refused_total", &[]).await >= 1.0
+    })
+    .await;
+    assert!(refused, "the write never reached the standby");
+    // An observation window, not a wait for a condition: past the database timeout (1 s)
+    // an unheld write would have been answered 503 already.
+    tokio::time::sleep_until((sent + Duration::from_millis(1500)).into()).await;
+    assert!(
+        !write.is_finished(),
+        "the write was answered instead of held"
+    );
+
+    let c = &c;
+    tokio::task::block_in_place(|| c.promote_standby());
+    let promoted = Instant::now();
+    let (answered, status) = write.await.expect("writer");
+    assert_eq!(status, 201, "the held write landed on the new primary");
+    assert!(answered >= promoted, "answered before the promotion");
+    assert_eq!(
+        srv.metric("articles_db_writes_held_total", &["outcome=\"ran\""])
+            .await,
+        1.0
+    );
+    let mut new_primary = c.standby().connect("articles").await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT slug FROM articles ORDER BY slug")
+        .fetch_all(&mut new_primary)
+        .await
+        .expect("articles");
+    assert_eq!(stored, ["before", "held"], "written once");
     drop(srv);
 }
 

@@ -23,6 +23,9 @@ async fn uncached_behind_proxy(db_timeout_ms: &str) -> (TestServer, Proxy) {
         &[
             ("ARTICLES_CACHE_ENABLED", "false"),
             ("ARTICLES_DATABASE_TIMEOUT_MS", db_timeout_ms),
+            // Each write runs once: these tests watch one database call, not a held retry
+            // (and a 5 s call plus the default hold would not fit the request timeout).
+            ("ARTICLES_WRITE_HOLD_MS", "0"),
         ],
     )
     .await;

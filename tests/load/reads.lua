@@ -1,0 +1,54 @@
+-- The read load of tests/full_load.rs (wrk, keep-alive): every request a GET of one of the
+-- site's pages or API answers, in turn; every answer counted by status, so that a test can
+-- say which status each failure had (wrk itself only counts "non-2xx/3xx").
+-- LOAD_SLUG: a published article.
+local slug = os.getenv("LOAD_SLUG") or "front-page"
+local paths = {
+  "/articles/" .. slug,
+  "/api/v1/articles/" .. slug,
+  "/",
+  "/api/v1/articles",
+  "/feed.xml",
+}
+
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("offset", #threads)
+end
+
+local n = 0
+statuses = {}
+
+function request()
+  n = n + 1
+  return wrk.format("GET", paths[(n + (offset or 0)) % #paths + 1])
+end
+
+-- A problem answer names what failed (`urn:articles:problem:overloaded`, ...): kept with the
+-- status, so that a failure says which part of the server answered it.
+function response(status, headers, body)
+  local k = tostring(status)
+  if status >= 300 and body then
+    local kind = body:match("urn:articles:problem:([%w%-]+)")
+    if kind then k = k .. " " .. kind end
+  end
+  statuses[k] = (statuses[k] or 0) + 1
+end
+
+-- One machine-readable line; latencies in microseconds.
+function done(summary, latency, requests)
+  local all = {}
+  for _, t in ipairs(threads) do
+    local s = t:get("statuses")
+    for k, v in pairs(s) do all[k] = (all[k] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(all) do table.insert(parts, string.format('"%s":%d', k, v)) end
+  local e = summary.errors
+  io.write(string.format(
+    'LOAD_RESULT {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,' ..
+    '"statuses":{%s},"connect":%d,"read":%d,"write":%d,"timeout":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.max, table.concat(parts, ","), e.connect, e.read, e.write, e.timeout))
+end
