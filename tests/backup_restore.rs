@@ -22,14 +22,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
-use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use common::e2e::{Load, env_or, local_volumes, missing_articles};
+use common::e2e::{Load, env_or, local_volumes, missing_articles, site_address_and_token};
 use common::http::request;
 use common::operator::OperatorProcess;
 use common::site::{condition, wait_condition, wait_site_ready};
@@ -117,25 +116,11 @@ async fn create_site(
     wait_site_ready(sites, name, Duration::from_secs(420)).await;
     let took = t.elapsed();
     let ns = sites_namespace(sites);
-    let token = Api::<Secret>::namespaced(client.clone(), &ns)
-        .get(&Names::write_token(name))
-        .await
-        .expect("write token")
-        .data
-        .and_then(|d| d.get(WRITE_TOKEN_KEY).cloned())
-        .map(|b| String::from_utf8(b.0).expect("utf-8 token"))
-        .expect("token");
-    let ip = Api::<Service>::namespaced(client.clone(), &ns)
-        .get(name)
-        .await
-        .expect("site Service")
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("ClusterIP");
+    let (addr, token) = site_address_and_token(client, &ns, name).await;
     (
         Site {
             name: name.into(),
-            addr: format!("{ip}:80"),
+            addr,
             token,
         },
         took,

@@ -18,17 +18,20 @@ use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
 use articlesite_operator::patroni::ROLE_LABEL;
-use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
+use articlesite_operator::resources::Names;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use common::e2e::{Load, REAL_NODES, env_or, local_volumes, missing_articles, publish_article};
+use common::e2e::{
+    Load, REAL_NODES, env_or, local_volumes, missing_articles, publish_article,
+    site_address_and_token,
+};
 use common::operator::{OperatorProcess, lease_holder};
 use common::pods::{is_live, is_ready, live_pods, node_of};
 use common::site::wait_site_ready;
@@ -327,22 +330,7 @@ async fn reads_never_fail_at_full_load_through_rollouts_deletions_drains_and_lea
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     wait_app_ready(&pods, &name, "3 app pods Ready", Duration::from_secs(120)).await;
 
-    let token = Api::<Secret>::namespaced(client.clone(), &ns.name)
-        .get(&Names::write_token(&name))
-        .await
-        .expect("write token")
-        .data
-        .and_then(|d| d.get(WRITE_TOKEN_KEY).cloned())
-        .map(|b| String::from_utf8(b.0).expect("utf-8 token"))
-        .expect("token");
-    let cluster_ip = Api::<Service>::namespaced(client.clone(), &ns.name)
-        .get(&name)
-        .await
-        .expect("site Service")
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("ClusterIP");
-    let addr = format!("{cluster_ip}:80");
+    let (addr, token) = site_address_and_token(&client, &ns.name, &name).await;
     let url = format!("http://{addr}");
     let slug = "front-page";
     publish_article(&addr, &token, slug).await;

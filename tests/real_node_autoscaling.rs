@@ -14,10 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
-use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -25,7 +24,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use common::audit::{audit_events, audit_log, by_operator, file_len, in_namespace, is_write};
-use common::e2e::{env_or, local_volumes, publish_article};
+use common::e2e::{env_or, local_volumes, publish_article, site_address_and_token};
 use common::http::request;
 use common::operator::OperatorProcess;
 use common::pods::{is_live, is_ready};
@@ -197,22 +196,7 @@ async fn the_autoscaler_adds_pods_under_load_and_removes_them_after() {
         .name_any();
     wait_site_ready(&sites, &name, Duration::from_secs(300)).await;
 
-    let token = Api::<Secret>::namespaced(client.clone(), &ns.name)
-        .get(&Names::write_token(&name))
-        .await
-        .expect("write token")
-        .data
-        .and_then(|d| d.get(WRITE_TOKEN_KEY).cloned())
-        .map(|b| String::from_utf8(b.0).expect("utf-8 token"))
-        .expect("token");
-    let cluster_ip = Api::<Service>::namespaced(client.clone(), &ns.name)
-        .get(&name)
-        .await
-        .expect("site Service")
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("ClusterIP");
-    let addr = format!("{cluster_ip}:80");
+    let (addr, token) = site_address_and_token(&client, &ns.name, &name).await;
     publish_article(&addr, &token, "front-page").await;
     let path = "/api/v1/articles/front-page";
 

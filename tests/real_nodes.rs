@@ -17,8 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
-use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
-use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -27,7 +26,7 @@ use tokio::time::Instant;
 use common::database::{Login, WriterWatch, instances, wait_primary};
 use common::e2e::{
     HealAll, Load, REAL_NODES, env_or, local_volumes, missing_articles, node_fault, node_status,
-    publish_article,
+    publish_article, site_address_and_token,
 };
 use common::operator::OperatorProcess;
 use common::pods::{is_live, is_ready, node_of};
@@ -413,22 +412,7 @@ async fn a_site_on_three_real_nodes_survives_node_failures_under_load() {
         assert!(NODES.contains(&n.as_str()), "{n} is a real node");
     }
 
-    let token = Api::<Secret>::namespaced(client.clone(), &ns.name)
-        .get(&Names::write_token(&name))
-        .await
-        .expect("write token")
-        .data
-        .and_then(|d| d.get(WRITE_TOKEN_KEY).cloned())
-        .map(|b| String::from_utf8(b.0).expect("utf-8 token"))
-        .expect("token");
-    let cluster_ip = Api::<Service>::namespaced(client.clone(), &ns.name)
-        .get(&name)
-        .await
-        .expect("site Service")
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("ClusterIP");
-    let addr = format!("{cluster_ip}:80");
+    let (addr, token) = site_address_and_token(&client, &ns.name, &name).await;
     let published = "front-page";
     publish_article(&addr, &token, published).await;
 

@@ -179,7 +179,15 @@ start_component() {
   mkdir -p "$LOGS" "$PIDS"
   # shellcheck disable=SC2046
   setsid $(cmd_"$name") >>"$LOGS/$name.log" 2>&1 </dev/null &
-  echo $! >"$PIDS/$name.pid"
+  local pid=$! i
+  echo "$pid" >"$PIDS/$name.pid"
+  # Until the forked shell execs, /proc/PID/cmdline is this script's: on a loaded machine
+  # check_alive would take the slow fork for a dead component (empty log, "not running").
+  for i in $(seq 1 100); do
+    [ -n "$(component_pid "$name")" ] && return 0
+    [ -d "/proc/$pid" ] || return 0 # it died: check_alive reports it with its log
+    sleep 0.1
+  done
 }
 
 # stop_component NAME: TERM, then KILL after 10 s; removes the pid file.

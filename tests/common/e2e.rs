@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::PersistentVolume;
+use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
+use k8s_openapi::api::core::v1::{PersistentVolume, Secret, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -27,6 +28,27 @@ pub fn env_or(name: &str, default: &str) -> String {
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| default.to_string())
+}
+
+/// What a test needs to talk to a site: its write token and the address of its Service
+/// (`ClusterIP:80`, which this machine reaches when the pods run on real nodes).
+pub async fn site_address_and_token(client: &Client, ns: &str, name: &str) -> (String, String) {
+    let token = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(&Names::write_token(name))
+        .await
+        .expect("write token")
+        .data
+        .and_then(|d| d.get(WRITE_TOKEN_KEY).cloned())
+        .map(|b| String::from_utf8(b.0).expect("utf-8 token"))
+        .expect("token");
+    let cluster_ip = Api::<Service>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("site Service")
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("ClusterIP");
+    (format!("{cluster_ip}:80"), token)
 }
 
 /// A StorageClass of the test's own and `count` local PersistentVolumes of 1Gi in it, each a
