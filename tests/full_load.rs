@@ -42,7 +42,37 @@ const CONNECTIONS: &str = "16";
 const THREADS: &str = "2";
 /// A read not answered within this counts as a timeout (wrk's default, as in the report).
 const READ_TIMEOUT: &str = "2s";
-/// Load before an event starts, so that every connection is established and warm.
+/// What high availability has to hide, one event at a time under the load.
+#[derive(Clone, Copy)]
+enum Event {
+    RolloutRestart,
+    AppPodDeleted,
+    NodeDrained,
+    LeaderChange,
+}
+
+impl Event {
+    fn name(self) -> &'static str {
+        match self {
+            Event::RolloutRestart => "rollout restart",
+            Event::AppPodDeleted => "app pod deleted",
+            Event::NodeDrained => "node drained",
+            Event::LeaderChange => "operator leader change",
+        }
+    }
+
+    /// How long the load runs around the event: a rollout and a drain replace pods one by
+    /// one, the others replace one pod or one leader.
+    fn window_seconds(self) -> u64 {
+        match self {
+            Event::RolloutRestart | Event::NodeDrained => 90,
+            Event::AppPodDeleted | Event::LeaderChange => 40,
+        }
+    }
+}
+
+/// Load before an event starts, so that every connection is established and warm (wrk gives
+/// no sign when its connections are up, so this is a lead time, not a condition).
 const LEAD: Duration = Duration::from_secs(3);
 const LEASE: &str = "articlesite-operator-full-load";
 const APP_REPLICAS: usize = 3;
@@ -358,21 +388,18 @@ async fn reads_never_fail_at_full_load_through_rollouts_deletions_drains_and_lea
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let app = Names::app(&name);
     for event in [
-        "rollout restart",
-        "app pod deleted",
-        "node drained",
-        "operator leader change",
+        Event::RolloutRestart,
+        Event::AppPodDeleted,
+        Event::NodeDrained,
+        Event::LeaderChange,
     ] {
-        let window: u64 = match event {
-            "rollout restart" | "node drained" => 90,
-            _ => 40,
-        };
+        let window = event.window_seconds();
         let from = Instant::now();
         let wrk = start_wrk(&url, slug, window);
         tokio::time::sleep(LEAD).await;
         let started = Instant::now();
         match event {
-            "rollout restart" => {
+            Event::RolloutRestart => {
                 let at = jiff::Timestamp::now().to_string();
                 deployments
                     .patch(&app, &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": at}}}}})))
@@ -409,7 +436,7 @@ async fn reads_never_fail_at_full_load_through_rollouts_deletions_drains_and_lea
                 )
                 .await;
             }
-            "app pod deleted" => {
+            Event::AppPodDeleted => {
                 let victim = ready_on(&pods, &name, "app").await.expect("app pods")[0]
                     .0
                     .clone();
@@ -424,7 +451,7 @@ async fn reads_never_fail_at_full_load_through_rollouts_deletions_drains_and_lea
                 )
                 .await;
             }
-            "node drained" => {
+            Event::NodeDrained => {
                 // A node with an app pod and without the database primary: the drain is the
                 // app's event (a drain of the primary's node is a switchover, proven in
                 // tests/replicated_database.rs).
@@ -451,7 +478,7 @@ async fn reads_never_fail_at_full_load_through_rollouts_deletions_drains_and_lea
                 .await;
                 drop(guard);
             }
-            _ => {
+            Event::LeaderChange => {
                 tokio::task::block_in_place(|| first.terminate(Duration::from_secs(30)));
                 wait_for(
                     "operator-b holds the Lease",
@@ -469,10 +496,11 @@ async fn reads_never_fail_at_full_load_through_rollouts_deletions_drains_and_lea
         let took = started.elapsed();
         assert!(
             LEAD + took < Duration::from_secs(window),
-            "{event}: the event took {took:?}, longer than the load window of {window} s"
+            "{}: the event took {took:?}, longer than the load window of {window} s",
+            event.name()
         );
         let result = wrk.await.expect("wrk");
-        let line = report(event, &result, took, &load, from, &mut misses);
+        let line = report(event.name(), &result, took, &load, from, &mut misses);
         println!("{line}");
         lines.push(line);
     }
