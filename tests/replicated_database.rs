@@ -24,19 +24,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use articlesite_operator::crd::ArticleSite;
-use articlesite_operator::resources::{Names, WRITE_TOKEN_KEY};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use common::control_plane::Paused;
-use common::database::{
-    Instance, Login, WriterWatch, instances, secret_value, wait_healthy, wait_primary,
-};
+use common::database::{Instance, Login, WriterWatch, instances, wait_healthy, wait_primary};
 use common::e2e::{
-    HealAll, Load, REAL_NODES, env_or, local_volumes, missing_articles, node_fault, publish_article,
+    HealAll, Load, REAL_NODES, env_or, local_volumes, missing_articles, node_fault,
+    publish_article, site_address_and_token,
 };
 use common::operator::OperatorProcess;
 use common::site::wait_site_ready;
@@ -226,22 +224,8 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     );
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let token = secret_value(
-        &secrets
-            .get(&Names::write_token(&name))
-            .await
-            .expect("token"),
-        WRITE_TOKEN_KEY,
-    );
     let login = Login::of_site(&secrets, &name).await;
-    let cluster_ip = Api::<Service>::namespaced(client.clone(), &ns.name)
-        .get(&name)
-        .await
-        .expect("site Service")
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .expect("ClusterIP");
-    let addr = format!("{cluster_ip}:80");
+    let (addr, token) = site_address_and_token(&client, &ns.name, &name).await;
     let published = "front-page";
     publish_article(&addr, &token, published).await;
 

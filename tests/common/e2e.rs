@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::ClusterScoped;
+use super::database::secret_value;
 
 /// The nodes of `make cluster-up REAL_NODES=3`.
 pub const REAL_NODES: [&str; 3] = ["real-node-1", "real-node-2", "real-node-3"];
@@ -33,14 +34,13 @@ pub fn env_or(name: &str, default: &str) -> String {
 /// What a test needs to talk to a site: its write token and the address of its Service
 /// (`ClusterIP:80`, which this machine reaches when the pods run on real nodes).
 pub async fn site_address_and_token(client: &Client, ns: &str, name: &str) -> (String, String) {
-    let token = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(&Names::write_token(name))
-        .await
-        .expect("write token")
-        .data
-        .and_then(|d| d.get(WRITE_TOKEN_KEY).cloned())
-        .map(|b| String::from_utf8(b.0).expect("utf-8 token"))
-        .expect("token");
+    let token = secret_value(
+        &Api::<Secret>::namespaced(client.clone(), ns)
+            .get(&Names::write_token(name))
+            .await
+            .expect("write token"),
+        WRITE_TOKEN_KEY,
+    );
     let cluster_ip = Api::<Service>::namespaced(client.clone(), ns)
         .get(name)
         .await
