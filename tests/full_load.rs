@@ -22,7 +22,7 @@ use articlesite_operator::resources::Names;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{EvictParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{EvictParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -40,8 +40,10 @@ use common::{TestNamespace, client, wait_for};
 /// wrk's connections and threads: as in the report of the issue (`wrk -t2 -c16`).
 const CONNECTIONS: &str = "16";
 const THREADS: &str = "2";
-/// A read not answered within this counts as a timeout (wrk's default, as in the report).
+/// A read not answered within this counts as a timeout (wrk's default, as in the report);
+/// the script counts the answers the server itself took as long for.
 const READ_TIMEOUT: &str = "2s";
+const READ_TIMEOUT_MS: &str = "2000";
 /// What high availability has to hide, one event at a time under the load.
 #[derive(Clone, Copy)]
 enum Event {
@@ -91,6 +93,11 @@ struct WrkResult {
     read: u64,
     write: u64,
     timeout: u64,
+    /// Answers the server itself took 2 s or more for (its Server-Timing), and its longest
+    /// time: beside wrk's timeouts they say whether a slow read was slow in the server or
+    /// before it (the network, a queue, a dead address).
+    server_slow: u64,
+    server_max_us: u64,
 }
 
 impl WrkResult {
@@ -132,6 +139,7 @@ fn start_wrk(url: &str, slug: &str, seconds: u64) -> tokio::task::JoinHandle<Wrk
             .arg(&script)
             .arg(&url)
             .env("LOAD_SLUG", &slug)
+            .env("LOAD_SLOW_MS", READ_TIMEOUT_MS)
             .output()
             .expect("run wrk (make e2e installs it)");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -163,7 +171,7 @@ fn report(
 ) -> String {
     let (_, _, _, writes, failed_writes) = load.counts(from);
     let line = format!(
-        "{event} (took {:.1} s): reads {} at {:.0}/s, non-2xx {:?}, connect errors {}, read errors {}, write errors {}, timeouts {}, p50 {} p99 {} max {}; writes {failed_writes}/{writes} failed, paused {:.1} s at most",
+        "{event} (took {:.1} s): reads {} at {:.0}/s, non-2xx {:?}, connect errors {}, read errors {}, write errors {}, timeouts {} (server slow {}, server max {}), p50 {} p99 {} max {}; writes {failed_writes}/{writes} failed, paused {:.1} s at most",
         took.as_secs_f64(),
         r.requests,
         r.rate(),
@@ -172,6 +180,8 @@ fn report(
         r.read,
         r.write,
         r.timeout,
+        r.server_slow,
+        ms(r.server_max_us),
         ms(r.p50_us),
         ms(r.p99_us),
         ms(r.max_us),
@@ -185,6 +195,49 @@ fn report(
         misses.push(format!("no write fails while the database is up: {line}"));
     }
     line
+}
+
+/// What the app pods still there logged in the last `seconds`: their warnings and errors
+/// and the requests they took 1 s or more for, by message and count, so that a failed read
+/// in the report comes with the server's side of it (a pod that is gone took its log along).
+async fn app_log_digest(pods: &Api<Pod>, site: &str, seconds: i64) -> Vec<String> {
+    let Ok(list) = pods
+        .list(&ListParams::default().labels(&common::pods::component_selector(site, "app")))
+        .await
+    else {
+        return vec!["cannot list the app pods".into()];
+    };
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    for p in &list.items {
+        let params = LogParams {
+            since_seconds: Some(seconds),
+            ..Default::default()
+        };
+        let Ok(text) = pods.logs(&p.name_any(), &params).await else {
+            continue;
+        };
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let level = v["level"].as_str().unwrap_or("");
+            let slow = v["latency_ms"].as_f64().is_some_and(|ms| ms >= 1000.0);
+            if level == "WARN" || level == "ERROR" || slow {
+                let what = format!(
+                    "{} {level} {} {} {} {}",
+                    p.name_any(),
+                    v["span"]["route"].as_str().unwrap_or(""),
+                    v["status"],
+                    v["message"].as_str().unwrap_or(""),
+                    v["error"].as_str().unwrap_or("")
+                );
+                *seen.entry(what).or_default() += 1;
+            }
+        }
+    }
+    seen.into_iter()
+        .map(|(what, n)| format!("{n} × {what}"))
+        .collect()
 }
 
 /// Ready, live pods of a component, by node.
@@ -381,6 +434,11 @@ async fn reads_never_fail_at_full_load_through_rollouts_deletions_drains_and_lea
         &mut misses,
     ));
     println!("{}", lines.last().unwrap());
+    if quiet.failures() > 0 {
+        for l in app_log_digest(&pods, &name, 20).await.iter().take(20) {
+            println!("  server log: {l}");
+        }
+    }
     if quiet.rate() < 1000.0 {
         misses.push(format!("at least 1,000 reads/s: {}", lines.last().unwrap()));
     }
@@ -502,6 +560,12 @@ async fn reads_never_fail_at_full_load_through_rollouts_deletions_drains_and_lea
         let result = wrk.await.expect("wrk");
         let line = report(event.name(), &result, took, &load, from, &mut misses);
         println!("{line}");
+        if result.failures() > 0 {
+            let seconds = window as i64 + 10;
+            for l in app_log_digest(&pods, &name, seconds).await.iter().take(20) {
+                println!("  server log: {l}");
+            }
+        }
         lines.push(line);
     }
 

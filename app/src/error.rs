@@ -167,6 +167,9 @@ impl From<DbError> for ApiError {
 #[derive(Debug, Clone)]
 pub struct Problem {
     pub status: StatusCode,
+    /// The problem type (`urn:articles:problem:...`), which the HTML page keeps too, so
+    /// that a monitor or a load test can tell which part of the server answered.
+    pub kind: String,
     pub title: &'static str,
     pub detail: String,
 }
@@ -218,6 +221,7 @@ impl IntoResponse for ApiError {
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let problem = Problem {
             status,
+            kind: body.kind,
             title,
             detail: body.detail,
         };

@@ -1,6 +1,6 @@
 //! Cross-cutting request handling, as two tower layers: [`ObserveLayer`] (request log and
-//! metrics, HTML error pages on reader paths, security headers, `Connection: close` while
-//! draining) around every route, and [`GuardLayer`] (load shedding, the schema check, the
+//! metrics, HTML error pages on reader paths, security headers, Server-Timing,
+//! `Connection: close` while draining) around every route, and [`GuardLayer`] (load shedding, the schema check, the
 //! wrong-token rule and the request timeout) around the site routes.
 //!
 //! They are written as tower services rather than `axum::middleware::from_fn`: a `from_fn`
@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderValue, Uri, header};
+use axum::http::{HeaderName, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 use tracing::Instrument;
@@ -102,8 +102,8 @@ impl Drop for Observation {
 /// metrics. The route label is the matched pattern and the method one of the standard
 /// ones or `other`, so clients cannot blow up cardinality. A request the client abandons
 /// is still counted and logged (as 499), and leaves the in-flight gauge. On the way out:
-/// HTML error pages for reader paths, the security headers, and `Connection: close` while
-/// draining.
+/// HTML error pages for reader paths, the security headers, the server's time
+/// (`Server-Timing`) and `Connection: close` while draining.
 #[derive(Clone)]
 pub struct ObserveLayer {
     state: Arc<AppState>,
@@ -180,6 +180,7 @@ where
                 None => res,
             };
             security_headers(&mut res);
+            server_timing(&mut res, observation.started);
             if state.lifecycle.draining() {
                 // Ask the client to close after this response, so its next request opens
                 // a new connection that lands on a ready replica.
@@ -189,6 +190,18 @@ where
             observation.finish(res.status().as_u16());
             Ok(res)
         })
+    }
+}
+
+static SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// The server's own time for the request (W3C Server-Timing, in milliseconds): a client
+/// that waited much longer waited on the network or a queue before the server, and a load
+/// test can tell which (tests/load/reads.lua).
+fn server_timing(res: &mut Response, started: Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(v) = HeaderValue::from_str(&format!("app;dur={ms:.1}")) {
+        res.headers_mut().insert(SERVER_TIMING.clone(), v);
     }
 }
 
@@ -212,7 +225,13 @@ fn html_errors(state: &AppState, res: Response, uri: &Uri) -> Response {
     };
     let (mut parts, _) = res.into_parts();
     let path = uri.path();
-    let page = match render::error_page(state.site(), problem.status, path, &problem.detail) {
+    let page = match render::error_page(
+        state.site(),
+        problem.status,
+        &problem.kind,
+        path,
+        &problem.detail,
+    ) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "cannot render the error page");

@@ -272,6 +272,7 @@ struct ErrorPage<'a> {
     heading: String,
     message: String,
     stale_hint: bool,
+    problem_type: &'a str,
 }
 
 /// What the index page shows above its list.
@@ -433,6 +434,7 @@ fn reader_message(status: StatusCode, detail: &str) -> (&'static str, String) {
 pub fn error_page(
     site: Site<'_>,
     status: StatusCode,
+    problem_type: &str,
     path: &str,
     detail: &str,
 ) -> Result<String, askama::Error> {
@@ -451,6 +453,7 @@ pub fn error_page(
         heading: heading.to_owned(),
         message,
         stale_hint: status == StatusCode::SERVICE_UNAVAILABLE,
+        problem_type,
     }
     .render()
 }

@@ -212,6 +212,11 @@ async fn while_the_database_is_down_cached_pages_are_served_stale_and_misses_fai
     }
     let page = text(&srv, "/articles/d").await;
     assert!(page.contains("Briefly unavailable"), "{page}");
+    // The page names the problem as the API would, for monitors and load tests.
+    assert!(
+        page.contains(r#"data-problem-type="urn:articles:problem:database-unavailable""#),
+        "{page}"
+    );
 
     proxy.set(Mode::Forward);
     srv.wait_ready().await;

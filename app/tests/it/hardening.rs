@@ -469,6 +469,16 @@ async fn responses_carry_security_headers() {
         }
         assert!(!csp.contains("unsafe-inline"), "{csp}");
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        // The server's own time, so that a client can tell its wait from the server's.
+        let timing = h["server-timing"].to_str().expect("server-timing");
+        let ms: f64 = timing
+            .strip_prefix("app;dur=")
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: Server-Timing {timing}"));
+        assert!(
+            (0.0..10_000.0).contains(&ms),
+            "{path}: Server-Timing {timing}"
+        );
         assert_eq!(
             h["referrer-policy"], "strict-origin-when-cross-origin",
             "{path}"
