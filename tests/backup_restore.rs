@@ -28,7 +28,9 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use common::e2e::{Load, env_or, local_volumes, missing_articles, site_address_and_token};
+use common::e2e::{
+    Load, env_or, local_volumes, missing_articles, real_node_site, site_address_and_token,
+};
 use common::http::request;
 use common::operator::OperatorProcess;
 use common::site::{condition, wait_condition, wait_site_ready};
@@ -76,29 +78,14 @@ struct Site {
 }
 
 async fn site_spec(class: &str, backup: &Value, instances: i32, recovery: Option<Value>) -> Value {
-    let mut database = json!({
-        "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
-        "imagePullPolicy": "Never",
-        "instances": instances,
-        "storage": {"size": "1Gi", "storageClass": class},
-    });
+    let mut spec = real_node_site(1, instances, class);
+    spec["app"]["resources"] =
+        json!({"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}});
     if let Some(r) = recovery {
-        database["bootstrap"] = json!({"recovery": r});
+        spec["database"]["bootstrap"] = json!({"recovery": r});
     }
-    json!({
-        "app": {
-            "image": env_or("ARTICLE_SERVER_IMAGE", "localhost/articlesite/article-server:dev"),
-            "imagePullPolicy": "Never",
-            "replicas": 1,
-            "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-        },
-        "database": database,
-        "backup": backup,
-        "placement": {
-            "nodeSelector": {"type": "real"},
-            "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    })
+    spec["backup"] = backup.clone();
+    spec
 }
 
 async fn create_site(

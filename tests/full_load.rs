@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use common::e2e::{
-    Load, REAL_NODES, env_or, local_volumes, missing_articles, publish_article,
+    Load, REAL_NODES, env_or, local_volumes, missing_articles, publish_article, real_node_site,
     site_address_and_token,
 };
 use common::operator::{OperatorProcess, lease_holder};
@@ -385,25 +385,9 @@ async fn reads_never_fail_at_full_load_through_rollouts_deletions_drains_and_lea
     .await;
 
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
-    let spec = serde_json::from_value(json!({
-        "title": "Full load",
-        "app": {
-            "image": env_or("ARTICLE_SERVER_IMAGE", "localhost/articlesite/article-server:dev"),
-            "imagePullPolicy": "Never",
-            "replicas": APP_REPLICAS,
-        },
-        "database": {
-            "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
-            "imagePullPolicy": "Never",
-            "instances": 3,
-            "storage": {"size": "1Gi", "storageClass": class},
-        },
-        "placement": {
-            "nodeSelector": {"type": "real"},
-            "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    }))
-    .expect("site spec");
+    let mut spec = real_node_site(APP_REPLICAS as i32, 3, &class);
+    spec["title"] = json!("Full load");
+    let spec = serde_json::from_value(spec).expect("site spec");
     let name = sites
         .create(&PostParams::default(), &ArticleSite::new("load", spec))
         .await

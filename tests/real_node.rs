@@ -32,7 +32,7 @@ use common::audit::{
 };
 use common::chart::{Release, adopt_crd, chart, helm};
 use common::control_plane::DescribeOnPanic;
-use common::e2e::{env_or, local_volumes};
+use common::e2e::{env_or, local_volumes, real_node_placement, real_node_site};
 use common::http::{metric_in, request};
 
 /// The longest any one request of this test may take.
@@ -188,15 +188,6 @@ async fn pod_summary(pods: &Api<Pod>) -> String {
 
 const REAL_NODE: &str = "real-node";
 const LEASE: &str = "articlesite-operator";
-
-/// The real node's label and a toleration of its taint, as the chart's values and the
-/// site's `spec.placement` take them.
-fn real_node_placement() -> Value {
-    json!({
-        "nodeSelector": {"type": "real"},
-        "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-    })
-}
 
 /// The sum of a metric's samples (all label sets) in a Prometheus text page.
 fn metric(page: &str, name: &str) -> Option<f64> {
@@ -454,24 +445,11 @@ async fn the_operator_installed_with_helm_runs_a_site_on_the_real_node() {
     // The site, placed on the real node through its spec. Nothing else is applied by hand:
     // the operator in its pod creates every object (credentials included).
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
-    let spec = serde_json::from_value(json!({
-        "title": "Real node news",
-        "app": {
-            "image": env_or("ARTICLE_SERVER_IMAGE", "localhost/articlesite/article-server:dev"),
-            "imagePullPolicy": "Never",
-            "replicas": 2,
-        },
-        "database": {
-            "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
-            "imagePullPolicy": "Never",
-            // One instance: these tests are about the app tier and the nodes; the replicated
-            // database has its own (tests/replicated_database.rs).
-            "instances": 1,
-            "storage": {"size": "1Gi", "storageClass": class},
-        },
-        "placement": real_node_placement(),
-    }))
-    .expect("site spec");
+    // One database instance: these tests are about the app tier and the nodes; the
+    // replicated database has its own (tests/replicated_database.rs).
+    let mut spec = real_node_site(2, 1, &class);
+    spec["title"] = json!("Real node news");
+    let spec = serde_json::from_value(spec).expect("site spec");
     let t_ready = Instant::now();
     let site = sites
         .create(&pp, &ArticleSite::new("news", spec))

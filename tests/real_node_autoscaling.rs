@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use common::audit::{audit_events, audit_log, by_operator, file_len, in_namespace, is_write};
-use common::e2e::{env_or, local_volumes, publish_article, site_address_and_token};
+use common::e2e::{env_or, local_volumes, publish_article, real_node_site, site_address_and_token};
 use common::http::request;
 use common::operator::OperatorProcess;
 use common::pods::{is_live, is_ready};
@@ -167,28 +167,13 @@ async fn the_autoscaler_adds_pods_under_load_and_removes_them_after() {
     op.wait_ready().await;
 
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
-    let spec = serde_json::from_value(json!({
-        "app": {
-            "image": env_or("ARTICLE_SERVER_IMAGE", "localhost/articlesite/article-server:dev"),
-            "imagePullPolicy": "Never",
-            "replicas": 2,
-            // A small CPU request, so that a load this machine can generate is a large share.
-            "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-            "autoscaling": {"minReplicas": 2, "maxReplicas": 6,
-                "targetCPUUtilizationPercentage": 50, "scaleDownStabilizationSeconds": 60},
-        },
-        "database": {
-            "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
-            "imagePullPolicy": "Never",
-            "instances": 1,
-            "storage": {"size": "1Gi", "storageClass": class},
-        },
-        "placement": {
-            "nodeSelector": {"type": "real"},
-            "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    }))
-    .expect("site spec");
+    let mut spec = real_node_site(2, 1, &class);
+    // A small CPU request, so that a load this machine can generate is a large share.
+    spec["app"]["resources"] =
+        json!({"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}});
+    spec["app"]["autoscaling"] = json!({"minReplicas": 2, "maxReplicas": 6,
+        "targetCPUUtilizationPercentage": 50, "scaleDownStabilizationSeconds": 60});
+    let spec = serde_json::from_value(spec).expect("site spec");
     let name = sites
         .create(&PostParams::default(), &ArticleSite::new("scaled", spec))
         .await

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use common::database::{Login, WriterWatch, instances, wait_primary};
 use common::e2e::{
     HealAll, Load, REAL_NODES, env_or, local_volumes, missing_articles, node_fault, node_status,
-    publish_article, site_address_and_token,
+    publish_article, real_node_site, site_address_and_token,
 };
 use common::operator::OperatorProcess;
 use common::pods::{is_live, is_ready, node_of};
@@ -357,28 +357,12 @@ async fn a_site_on_three_real_nodes_survives_node_failures_under_load() {
     let op = OperatorProcess::in_namespace(&ns.name, &[]);
     op.wait_ready().await;
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
-    let spec = serde_json::from_value(json!({
-        "title": "Three real nodes",
-        "app": {
-            "image": env_or("ARTICLE_SERVER_IMAGE", "localhost/articlesite/article-server:dev"),
-            "imagePullPolicy": "Never",
-            "replicas": 3,
-        },
-        "database": {
-            "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
-            "imagePullPolicy": "Never",
-            // Three instances, one per node: a fault on the primary's node is a failover
-            // (tests/replicated_database.rs proves the database's own faults).
-            "instances": 3,
-            "storage": {"size": "1Gi", "storageClass": class},
-        },
-        "highAvailability": {"nodeLossTolerationSeconds": TOLERATION},
-        "placement": {
-            "nodeSelector": {"type": "real"},
-            "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    }))
-    .expect("site spec");
+    // Three database instances, one per node: a fault on the primary's node is a failover
+    // (tests/replicated_database.rs proves the database's own faults).
+    let mut spec = real_node_site(3, 3, &class);
+    spec["title"] = json!("Three real nodes");
+    spec["highAvailability"] = json!({"nodeLossTolerationSeconds": TOLERATION});
+    let spec = serde_json::from_value(spec).expect("site spec");
     let t = Instant::now();
     let name = sites
         .create(&pp, &ArticleSite::new("nodes", spec))

@@ -34,7 +34,7 @@ use common::control_plane::Paused;
 use common::database::{Instance, Login, WriterWatch, instances, wait_healthy, wait_primary};
 use common::e2e::{
     HealAll, Load, REAL_NODES, env_or, local_volumes, missing_articles, node_fault,
-    publish_article, site_address_and_token,
+    publish_article, real_node_site, site_address_and_token,
 };
 use common::operator::OperatorProcess;
 use common::site::wait_site_ready;
@@ -176,25 +176,9 @@ async fn three_instances_survive_the_loss_of_their_primary_under_load() {
     let op = OperatorProcess::in_namespace(&ns.name, &[]);
     op.wait_ready().await;
     let sites: Api<ArticleSite> = Api::namespaced(client.clone(), &ns.name);
-    let spec = serde_json::from_value(json!({
-        "title": "Replicated database",
-        "app": {
-            "image": env_or("ARTICLE_SERVER_IMAGE", "localhost/articlesite/article-server:dev"),
-            "imagePullPolicy": "Never",
-            "replicas": 2,
-        },
-        "database": {
-            "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
-            "imagePullPolicy": "Never",
-            "instances": 3,
-            "storage": {"size": "1Gi", "storageClass": class},
-        },
-        "placement": {
-            "nodeSelector": {"type": "real"},
-            "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-        },
-    }))
-    .expect("site spec");
+    let mut spec = real_node_site(2, 3, &class);
+    spec["title"] = json!("Replicated database");
+    let spec = serde_json::from_value(spec).expect("site spec");
     let t = Instant::now();
     let name = sites
         .create(&PostParams::default(), &ArticleSite::new("db", spec))

@@ -31,6 +31,35 @@ pub fn env_or(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
+/// The real nodes' label and a toleration of their taint, as the chart's values and a
+/// site's `spec.placement` take them.
+pub fn real_node_placement() -> serde_json::Value {
+    json!({
+        "nodeSelector": {"type": "real"},
+        "tolerations": [{"key": "articlesite.io/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+    })
+}
+
+/// The spec of a site on the real nodes: the images `make images` built (never pulled),
+/// `app_replicas` app pods, a database of `instances` on 1 GiB volumes of `storage_class`,
+/// placed on the real nodes. A test adds what it needs (`spec["title"] = ...`).
+pub fn real_node_site(app_replicas: i32, instances: i32, storage_class: &str) -> serde_json::Value {
+    json!({
+        "app": {
+            "image": env_or("ARTICLE_SERVER_IMAGE", "localhost/articlesite/article-server:dev"),
+            "imagePullPolicy": "Never",
+            "replicas": app_replicas,
+        },
+        "database": {
+            "image": env_or("POSTGRESQL_IMAGE", "localhost/articlesite/postgresql:dev"),
+            "imagePullPolicy": "Never",
+            "instances": instances,
+            "storage": {"size": "1Gi", "storageClass": storage_class},
+        },
+        "placement": real_node_placement(),
+    })
+}
+
 /// What a test needs to talk to a site: its write token and the address of its Service
 /// (`ClusterIP:80`, which this machine reaches when the pods run on real nodes).
 pub async fn site_address_and_token(client: &Client, ns: &str, name: &str) -> (String, String) {
