@@ -931,7 +931,7 @@ fn default_storage_size() -> String {
     "1Gi".into()
 }
 
-fn quantities(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, Quantity>> {
+pub(crate) fn quantities(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, Quantity>> {
     Some(
         pairs
             .iter()

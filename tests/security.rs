@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use common::crd::install_crd;
+use common::database::secret_value;
 use common::operator::OperatorProcess;
 use common::site::{
     IMAGE, condition, message, site, wait_condition, wait_site_ready, wait_warning_event,
@@ -351,11 +352,6 @@ async fn everything_written(
         std::fs::read_to_string(log).expect("operator log"),
     ));
     out
-}
-
-fn secret_value(s: &Secret, key: &str) -> String {
-    let bytes = &s.data.as_ref().expect("data")[key].0;
-    String::from_utf8(bytes.clone()).expect("utf-8 secret")
 }
 
 fn base64(bytes: &[u8]) -> String {

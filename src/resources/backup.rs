@@ -25,7 +25,7 @@ use super::deployment::{empty_dir, mount};
 use super::patroni_config::{PGDATA, SOCKET_DIR, max_slot_wal_keep_size};
 use super::security::{self, restricted_container_security};
 use super::statefulset::{DATA_VOLUME, field_env, secret_env, value_env};
-use super::{Component, DB_USERNAME_KEY, Names, labels, object_meta};
+use super::{Component, DB_USERNAME_KEY, Names, fixed_requirements, labels, object_meta};
 use crate::crd::{ArticleSite, BackupSpec, RecoverySpec};
 
 /// pgBackRest's stanza: one per repository path, so the name can be the same for every site.
@@ -370,23 +370,10 @@ pub fn agent_container(site: &ArticleSite, backup: &BackupSpec) -> Container {
         image_pull_policy: Some(db.image_pull_policy.as_str().into()),
         command: Some(vec![AGENT_COMMAND.into()]),
         env: Some(env),
-        resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                (
-                    "cpu".into(),
-                    k8s_openapi::apimachinery::pkg::api::resource::Quantity("10m".into()),
-                ),
-                (
-                    "memory".into(),
-                    k8s_openapi::apimachinery::pkg::api::resource::Quantity("32Mi".into()),
-                ),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".into(),
-                k8s_openapi::apimachinery::pkg::api::resource::Quantity("128Mi".into()),
-            )])),
-            ..Default::default()
-        }),
+        resources: Some(fixed_requirements(
+            &[("cpu", "10m"), ("memory", "32Mi")],
+            &[("memory", "128Mi")],
+        )),
         security_context: Some(restricted_container_security()),
         volume_mounts: Some(mounts),
         ..Default::default()
@@ -479,27 +466,10 @@ fn job_spec(site: &ArticleSite, image: &str, kind: BackupType) -> JobSpec {
                         kind.to_string(),
                     ]),
                     env: Some(vec![field_env("POD_NAMESPACE", "metadata.namespace")]),
-                    resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
-                        requests: Some(BTreeMap::from([
-                            (
-                                "cpu".into(),
-                                k8s_openapi::apimachinery::pkg::api::resource::Quantity(
-                                    "10m".into(),
-                                ),
-                            ),
-                            (
-                                "memory".into(),
-                                k8s_openapi::apimachinery::pkg::api::resource::Quantity(
-                                    "32Mi".into(),
-                                ),
-                            ),
-                        ])),
-                        limits: Some(BTreeMap::from([(
-                            "memory".into(),
-                            k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Mi".into()),
-                        )])),
-                        ..Default::default()
-                    }),
+                    resources: Some(fixed_requirements(
+                        &[("cpu", "10m"), ("memory", "32Mi")],
+                        &[("memory", "64Mi")],
+                    )),
                     termination_message_policy: Some("File".into()),
                     security_context: Some(restricted_container_security()),
                     volume_mounts: Some(vec![mount("tmp", "/tmp")]),

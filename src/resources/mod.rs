@@ -214,6 +214,18 @@ pub fn resource_requirements(r: &ComputeResources) -> ResourceRequirements {
     }
 }
 
+/// Requests and limits of a small container of the operator's own, which users do not
+/// size (the backup agent, the backup Job).
+pub fn fixed_requirements(
+    requests: &[(&str, &str)],
+    limits: &[(&str, &str)],
+) -> ResourceRequirements {
+    resource_requirements(&ComputeResources {
+        requests: crate::crd::quantities(requests),
+        limits: crate::crd::quantities(limits),
+    })
+}
+
 /// The site's in-cluster URL, served by the app Service on port 80.
 pub fn in_cluster_url(site: &ArticleSite, cluster_domain: &str) -> String {
     format!(
