@@ -83,7 +83,8 @@ run_e2e() {
   else
     export REAL_NODE_DIR="$CLUSTER_DIR/real-nodes"
   fi
-  (cd "$ROOT" && cargo test --locked --features e2e "${args[@]}" -- --nocapture --test-threads=1)
+  # --no-fail-fast: every test runs and prints its figures, even after one failed.
+  (cd "$ROOT" && cargo test --locked --no-fail-fast --features e2e "${args[@]}" -- --nocapture --test-threads=1)
   t3=$(date +%s)
   [ "$nodes" = 1 ] || "$here/node-fault.sh" status | grep MiB || true
   if [ "$started" = 1 ]; then cleanup; trap - EXIT INT TERM; fi
