@@ -28,8 +28,9 @@ use common::e2e::{
     HealAll, Load, REAL_NODES, env_or, local_volumes, missing_articles, node_fault, node_status,
     publish_article, real_node_site, site_address_and_token,
 };
+use common::http::request;
 use common::operator::OperatorProcess;
-use common::pods::{is_live, is_ready, node_of};
+use common::pods::{is_live, is_ready, live_pods, node_of};
 use common::site::wait_site_ready;
 use common::{TestNamespace, client, wait_for};
 
@@ -69,6 +70,42 @@ async fn ready_on(
         .filter(|p| is_ready(p) && is_live(p))
         .map(|p| (p.name_any(), node_of(p).to_string()))
         .collect())
+}
+
+/// Where the site stands, for a wait that runs out: each database instance (role, node,
+/// Ready, Patroni's replication state) and each app pod (node, Ready, and its own `/readyz`
+/// answer, which says why it is not ready).
+async fn site_picture(pods: &Api<Pod>, site: &str) -> String {
+    let mut parts = Vec::new();
+    match instances(pods, site).await {
+        Ok(db) => parts.extend(db.iter().map(|i| {
+            format!(
+                "{} {} on {} ready={} {}",
+                i.pod, i.role, i.node, i.ready, i.replication
+            )
+        })),
+        Err(e) => parts.push(e),
+    }
+    for p in live_pods(pods, site, "app").await.unwrap_or_default() {
+        let ip = p
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default();
+        let limit = Duration::from_millis(800);
+        let answer = match request(&format!("{ip}:8080"), "GET", "/readyz", None, None, limit).await
+        {
+            Ok((code, _, body)) => format!("{code} {body}"),
+            Err(e) => e,
+        };
+        parts.push(format!(
+            "{} on {} ready={} readyz: {answer}",
+            p.name_any(),
+            node_of(&p),
+            is_ready(&p)
+        ));
+    }
+    parts.join("; ")
 }
 
 fn secs(d: Duration) -> String {
@@ -157,7 +194,7 @@ async fn scenario(
                 if off >= 3 {
                     Ok(())
                 } else {
-                    Err(format!("{r:?}"))
+                    Err(format!("{r:?}; {}", site_picture(&pods, &name).await))
                 }
             }
         },
@@ -231,7 +268,10 @@ async fn scenario(
                         .collect::<BTreeSet<_>>()
                         .len())
                 } else {
-                    Err(format!("terminating {stale:?}, app {apps:?}, db {db:?}"))
+                    Err(format!(
+                        "terminating {stale:?}, app {apps:?}, db {db:?}; {}",
+                        site_picture(&pods, &name).await
+                    ))
                 }
             }
         },

@@ -121,6 +121,9 @@ pub struct Config {
     pub read_replica: Option<ReadReplicaConfig>,
     pub write_token: WriteToken,
     pub pool_size: u32,
+    /// Connections the pool opens before the server reports ready and keeps open, so that
+    /// a request does not wait for a new connection (a login) while the database is up.
+    pub pool_min: u32,
     pub db_timeout: Duration,
     /// How long a write waits for a primary when none can be reached (a failover, a
     /// restart): it is run again every 50 ms meanwhile, and only if nothing was sent.
@@ -194,6 +197,21 @@ impl Config {
         };
 
         let pool_size = int(&get, &mut p, "ARTICLES_DATABASE_POOL_SIZE", 10, 1, 1000);
+        let pool_min = int(
+            &get,
+            &mut p,
+            "ARTICLES_DATABASE_POOL_MIN",
+            pool_size.unwrap_or(10),
+            0,
+            1000,
+        );
+        if let (Some(min), Some(size)) = (pool_min, pool_size)
+            && min > size
+        {
+            p.push(format!(
+                "ARTICLES_DATABASE_POOL_MIN ({min}) must not be more than ARTICLES_DATABASE_POOL_SIZE ({size})"
+            ));
+        }
         let db_timeout = millis(
             &get,
             &mut p,
@@ -317,6 +335,7 @@ impl Config {
             read_replica,
             write_token,
             pool_size,
+            pool_min,
             db_timeout,
             write_hold,
             request_timeout,
@@ -339,6 +358,7 @@ impl Config {
                 Some(read_replica),
                 Some(write_token),
                 Some(pool_size),
+                Some(pool_min),
                 Some(db_timeout),
                 Some(write_hold),
                 Some(request_timeout),
@@ -360,6 +380,7 @@ impl Config {
                 read_replica,
                 write_token,
                 pool_size: pool_size as u32,
+                pool_min: pool_min as u32,
                 db_timeout,
                 write_hold,
                 request_timeout,
@@ -611,6 +632,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.listen_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(c.pool_size, 10);
+        assert_eq!(c.pool_min, 10, "a warm pool by default");
         assert_eq!(c.db_timeout, Duration::from_millis(2000));
         assert_eq!(c.request_timeout, Duration::from_millis(10_000));
         assert_eq!(c.write_hold, Duration::from_millis(DEFAULT_WRITE_HOLD_MS));
@@ -761,6 +783,32 @@ mod tests {
         }
         assert!(!text.contains("hunter2"), "{text}");
         assert!(!text.contains("short-secret"), "{text}");
+    }
+
+    #[test]
+    fn the_warm_pool_follows_the_pool_size_and_fits_in_it() {
+        let with = |vars: &[(&'static str, &'static str)]| {
+            let mut all = vec![
+                ("ARTICLES_DATABASE_URL", "postgres://u:p@localhost/db"),
+                ("ARTICLES_WRITE_TOKEN", TOKEN),
+            ];
+            all.extend_from_slice(vars);
+            load(&all)
+        };
+        let c = with(&[("ARTICLES_DATABASE_POOL_SIZE", "4")]).expect("valid");
+        assert_eq!((c.pool_size, c.pool_min), (4, 4));
+        let c = with(&[("ARTICLES_DATABASE_POOL_MIN", "0")]).expect("valid");
+        assert_eq!((c.pool_size, c.pool_min), (10, 0));
+        let e = with(&[
+            ("ARTICLES_DATABASE_POOL_SIZE", "4"),
+            ("ARTICLES_DATABASE_POOL_MIN", "5"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("ARTICLES_DATABASE_POOL_MIN (5) must not be more than ARTICLES_DATABASE_POOL_SIZE (4)"),
+            "{e}"
+        );
     }
 
     #[test]

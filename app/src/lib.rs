@@ -40,8 +40,12 @@ pub enum RunError {
     Serve(#[from] std::io::Error),
 }
 
-/// Applies migrations, retrying until they succeed or the server stops. Until then
-/// `/readyz` reports not ready; the server already answers `/livez`.
+/// How long the server waits for its pool's connections before it reports ready anyway
+/// (the others are opened when requests need them).
+const WARM_LIMIT: Duration = Duration::from_secs(10);
+
+/// Applies migrations, retrying until they succeed or the server stops, then warms the
+/// pool. Until then `/readyz` reports not ready; the server already answers `/livez`.
 async fn migrate_until_done(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(200);
     loop {
@@ -59,7 +63,6 @@ async fn migrate_until_done(state: Arc<AppState>, mut stop: watch::Receiver<bool
             _ = stop.wait_for(|s| *s) => return,
             result = attempt => match result {
                 Ok(()) => {
-                    state.lifecycle.set_migrated();
                     tracing::info!(version = db::latest_migration(), "database schema is up to date");
                     break;
                 }
@@ -72,6 +75,15 @@ async fn migrate_until_done(state: Arc<AppState>, mut stop: watch::Receiver<bool
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+    // Ready only with a warm pool: a request should not wait for a login.
+    let wanted = state.config.pool_min;
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => return,
+        opened = db::warm(&state.pool, wanted, WARM_LIMIT) => {
+            tracing::info!(opened, wanted, "database pool warmed");
+        }
+    }
+    state.lifecycle.set_migrated();
     render_stale(&state, &mut stop).await;
 }
 

@@ -118,13 +118,15 @@ fn base_options(config: &Config) -> Result<PgConnectOptions, sqlx::Error> {
 /// A lazily connecting, bounded pool on the primary: the server starts even while the
 /// database is down, and reconnects by itself when it returns. Connections to a standby
 /// are refused as they are made, and idle ones are checked with a bounded ping (see
-/// `failover`), so the pool follows the write Service through a failover.
+/// `failover`), so the pool follows the write Service through a failover. It keeps
+/// `pool_min` connections open (see [`warm`]): a connection lost or retired is replaced in
+/// the background, not by the request that needs one.
 pub fn pool(config: &Config, failover: &Failover) -> Result<PgPool, sqlx::Error> {
     let ms = config.db_timeout.as_millis().to_string();
     let options = base_options(config)?.options([("statement_timeout", ms.as_str())]);
     Ok(PgPoolOptions::new()
         .max_connections(config.pool_size)
-        .min_connections(0)
+        .min_connections(config.pool_min)
         .acquire_timeout(config.db_timeout)
         .idle_timeout(Some(Duration::from_secs(300)))
         .max_lifetime(Some(Duration::from_secs(1800)))
@@ -136,6 +138,32 @@ pub fn pool(config: &Config, failover: &Failover) -> Result<PgPool, sqlx::Error>
             config.db_timeout,
         )))
         .connect_lazy_with(options))
+}
+
+/// Opens up to `count` connections of `pool` at once and returns them to it idle, within
+/// `limit`; says how many it opened. A new connection is a login (DNS, TCP, SCRAM), and
+/// opened by a request it costs that request the wait: under full load a new replica whose
+/// pool grew on demand answered some reads only after seconds (tests/full_load.rs). So the
+/// server opens them before it reports ready, and the pool keeps them (`min_connections`).
+pub async fn warm(pool: &PgPool, count: u32, limit: Duration) -> usize {
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let pool = pool.clone();
+        opening.spawn(async move { pool.acquire().await });
+    }
+    // Every connection is held until all are open, so that no acquire reuses one just
+    // returned; on the deadline the tasks are dropped and what they opened goes back idle.
+    let opened = tokio::time::timeout(limit, async {
+        let mut held = Vec::new();
+        while let Some(done) = opening.join_next().await {
+            if let Ok(Ok(conn)) = done {
+                held.push(conn);
+            }
+        }
+        held.len()
+    })
+    .await;
+    opened.unwrap_or_else(|_| pool.size() as usize)
 }
 
 /// The read-only fallback pool on the replicas' Service: smaller, used only while the

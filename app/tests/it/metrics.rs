@@ -61,3 +61,34 @@ async fn metrics_cover_requests_pool_and_queue() {
     );
     srv.stop().await;
 }
+
+/// A server reports ready with its pool open (`ARTICLES_DATABASE_POOL_MIN`, by default the
+/// pool size), so that no request waits for a login; with a minimum of 0 it stays lazy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_server_has_its_pool_open() {
+    let db = fresh_database().await;
+    let warm = TestServer::start(&db, &[("ARTICLES_DATABASE_POOL_SIZE", "4")]).await;
+    assert_eq!(warm.metric("articles_db_pool_connections", &[]).await, 4.0);
+    // The server's own count against the database's: four logins of the request pool, one
+    // of the change listener.
+    let pool = crate::harness::db_pool(&db).await;
+    let logins: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where datname = current_database() and application_name = 'article-server'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("pg_stat_activity");
+    assert_eq!(logins, 5);
+    warm.stop().await;
+
+    let lazy = TestServer::start(
+        &db,
+        &[
+            ("ARTICLES_DATABASE_POOL_SIZE", "4"),
+            ("ARTICLES_DATABASE_POOL_MIN", "0"),
+        ],
+    )
+    .await;
+    assert!(lazy.metric("articles_db_pool_connections", &[]).await < 4.0);
+    lazy.stop().await;
+}
