@@ -2,7 +2,7 @@
 //! `DatabaseHighlyAvailable` condition, and leader changes (failover or switchover) found by
 //! comparing with the previous status. Pure; `status::compute` calls it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -105,6 +105,37 @@ pub fn leader_ok(state: &State) -> bool {
     !state.leader_object || state.primary().is_some_and(|m| m.ready)
 }
 
+/// A node whose loss stops the database: the only node of the ready instances, or, in a
+/// synchronous mode, one that runs most of them. Patroni promotes only a standby that
+/// provably has every acknowledged commit, which the standbys left after such a loss cannot
+/// show (seen on three real nodes: the primary and a replica on one node, which froze; the
+/// last replica never promoted). The pods are placed apart, but one recreated after its node
+/// was away may land beside another (the spread is preferred, not required).
+fn crowded_node(state: &State, mode: SynchronousMode) -> Option<String> {
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for node in state
+        .members
+        .iter()
+        .filter(|m| m.ready)
+        .filter_map(|m| m.node.as_deref())
+    {
+        *per_node.entry(node).or_default() += 1;
+    }
+    let ready: usize = per_node.values().sum();
+    if per_node.len() < 2 {
+        return Some(format!(
+            "the ready instances run on {} node(s): one node failure stops the database",
+            per_node.len()
+        ));
+    }
+    let (node, most) = per_node.into_iter().max_by_key(|(_, n)| *n)?;
+    (mode != SynchronousMode::Asynchronous && most * 2 > ready).then(|| {
+        format!(
+            "{node} runs {most} of the {ready} ready instances: its loss leaves too few to take over without losing acknowledged writes"
+        )
+    })
+}
+
 /// `DatabaseHighlyAvailable`: whether losing any one instance (its node, its volume) keeps
 /// the database writable without losing an acknowledged write.
 pub fn highly_available(
@@ -129,21 +160,8 @@ pub fn highly_available(
             "no instance holds Patroni's leader lock: the database takes no writes".into(),
         );
     };
-    let nodes: BTreeSet<&str> = state
-        .members
-        .iter()
-        .filter(|m| m.ready)
-        .filter_map(|m| m.node.as_deref())
-        .collect();
-    if nodes.len() < 2 {
-        return (
-            false,
-            Reason::InstancesOnOneNode,
-            format!(
-                "the ready instances run on {} node(s): one node failure stops the database",
-                nodes.len()
-            ),
-        );
+    if let Some(why) = crowded_node(state, mode) {
+        return (false, Reason::InstancesOnOneNode, why);
     }
     match mode {
         SynchronousMode::Asynchronous => {
@@ -191,6 +209,12 @@ pub fn highly_available(
             ),
         );
     }
+    let nodes: BTreeSet<&str> = state
+        .members
+        .iter()
+        .filter(|m| m.ready)
+        .filter_map(|m| m.node.as_deref())
+        .collect();
     (
         true,
         Reason::DatabaseReplicated,
@@ -202,4 +226,47 @@ pub fn highly_available(
             nodes.len()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::patroni::Member;
+
+    fn on(nodes: &[&str]) -> State {
+        State {
+            members: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Member {
+                    pod: format!("db-postgresql-{i}"),
+                    node: Some((*n).to_string()),
+                    role_label: None,
+                    status: None,
+                    ready: true,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_with_most_instances_is_a_single_point_of_failure_in_synchronous_modes() {
+        let quorum = SynchronousMode::Synchronous;
+        assert_eq!(crowded_node(&on(&["a", "b", "c"]), quorum), None);
+        assert_eq!(crowded_node(&on(&["a", "b"]), quorum), None);
+        let why = crowded_node(&on(&["a", "c", "c"]), quorum).expect("c holds two of three");
+        assert!(
+            why.starts_with("c runs 2 of the 3 ready instances"),
+            "{why}"
+        );
+        let why = crowded_node(&on(&["c", "c", "c"]), quorum).expect("one node");
+        assert!(why.contains("run on 1 node(s)"), "{why}");
+        // Asynchronous: any replica may take over, at the price of the last commits.
+        assert_eq!(
+            crowded_node(&on(&["a", "c", "c"]), SynchronousMode::Asynchronous),
+            None
+        );
+        assert!(crowded_node(&on(&["c", "c"]), SynchronousMode::Asynchronous).is_some());
+    }
 }
