@@ -1,7 +1,8 @@
 //! Cross-cutting request handling, as two tower layers: [`ObserveLayer`] (request log and
 //! metrics, HTML error pages on reader paths, security headers, Server-Timing,
-//! `Connection: close` while draining) around every route, and [`GuardLayer`] (load shedding, the schema check, the
-//! wrong-token rule and the request timeout) around the site routes.
+//! `Connection: close` while draining) around every route, and [`GuardLayer`] (load
+//! shedding, the schema check, the wrong-token rule and the request timeout) around the
+//! site routes.
 //!
 //! They are written as tower services rather than `axum::middleware::from_fn`: a `from_fn`
 //! layer clones the whole stack below it on every request (each level a boxed service), and
