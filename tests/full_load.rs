@@ -42,8 +42,7 @@ const CONNECTIONS: &str = "16";
 const THREADS: &str = "2";
 /// A read not answered within this counts as a timeout (wrk's default, as in the report);
 /// the script counts the answers the server itself took as long for.
-const READ_TIMEOUT: &str = "2s";
-const READ_TIMEOUT_MS: &str = "2000";
+const READ_TIMEOUT_SECONDS: u64 = 2;
 /// What high availability has to hide, one event at a time under the load.
 #[derive(Clone, Copy)]
 enum Event {
@@ -133,13 +132,13 @@ fn start_wrk(url: &str, slug: &str, seconds: u64) -> tokio::task::JoinHandle<Wrk
                 "-d",
                 &format!("{seconds}s"),
                 "--timeout",
-                READ_TIMEOUT,
+                &format!("{READ_TIMEOUT_SECONDS}s"),
                 "-s",
             ])
             .arg(&script)
             .arg(&url)
             .env("LOAD_SLUG", &slug)
-            .env("LOAD_SLOW_MS", READ_TIMEOUT_MS)
+            .env("LOAD_SLOW_MS", (READ_TIMEOUT_SECONDS * 1000).to_string())
             .output()
             .expect("run wrk (make e2e installs it)");
         let text = String::from_utf8_lossy(&out.stdout);

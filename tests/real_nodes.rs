@@ -32,7 +32,7 @@ use common::http::request;
 use common::operator::OperatorProcess;
 use common::pods::{is_live, is_ready, live_pods, node_of};
 use common::site::wait_site_ready;
-use common::{TestNamespace, client, wait_for};
+use common::{TestNamespace, client, wait_for, wait_for_explained};
 
 const NODES: [&str; 3] = REAL_NODES;
 /// The site's `highAvailability.nodeLossTolerationSeconds`: the operator's default.
@@ -181,7 +181,7 @@ async fn scenario(
 
     // Its app pods are evicted after the toleration and replaced on the other nodes.
     let (pods, name, n) = (site.pods.clone(), site.name.clone(), node.clone());
-    wait_for(
+    wait_for_explained(
         &format!("3 app pods off {node}"),
         Duration::from_secs(TOLERATION + 120),
         || {
@@ -194,10 +194,11 @@ async fn scenario(
                 if off >= 3 {
                     Ok(())
                 } else {
-                    Err(format!("{r:?}; {}", site_picture(&pods, &name).await))
+                    Err(format!("{r:?}"))
                 }
             }
         },
+        || site_picture(&site.pods, &site.name),
     )
     .await;
     let replaced = t0.elapsed();
@@ -240,7 +241,7 @@ async fn scenario(
         site.name.clone(),
         node.clone(),
     );
-    let spread = wait_for(
+    let spread = wait_for_explained(
         &format!("{node} Ready again and the site whole"),
         Duration::from_secs(180),
         || {
@@ -268,13 +269,11 @@ async fn scenario(
                         .collect::<BTreeSet<_>>()
                         .len())
                 } else {
-                    Err(format!(
-                        "terminating {stale:?}, app {apps:?}, db {db:?}; {}",
-                        site_picture(&pods, &name).await
-                    ))
+                    Err(format!("terminating {stale:?}, app {apps:?}, db {db:?}"))
                 }
             }
         },
+        || site_picture(&site.pods, &site.name),
     )
     .await;
     let back = t0.elapsed();

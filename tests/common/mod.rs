@@ -260,22 +260,54 @@ pub async fn namespace_with_operator(
 
 /// Polls `check` every 250 ms until it returns `Some`, or panics after `timeout` with `what`
 /// and the last observation, so a failure says what was being waited for.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    match poll_until(timeout, check).await {
+        Ok(v) => v,
+        Err(last) => panic!("timed out after {timeout:?} waiting for {what}; last: {last}"),
+    }
+}
+
+/// As [`wait_for`], and the panic adds what `explain` finds at the deadline: for a picture
+/// too costly to take at every poll.
+pub async fn wait_for_explained<T, F, Fut, E, EFut>(
+    what: &str,
+    timeout: Duration,
+    check: F,
+    explain: E,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+    E: FnOnce() -> EFut,
+    EFut: Future<Output = String>,
+{
+    match poll_until(timeout, check).await {
+        Ok(v) => v,
+        Err(last) => {
+            let picture = explain().await;
+            panic!("timed out after {timeout:?} waiting for {what}; last: {last}; {picture}")
+        }
+    }
+}
+
+/// Polls `check` every 250 ms until it returns `Ok`, or returns its last `Err` after `timeout`.
+async fn poll_until<T, F, Fut>(timeout: Duration, mut check: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
     let deadline = Instant::now() + timeout;
-    let mut last: String;
     let mut poll = tokio::time::interval(Duration::from_millis(250));
     loop {
         poll.tick().await;
         match check().await {
-            Ok(v) => return v,
-            Err(why) => last = why,
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+            Ok(v) => return Ok(v),
+            Err(why) if Instant::now() >= deadline => return Err(why),
+            Err(_) => {}
         }
     }
 }
