@@ -42,8 +42,11 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::patroni;
 use crate::plan::backup::{BACKUP_ANNOTATION, Leftover};
-use crate::plan::database::{ConfigPatch, Rebuild, SWITCHOVER_ANNOTATION, Switchover};
+use crate::plan::database::{
+    ConfigPatch, InstanceMove, Rebuild, SWITCHOVER_ANNOTATION, Switchover,
+};
 use crate::plan::{Apply, Child, Eviction, Expansion, Orphan, Plan, Rollout, Rotation};
+use crate::reason::Reason;
 use crate::secrets::{self, Generated};
 
 /// What the API server answered to the writes of one plan.
@@ -80,6 +83,8 @@ pub struct Outcomes {
     pub database_pod_restarted: Option<String>,
     /// The failing standby whose claim and pod were deleted.
     pub standby_rebuilt: Option<Rebuild>,
+    /// The replica evicted to restore the spread.
+    pub instance_moved: Option<InstanceMove>,
     /// The backup Job this reconcile created (a 409 means it exists: not ours).
     pub backup_job_created: Option<String>,
     /// The backup annotation was removed from the site.
@@ -271,7 +276,7 @@ pub async fn act(
     // 5. What the operator asks of Patroni, the budgets and slices no longer wanted, and the
     // switchover annotation last (so a failed write leaves the request to be retried).
     let db = &plan.database;
-    let (pdbs, slices, endpoints, switchover, config_patched, restarted, rebuilt) = futures::try_join!(
+    let (pdbs, slices, endpoints, switchover, config_patched, restarted, rebuilt, moved) = futures::try_join!(
         futures::future::try_join_all(plan.delete_pdbs.iter().map(|n| delete_named::<
             PodDisruptionBudget,
         >(
@@ -291,7 +296,9 @@ pub async fn act(
         patch_config(client, &ns, metrics, site, db.config.as_ref()),
         restart_database_pod(&pods, metrics, db.restart_pod.as_deref()),
         rebuild_standby(client, &ns, &pods, metrics, db.rebuild.as_ref()),
+        move_instance(&pods, metrics, db.move_instance.as_ref()),
     )?;
+    out.instance_moved = moved;
     out.database_pod_restarted = restarted;
     out.standby_rebuilt = rebuilt;
     out.pdbs_deleted = pdbs.into_iter().flatten().collect();
@@ -526,6 +533,30 @@ async fn rebuild_standby(
         }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(e) => Err(Error::kube("delete", "Pod")(e)),
+    }
+}
+
+/// Evicts a replica through the Eviction API (its budgets decide; a refusal is retried by a
+/// later reconcile) so that the StatefulSet recreates it where the scheduler's spreading puts
+/// it. `Some` when the eviction was accepted.
+async fn move_instance(
+    pods: &Api<Pod>,
+    metrics: &Metrics,
+    m: Option<&InstanceMove>,
+) -> Result<Option<InstanceMove>> {
+    let Some(m) = m else { return Ok(None) };
+    metrics.write("create", "Pod/eviction");
+    match pods.evict(&m.pod, &EvictParams::default()).await {
+        Ok(_) => {
+            metrics.pod_restart(Reason::Unbalanced);
+            info!(pod = %m.pod, from = %m.from, "moved a database replica to restore the spread");
+            Ok(Some(m.clone()))
+        }
+        Err(kube::Error::Api(s)) if matches!(s.code, 404 | 429) => {
+            info!(pod = %m.pod, code = s.code, "the eviction of a database replica was refused; trying again later");
+            Ok(None)
+        }
+        Err(err) => Err(Error::kube("evict", "Pod")(err)),
     }
 }
 

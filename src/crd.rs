@@ -833,6 +833,21 @@ pub struct DatabaseStatus {
     /// The last standby the operator rebuilt because it kept failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rebuild: Option<StandbyRebuild>,
+    /// The last replica the operator moved off a node that held too many instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_move: Option<InstanceMoved>,
+}
+
+/// A replica evicted so that the database spreads over the nodes again (its replacement is
+/// placed by the scheduler's spreading).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceMoved {
+    /// Pod name of the replica.
+    pub instance: String,
+    /// The node it was moved off.
+    pub from: String,
+    pub at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 /// A standby rebuilt from the primary: its volume deleted, Patroni cloned the primary anew.

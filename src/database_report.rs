@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::act::Outcomes;
-use crate::crd::{DatabaseStatus, InstanceStatus, LeaderChange, StandbyRebuild, SynchronousMode};
+use crate::crd::{
+    DatabaseStatus, InstanceMoved, InstanceStatus, LeaderChange, StandbyRebuild, SynchronousMode,
+};
 use crate::patroni::{PRIMARY, State};
 use crate::plan::database::SWITCHOVER_TIMEOUT;
 use crate::reason::Reason;
@@ -67,6 +69,14 @@ pub fn fill(
             reason: r.why.clone(),
         }),
         None => prev.last_rebuild.clone(),
+    };
+    status.last_move = match &outcomes.instance_moved {
+        Some(m) => Some(InstanceMoved {
+            instance: m.pod.clone(),
+            from: m.from.clone(),
+            at: now.clone(),
+        }),
+        None => prev.last_move.clone(),
     };
     let pending = prev
         .pending_switchover

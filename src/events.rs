@@ -292,6 +292,15 @@ fn database(
             ),
         ));
     }
+    if let Some(m) = &outcomes.instance_moved {
+        events.push(SiteEvent::normal(
+            Reason::DatabaseInstanceMoved,
+            format!(
+                "evicted replica {} from {} to restore the spread (instances per node {}); the StatefulSet places it anew",
+                m.pod, m.from, m.counts
+            ),
+        ));
+    }
     if let (Some(why), true) = (&plan.database.refused, outcomes.annotation_cleared) {
         events.push(SiteEvent::warning(
             Reason::SwitchoverRefused,

@@ -63,6 +63,8 @@ pub enum Reason {
     SwitchoverFailed,
     DatabaseInstanceRestarted,
     DatabaseStandbyRebuilt,
+    /// A replica evicted so that the instances spread over the nodes again.
+    DatabaseInstanceMoved,
     // Backups: problems (Degraded)
     BackupCredentialsNotFound,
     #[strum(serialize = "BackupCANotFound")]

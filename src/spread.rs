@@ -1,9 +1,10 @@
-//! Restoring the spread of the app pods, the pure part. The scheduler spreads pods only when
-//! it places them: after a node failed and came back, the pods that were replaced elsewhere
-//! stay doubled up on the surviving nodes, and nothing in Kubernetes moves them back (the
-//! descheduler project exists for this). This picks one pod to evict, so that its
-//! replacement lands on the emptier node, while every pod is ready and the Deployment is
-//! rolled out, one pod per reconcile.
+//! Restoring the spread of the app pods and the database instances, the pure part. The
+//! scheduler spreads pods only when it places them: after a node failed and came back, the
+//! pods that were replaced elsewhere stay doubled up on the surviving nodes, and nothing in
+//! Kubernetes moves them back (the descheduler project exists for this). `pick` chooses one
+//! pod to evict, so that its replacement lands on the emptier node; `rebalance` does it for
+//! the app pods while every pod is ready and the Deployment is rolled out, one pod per
+//! reconcile; `plan::database` for a database replica while every instance serves.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -114,9 +115,6 @@ pub fn rebalance(
     now: Timestamp,
 ) -> RebalancePlan {
     let calm = RebalancePlan::Later(None);
-    if site.spec.high_availability.spread == SpreadPolicy::None || pods.len() < 2 {
-        return calm;
-    }
     let Some(d) = deployment else { return calm };
     let st = d.status.clone().unwrap_or_default();
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
@@ -133,6 +131,50 @@ pub fn rebalance(
     {
         return calm;
     }
+    let pods: Vec<&Pod> = pods.iter().collect();
+    match pick(site, &pods, |_| true, nodes, now) {
+        Pick::Calm => calm,
+        Pick::Wait(d) => RebalancePlan::Later(Some(d)),
+        Pick::Move { pod, from, counts } => RebalancePlan::Move(Restart {
+            pod,
+            reason: Reason::Unbalanced,
+            message: format!(
+                "moved from {from} to restore the spread (app pods per node {counts})"
+            ),
+        }),
+    }
+}
+
+/// What `pick` found.
+#[derive(Debug, PartialEq)]
+pub enum Pick {
+    /// Spread well enough, or nothing can move.
+    Calm,
+    /// The node to move to has not been Ready for `SETTLE` yet.
+    Wait(Duration),
+    Move {
+        pod: String,
+        from: String,
+        /// The pods per node, for the message (`n1: 2, n2: 1, n3: 0`).
+        counts: String,
+    },
+}
+
+/// The pod to move so that `pods` (one component's, all of them counted) spread better over the
+/// eligible zones and nodes: one from the fullest zone's fullest node among those `movable`,
+/// when that node (or zone) holds at least two more than the emptiest, so that the
+/// replacement, placed by the scheduler's spreading, evens them out. The caller decides
+/// whether the site is calm enough for a move.
+pub fn pick(
+    site: &ArticleSite,
+    pods: &[&Pod],
+    movable: impl Fn(&Pod) -> bool,
+    nodes: &[NodeFacts],
+    now: Timestamp,
+) -> Pick {
+    if site.spec.high_availability.spread == SpreadPolicy::None || pods.len() < 2 {
+        return Pick::Calm;
+    }
     let eligible = eligible(site, nodes);
     let node_of = |p: &Pod| {
         p.spec
@@ -147,7 +189,7 @@ pub fn rebalance(
             Some(n) => *n += 1,
             // A pod on a node the scheduler would not use now: a drain or a node loss is in
             // progress, which the other mechanisms handle first.
-            None => return calm,
+            None => return Pick::Calm,
         }
     }
     let zone_of: BTreeMap<&str, &str> = eligible
@@ -159,32 +201,42 @@ pub fn rebalance(
         let zone = zone_of.get(node).copied().unwrap_or_default();
         *per_zone.entry(zone).or_default() += count;
     }
-    let skew = |counts: &mut dyn Iterator<Item = usize>| {
-        let all: Vec<usize> = counts.collect();
-        all.iter().max().unwrap_or(&0) - all.iter().min().unwrap_or(&0)
-    };
     let zoned = per_zone.keys().any(|z| !z.is_empty());
-    let zone_skew = if zoned {
-        skew(
-            &mut per_zone
-                .iter()
-                .filter(|(z, _)| !z.is_empty())
-                .map(|(_, c)| *c),
-        )
-    } else {
-        0
+    let fewest_in_zone = per_zone
+        .iter()
+        .filter(|(z, _)| !z.is_empty())
+        .map(|(_, c)| *c)
+        .min()
+        .unwrap_or(0);
+    let fewest_on_node = per_node.values().copied().min().unwrap_or(0);
+    let zone_count = |node: &str| {
+        let zone = zone_of.get(node).copied().unwrap_or_default();
+        per_zone.get(zone).copied().unwrap_or(0)
     };
-    let node_skew = skew(&mut per_node.values().copied());
-    if zone_skew <= 1 && node_skew <= 1 {
-        return calm;
+    let node_count = |node: &str| per_node.get(node).copied().unwrap_or(0);
+    let mut sorted: Vec<&Pod> = pods.iter().copied().filter(|p| movable(p)).collect();
+    sorted.sort_by_key(|p| p.metadata.name.clone());
+    let Some(victim) = sorted.into_iter().max_by_key(|p| {
+        let node = node_of(p);
+        (
+            zone_count(&node),
+            node_count(&node),
+            std::cmp::Reverse(p.metadata.name.clone()),
+        )
+    }) else {
+        return Pick::Calm;
+    };
+    let from = node_of(victim);
+    // `maxSkew: 1`: only a difference of two or more is worth a move.
+    let uneven = (zoned && zone_count(&from) >= fewest_in_zone + 2)
+        || node_count(&from) >= fewest_on_node + 2;
+    if !uneven {
+        return Pick::Calm;
     }
     // The emptiest node must have settled before a pod moves there.
     let emptiest = per_node
         .iter()
-        .min_by_key(|(name, count)| {
-            let zone = zone_of.get(**name).copied().unwrap_or_default();
-            (**count, per_zone.get(zone).copied().unwrap_or(0), **name)
-        })
+        .min_by_key(|(name, count)| (**count, zone_count(name), **name))
         .map(|(name, _)| *name)
         .unwrap_or_default();
     if let Some(since) = eligible
@@ -195,31 +247,15 @@ pub fn rebalance(
         let ready_for = now.duration_since(since);
         if ready_for < SETTLE {
             let left = (SETTLE - ready_for).as_secs().max(1);
-            return RebalancePlan::Later(Some(Duration::from_secs(left as u64)));
+            return Pick::Wait(Duration::from_secs(left as u64));
         }
     }
-    let mut sorted: Vec<&Pod> = pods.iter().collect();
-    sorted.sort_by_key(|p| p.metadata.name.clone());
-    let victim = sorted.into_iter().max_by_key(|p| {
-        let node = node_of(p);
-        let zone = zone_of.get(node.as_str()).copied().unwrap_or_default();
-        (
-            per_zone.get(zone).copied().unwrap_or(0),
-            per_node.get(node.as_str()).copied().unwrap_or(0),
-            std::cmp::Reverse(p.metadata.name.clone()),
-        )
-    });
-    let Some(victim) = victim else { return calm };
-    let from = node_of(victim);
     let counts: BTreeSet<String> = per_node.iter().map(|(n, c)| format!("{n}: {c}")).collect();
-    RebalancePlan::Move(Restart {
+    Pick::Move {
         pod: victim.metadata.name.clone().unwrap_or_default(),
-        reason: Reason::Unbalanced,
-        message: format!(
-            "moved from {from} to restore the spread (app pods per node {})",
-            counts.into_iter().collect::<Vec<_>>().join(", ")
-        ),
-    })
+        from,
+        counts: counts.into_iter().collect::<Vec<_>>().join(", "),
+    }
 }
 
 #[cfg(test)]

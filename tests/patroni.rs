@@ -1180,3 +1180,149 @@ async fn a_standby_that_keeps_failing_is_rebuilt_on_a_new_volume() {
         tokio::time::sleep(Duration::from_millis(500)).await; // poll interval of a window that asserts nothing happens
     }
 }
+
+/// Removes a test's label from nodes at the end, also when the test panics.
+struct Unlabel(Api<Node>, Vec<String>, String);
+impl Drop for Unlabel {
+    fn drop(&mut self) {
+        let (nodes, names, key) = (self.0.clone(), self.1.clone(), self.2.clone());
+        common::block_on_own_runtime(move || async move {
+            for name in names {
+                let _ = nodes
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"labels": {key.as_str(): null}}})),
+                    )
+                    .await;
+            }
+        });
+    }
+}
+
+/// A replica that shares a node with the primary (here: the site's node selector matched two
+/// nodes only when it was created) moves to a third node once that one is eligible and every
+/// instance serves: exactly one eviction, never the primary, recorded in `status.database.lastMove`
+/// and a `DatabaseInstanceMoved` Event (`src/plan/database.rs`, `respread`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_beside_the_primary_moves_to_a_free_node() {
+    let f = fixture("pg-respread").await;
+    let nodes: Api<Node> = Api::all(f.client.clone());
+    // One untainted, schedulable simulated node in each of three zones.
+    let mut by_zone: BTreeMap<String, String> = BTreeMap::new();
+    for n in nodes
+        .list(&ListParams::default().labels("type=kwok"))
+        .await
+        .expect("nodes")
+        .items
+    {
+        let spec = n.spec.clone().unwrap_or_default();
+        if spec.unschedulable.unwrap_or(false) || !spec.taints.unwrap_or_default().is_empty() {
+            continue;
+        }
+        if let Some(zone) = n.labels().get("topology.kubernetes.io/zone") {
+            by_zone.entry(zone.clone()).or_insert(n.name_any());
+        }
+    }
+    let picked: Vec<String> = by_zone.into_values().take(3).collect();
+    assert_eq!(
+        picked.len(),
+        3,
+        "three zones of simulated nodes: {picked:?}"
+    );
+    let key = format!("articlesite.io/pool-{}", f.ns.name);
+    let _unlabel = Unlabel(nodes.clone(), picked.clone(), key.clone());
+    let label = |node: String| {
+        let (nodes, key) = (nodes.clone(), key.clone());
+        async move {
+            nodes
+                .patch(
+                    &node,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {key.as_str(): "db"}}})),
+                )
+                .await
+                .expect("label node");
+        }
+    };
+    label(picked[0].clone()).await;
+    label(picked[1].clone()).await;
+
+    // Required spreading: the scheduler must put a replacement in the emptiest zone.
+    let mut body = spec(Some(3));
+    body["highAvailability"] = json!({"spread": "Required"});
+    body["placement"] = json!({"nodeSelector": {key.as_str(): "db"}});
+    f.sites
+        .create(&PostParams::default(), &site("db", body))
+        .await
+        .expect("create site");
+    let pods = f.database_pods("db", 3).await;
+    let [p0, p1] = ["db-postgresql-0", "db-postgresql-1"];
+    f.patroni_cluster("db", &pods, p0, p1).await;
+    f.wait_status("db", "primary reported", |s| {
+        (s.status.as_ref()?.database.as_ref()?.primary.as_deref() == Some(p0)).then_some(())
+    })
+    .await;
+    let per_node = |pods: &[Pod]| {
+        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in pods {
+            m.entry(node_of(p).to_string())
+                .or_default()
+                .push(p.name_any());
+        }
+        m
+    };
+    let before = per_node(&pods);
+    assert_eq!(before.len(), 2, "three instances on two nodes: {before:?}");
+    let crowded = before
+        .iter()
+        .find(|(_, on)| on.len() == 2)
+        .map(|(n, _)| n.clone())
+        .expect("a node with two instances");
+    let primary_uid = pods
+        .iter()
+        .find(|p| p.name_any() == p0)
+        .and_then(|p| p.uid());
+
+    // The third node becomes eligible; every new pod is played as a streaming replica.
+    label(picked[2].clone()).await;
+    let started = Instant::now();
+    let after = wait_for("one instance per node", TIMEOUT, || async {
+        let pods = live_pods(&f.pods, "db", "database").await?;
+        for p in &pods {
+            if is_ready(p) && !p.annotations().contains_key("status") {
+                f.member(&p.name_any(), "replica", "streaming", 5000).await;
+            }
+        }
+        let counts = per_node(&pods);
+        let ready = pods.iter().filter(|p| is_ready(p)).count();
+        if ready == 3 && counts.len() == 3 {
+            Ok(counts)
+        } else {
+            Err(format!("{ready} ready, {counts:?}"))
+        }
+    })
+    .await;
+    let moved = f
+        .wait_status("db", "the move recorded", |s| {
+            s.status.as_ref()?.database.as_ref()?.last_move.clone()
+        })
+        .await;
+    println!(
+        "kwok: instances {before:?} -> {after:?} {:.1}s after a third node became eligible; moved {} off {}",
+        started.elapsed().as_secs_f64(),
+        moved.instance,
+        moved.from
+    );
+    assert_ne!(moved.instance, p0, "never the primary");
+    assert_eq!(moved.from, crowded);
+    assert!(after.contains_key(&picked[2]), "{after:?}");
+    let primary = f.pods.get(p0).await.expect("primary");
+    assert_eq!(primary.uid(), primary_uid, "the primary was not touched");
+    // Exactly one move, and none once the instances are spread.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        assert_eq!(f.event_count("DatabaseInstanceMoved").await, 1, "one move");
+        tokio::time::sleep(Duration::from_secs(1)).await; // poll interval of a window that asserts nothing happens
+    }
+}

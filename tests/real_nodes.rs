@@ -298,6 +298,28 @@ async fn scenario(
     )
     .await;
     let respread = t0.elapsed();
+    // Likewise a database pod recreated beside another instance (where one node's loss would
+    // stop the database): the operator moves a replica to the free node (`plan::database`).
+    let (pods, name) = (site.pods.clone(), site.name.clone());
+    wait_for_explained(
+        "one database instance per node again",
+        Duration::from_secs(240),
+        || {
+            let (pods, name) = (pods.clone(), name.clone());
+            async move {
+                let db = ready_on(&pods, &name, "database").await?;
+                let on: BTreeSet<&String> = db.iter().map(|(_, n)| n).collect();
+                if db.len() == 3 && on.len() == 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{db:?}"))
+                }
+            }
+        },
+        || site_picture(&site.pods, &site.name),
+    )
+    .await;
+    let db_respread = t0.elapsed();
     let (reads, failed_reads, first_failed, writes, failed_writes) = load.counts(t0);
     let outage = load.write_outage(t0);
     // Writes the article server held for a primary are slow, not failed: the longest time
@@ -318,12 +340,13 @@ async fn scenario(
         None => "the primary kept writes".to_string(),
     };
     let line = format!(
-        "{fault} of {node} ({target:?}): NotReady after {}, app pods replaced after {}, {heal} at +{}, site whole again at +{} on {spread} nodes, one pod per node again at +{}; {new_writer}; writes paused {} at most; {writes_resumed}; reads {failed_reads}/{reads} failed ({first_failed} first attempts), writes {failed_writes}/{writes} failed",
+        "{fault} of {node} ({target:?}): NotReady after {}, app pods replaced after {}, {heal} at +{}, site whole again at +{} on {spread} nodes, one pod per node again at +{}, one database instance per node at +{}; {new_writer}; writes paused {} at most; {writes_resumed}; reads {failed_reads}/{reads} failed ({first_failed} first attempts), writes {failed_writes}/{writes} failed",
         secs(not_ready),
         secs(replaced),
         secs(healed_at - t0),
         secs(back),
         secs(respread),
+        secs(db_respread),
         secs(paused),
     );
     println!("{line}");

@@ -14,6 +14,12 @@
 //! - Rebuilding a standby that keeps failing (crash-looping, or PostgreSQL not starting) while
 //!   the primary serves: its claim and pod are deleted, the StatefulSet makes both anew and
 //!   Patroni clones the primary into the empty volume.
+//! - Moving a replica that shares a node (or zone) with other instances to a free one once
+//!   every instance serves (`spread::pick`): the scheduler spreads the pods only when it
+//!   places them, and a pod recreated after its node was away may land beside the primary,
+//!   where one node's loss stops the database. It is evicted and the StatefulSet recreates it
+//!   (its volume follows when the storage allows); when it comes back to the same node, its
+//!   volume holds it there, and the next move rebuilds it on a new volume.
 //! - Deleting the EndpointSlices the endpointslice controller left for the client Service
 //!   from before it lost its selector: kube-proxy would otherwise keep routing to the old pod
 //!   IP next to Patroni's leader.
@@ -22,7 +28,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
-use crate::crd::{ArticleSite, SwitchoverRequest};
+use crate::crd::{ArticleSite, SwitchoverRequest, SynchronousMode};
 use crate::observe::Observed;
 use crate::patroni::{self, State};
 use crate::resources::patroni_config;
@@ -97,6 +103,20 @@ pub struct DatabasePlan {
     /// A database pod to delete so that the StatefulSet recreates it with its new template.
     pub restart_pod: Option<String>,
     pub rebuild: Option<Rebuild>,
+    /// A replica to evict so that the database spreads over the nodes again.
+    pub move_instance: Option<InstanceMove>,
+    /// When to look again (a free node that has not settled yet).
+    pub recheck: Option<std::time::Duration>,
+}
+
+/// A replica evicted to restore the spread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceMove {
+    pub pod: String,
+    /// Its node, which holds too many instances.
+    pub from: String,
+    /// The instances per node, for the Event.
+    pub counts: String,
 }
 
 /// A standby to rebuild from the primary.
@@ -126,6 +146,7 @@ impl DatabasePlan {
             && self.delete_endpoints.is_none()
             && self.restart_pod.is_none()
             && self.rebuild.is_none()
+            && self.move_instance.is_none()
     }
 }
 
@@ -224,7 +245,17 @@ pub fn plan(
         out.rebuild = Some(rebuild);
         return out;
     }
-    match restart_step(observed, state) {
+    let restart = restart_step(observed, state);
+    if restart.is_none() && !busy {
+        match respread(site, observed, state, now) {
+            Respread::Calm => {}
+            Respread::Wait(d) => out.recheck = Some(d),
+            Respread::Move(m) => out.move_instance = Some(m),
+            Respread::Rebuild(r) => out.rebuild = Some(r),
+        }
+        return out;
+    }
+    match restart {
         Some(RestartStep::Delete(pod)) => out.restart_pod = Some(pod),
         Some(RestartStep::SwitchOver) if !busy => {
             if let (Some(leader), Some(standby)) =
@@ -374,12 +405,100 @@ fn rebuild(
     })
 }
 
+/// A move is remembered this long: an instance found back on the node it was moved off
+/// within it was held there (by its volume's node affinity, or by the scheduler).
+pub const MOVE_MEMORY: SignedDuration = SignedDuration::from_secs(10 * 60);
+
+/// What `respread` found.
+#[derive(Debug, PartialEq)]
+enum Respread {
+    Calm,
+    Wait(std::time::Duration),
+    Move(InstanceMove),
+    /// The instance came back to the node it was moved off: a new volume lets it go.
+    Rebuild(Rebuild),
+}
+
+/// A replica to move off a node (or zone) that holds two instances more than another eligible
+/// one, only while everything is calm: every instance on the StatefulSet's update revision,
+/// serving (the primary, the replicas streaming), none coming or going, no move within
+/// `spread::SETTLE`. Never the primary, and, in synchronous modes, only while another replica
+/// streams to stand in for it as the synchronous standby.
+fn respread(site: &ArticleSite, observed: &Observed, state: &State, now: Timestamp) -> Respread {
+    let Some(sts) = observed.statefulset.as_ref() else {
+        return Respread::Calm;
+    };
+    let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let update = sts
+        .status
+        .as_ref()
+        .filter(|s| s.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0))
+        .and_then(|s| s.update_revision.as_deref());
+    let pods = observed.database_pods();
+    let Some(leader) = state.leader.as_deref() else {
+        return Respread::Calm;
+    };
+    let calm = update.is_some()
+        && pods.len() == usize::try_from(replicas).unwrap_or(0)
+        && pods.iter().any(|p| p.name_any() == leader)
+        && pods.iter().all(|p| {
+            !crate::ha::is_terminating(p)
+                && state.serving(p)
+                && p.labels().get(REVISION_LABEL).map(String::as_str) == update
+        });
+    if !calm {
+        return Respread::Calm;
+    }
+    let db = site.status.as_ref().and_then(|s| s.database.as_ref());
+    let last_move = db.and_then(|d| d.last_move.as_ref());
+    if last_move.is_some_and(|m| now.duration_since(m.at.0) < crate::spread::SETTLE) {
+        return Respread::Calm;
+    }
+    let asynchronous = site.spec.database.synchronous_mode == SynchronousMode::Asynchronous;
+    let movable = |p: &Pod| {
+        let name = p.name_any();
+        name != leader
+            && (asynchronous
+                || pods
+                    .iter()
+                    .any(|o| o.name_any() != name && o.name_any() != leader && state.serving(o)))
+    };
+    match crate::spread::pick(site, &pods, movable, &observed.node_facts, now) {
+        crate::spread::Pick::Calm => Respread::Calm,
+        crate::spread::Pick::Wait(d) => Respread::Wait(d),
+        crate::spread::Pick::Move { pod, from, counts } => {
+            let held = last_move.is_some_and(|m| {
+                m.instance == pod && m.from == from && now.duration_since(m.at.0) < MOVE_MEMORY
+            });
+            if !held {
+                return Respread::Move(InstanceMove { pod, from, counts });
+            }
+            // Held on its node: a new volume lets it go, at most once per `REBUILD_INTERVAL`
+            // (each rebuild copies the whole database; a scheduler that still insists then
+            // leaves it, and `DatabaseHighlyAvailable` says so).
+            let rebuilt_lately = db
+                .and_then(|d| d.last_rebuild.as_ref())
+                .is_some_and(|r| now.duration_since(r.at.0) < REBUILD_INTERVAL);
+            if rebuilt_lately {
+                return Respread::Calm;
+            }
+            Respread::Rebuild(Rebuild {
+                claim: format!("{}-{pod}", crate::resources::statefulset::DATA_VOLUME),
+                why: format!(
+                    "it came back to {from} after it was moved off to restore the spread (instances per node {counts}): its volume holds it there"
+                ),
+                pod,
+            })
+        }
+    }
+}
+
 /// Whom the primary hands over to before its restart: the healthy synchronous standby (in
 /// synchronous modes nobody else may take over), any ready replica in asynchronous mode.
 /// `None` inside: let Patroni choose; outer `None`: nobody can take over now.
 fn restart_target(site: &ArticleSite, state: &State) -> Option<Option<String>> {
     match site.spec.database.synchronous_mode {
-        crate::crd::SynchronousMode::Asynchronous => state
+        SynchronousMode::Asynchronous => state
             .members
             .iter()
             .any(|m| Some(m.pod.as_str()) != state.leader.as_deref() && m.ready)

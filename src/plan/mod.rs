@@ -245,6 +245,7 @@ pub fn plan(site: &ArticleSite, observed: &Observed, now: Timestamp) -> Plan {
             .then_some(Duration::from_secs(5)),
         // A pending switchover is looked at again until it happened or timed out.
         database::pending(site, now).map(|_| Duration::from_secs(5)),
+        database.recheck,
         backup.recheck,
     ]
     .into_iter()

@@ -1120,3 +1120,152 @@ fn a_site_created_with_autoscaling_starts_at_its_minimum_then_hands_over() {
     });
     assert_eq!(replicas, Some(None), "then replicas is left out");
 }
+
+/// `replicated()` on three nodes in three zones, Ready for an hour, the StatefulSet at three.
+fn replicated_on_three_nodes() -> (ArticleSite, Observed) {
+    let (s, mut o) = replicated();
+    o.node_facts = [("n1", "a"), ("n2", "b"), ("n3", "c")]
+        .into_iter()
+        .map(|(name, zone)| crate::spread::NodeFacts {
+            name: name.into(),
+            zone: zone.into(),
+            ready_since: Some(Timestamp::from_second(10_000 - 3_600).unwrap()),
+            ..Default::default()
+        })
+        .collect();
+    o.statefulset
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .replicas = Some(3);
+    (s, o)
+}
+
+fn place(o: &mut Observed, pod: &str, node: &str) {
+    let p = o
+        .pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some(pod))
+        .unwrap();
+    p.spec.as_mut().unwrap().node_name = Some(node.into());
+}
+
+fn last_move(s: &mut ArticleSite, instance: &str, from: &str, secs_ago: i64) {
+    let status = s.status.get_or_insert_with(Default::default);
+    let db = status.database.get_or_insert_with(Default::default);
+    db.last_move = Some(crate::crd::InstanceMoved {
+        instance: instance.into(),
+        from: from.into(),
+        at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::from_second(10_000 - secs_ago).unwrap(),
+        ),
+    });
+}
+
+#[test]
+fn a_replica_beside_the_primary_moves_to_the_free_node_once_every_instance_serves() {
+    let (s, mut o) = replicated_on_three_nodes();
+    assert!(plan(&s, &o, now()).database.is_empty(), "one per node");
+    // Recreated after its node was away, -2 landed beside the primary.
+    place(&mut o, "news-postgresql-2", "n1");
+    let m = plan(&s, &o, now()).database.move_instance.expect("a move");
+    // Never the primary (-0, first by name).
+    assert_eq!(
+        (m.pod.as_str(), m.from.as_str()),
+        ("news-postgresql-2", "n1")
+    );
+    assert!(
+        m.counts.contains("n1: 2") && m.counts.contains("n3: 0"),
+        "{}",
+        m.counts
+    );
+
+    // Not while an instance does not serve: -1 is still catching up.
+    let mut catching_up = o.clone();
+    let p = catching_up
+        .pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some("news-postgresql-1"))
+        .unwrap();
+    p.metadata.annotations.as_mut().unwrap().insert(
+        "status".into(),
+        patroni_status("replica", "starting", 90).to_string(),
+    );
+    assert_eq!(plan(&s, &catching_up, now()).database.move_instance, None);
+    // Not to a node back for 10 s only: looked at again when it has settled.
+    let mut back = o.clone();
+    back.node_facts[2].ready_since = Some(Timestamp::from_second(9_990).unwrap());
+    let p = plan(&s, &back, now());
+    assert_eq!(p.database.move_instance, None);
+    assert_eq!(p.recheck, Some(std::time::Duration::from_secs(50)));
+    // Not within a minute of the last move.
+    let mut moved = s.clone();
+    last_move(&mut moved, "news-postgresql-1", "n2", 30);
+    assert_eq!(plan(&moved, &o, now()).database.move_instance, None);
+    // Spreading switched off.
+    let mut off = s.clone();
+    off.spec.high_availability.spread = crate::crd::SpreadPolicy::None;
+    assert_eq!(plan(&off, &o, now()).database.move_instance, None);
+}
+
+#[test]
+fn a_replica_held_on_its_node_by_its_volume_is_rebuilt_elsewhere_once() {
+    let (mut s, mut o) = replicated_on_three_nodes();
+    place(&mut o, "news-postgresql-2", "n1");
+    // Moved off n1 two minutes ago, and back on n1.
+    last_move(&mut s, "news-postgresql-2", "n1", 120);
+    let p = plan(&s, &o, now()).database;
+    assert_eq!(p.move_instance, None);
+    let r = p.rebuild.expect("a rebuild on a new volume");
+    assert_eq!(
+        (r.pod.as_str(), r.claim.as_str()),
+        ("news-postgresql-2", "data-news-postgresql-2")
+    );
+    assert!(r.why.contains("came back to n1"), "{}", r.why);
+    // After that rebuild, a scheduler that still insists is left alone.
+    s.status
+        .as_mut()
+        .unwrap()
+        .database
+        .as_mut()
+        .unwrap()
+        .last_rebuild = Some(crate::crd::StandbyRebuild {
+        instance: "news-postgresql-2".into(),
+        at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::from_second(9_900).unwrap(),
+        ),
+        reason: r.why,
+    });
+    assert!(plan(&s, &o, now()).database.is_empty());
+    // A move long ago says nothing of this one: a plain move.
+    let (mut s, _) = replicated_on_three_nodes();
+    last_move(&mut s, "news-postgresql-2", "n1", 3_600);
+    assert!(plan(&s, &o, now()).database.move_instance.is_some());
+}
+
+#[test]
+fn in_synchronous_modes_the_only_standby_stays_where_it_is() {
+    let (s, mut o) = replicated_on_three_nodes();
+    // Two instances, both on n1: moving the replica would leave the primary without a standby.
+    o.pods.truncate(2);
+    place(&mut o, "news-postgresql-1", "n1");
+    o.statefulset
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .replicas = Some(2);
+    let mut two = s.clone();
+    two.spec.database.instances = Some(2);
+    assert_eq!(plan(&two, &o, now()).database.move_instance, None);
+    // Asynchronous: no standby is waited for, so it may move.
+    two.spec.database.synchronous_mode = crate::crd::SynchronousMode::Asynchronous;
+    let m = plan(&two, &o, now())
+        .database
+        .move_instance
+        .expect("a move in asynchronous mode");
+    assert_eq!(m.pod, "news-postgresql-1");
+}

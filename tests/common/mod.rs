@@ -113,12 +113,60 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let name = self.name.clone();
+        // Deleting the namespace makes the kubelets remove its pods' logs: after a failure,
+        // keep what the real nodes' containers said (Patroni's decisions are only there).
+        if std::thread::panicking() {
+            keep_real_node_pod_logs(&name);
+        }
         block_on_own_runtime(move || async move {
             let _ = Api::<Namespace>::all(client().await)
                 .delete(&name, &DeleteParams::background())
                 .await;
         });
     }
+}
+
+/// Copies the pod logs of namespace `ns` from every real node (`$REAL_NODE_DIR/<node>/pod-logs`,
+/// the kubelets' `podLogsDir`) to `target/tmp/pod-logs/<ns>/<node>/`. Best effort: a test
+/// that already failed must not fail differently here.
+fn keep_real_node_pod_logs(ns: &str) {
+    fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            let target = to.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                copy_tree(&entry.path(), &target)?;
+            } else {
+                std::fs::copy(entry.path(), target)?;
+            }
+        }
+        Ok(())
+    }
+    let dir = std::env::var_os("REAL_NODE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cluster_dir().join("real-nodes"));
+    let kept = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("pod-logs")
+        .join(ns);
+    let Ok(nodes) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let prefix = format!("{ns}_");
+    for node in nodes.flatten() {
+        let Ok(pods) = std::fs::read_dir(node.path().join("pod-logs")) else {
+            continue;
+        };
+        for pod in pods.flatten() {
+            if pod.file_name().to_string_lossy().starts_with(&prefix) {
+                let to = kept.join(node.file_name()).join(pod.file_name());
+                if let Err(e) = copy_tree(&pod.path(), &to) {
+                    eprintln!("keeping the logs of {}: {e}", pod.path().display());
+                }
+            }
+        }
+    }
+    eprintln!("the real nodes' pod logs of {ns} are in {}", kept.display());
 }
 
 /// Runs a clean-up to its end from a `Drop`. Drop cannot be async, and the test's client is
