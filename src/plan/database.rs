@@ -451,8 +451,12 @@ fn respread(site: &ArticleSite, observed: &Observed, state: &State, now: Timesta
     }
     let db = site.status.as_ref().and_then(|s| s.database.as_ref());
     let last_move = db.and_then(|d| d.last_move.as_ref());
-    if last_move.is_some_and(|m| now.duration_since(m.at.0) < crate::spread::SETTLE) {
-        return Respread::Calm;
+    if let Some(m) = last_move {
+        let since = now.duration_since(m.at.0);
+        if since < crate::spread::SETTLE {
+            let left = (crate::spread::SETTLE - since).as_secs().max(1);
+            return Respread::Wait(std::time::Duration::from_secs(left as u64));
+        }
     }
     let asynchronous = site.spec.database.synchronous_mode == SynchronousMode::Asynchronous;
     let movable = |p: &Pod| {

@@ -1203,7 +1203,9 @@ fn a_replica_beside_the_primary_moves_to_the_free_node_once_every_instance_serve
     // Not within a minute of the last move.
     let mut moved = s.clone();
     last_move(&mut moved, "news-postgresql-1", "n2", 30);
-    assert_eq!(plan(&moved, &o, now()).database.move_instance, None);
+    let p = plan(&moved, &o, now());
+    assert_eq!(p.database.move_instance, None);
+    assert_eq!(p.recheck, Some(std::time::Duration::from_secs(30)));
     // Spreading switched off.
     let mut off = s.clone();
     off.spec.high_availability.spread = crate::crd::SpreadPolicy::None;
