@@ -225,6 +225,26 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Creates site `db` of `body` with three instances, plays Patroni's cluster (`-0` leads,
+    /// `-1` is the synchronous standby) and waits for the primary in the status; its pods.
+    async fn replicated_site(&self, body: Value) -> Vec<Pod> {
+        self.sites
+            .create(&PostParams::default(), &site("db", body))
+            .await
+            .expect("create site");
+        let pods = self.database_pods("db", 3).await;
+        self.patroni_cluster("db", &pods, "db-postgresql-0", "db-postgresql-1")
+            .await;
+        self.wait_status("db", "primary reported", |s| {
+            (s.status.as_ref()?.database.as_ref()?.primary.as_deref() == Some("db-postgresql-0"))
+                .then_some(())
+        })
+        .await;
+        pods
+    }
+}
+
 fn match_labels(
     selector: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 ) -> BTreeMap<String, String> {
@@ -613,17 +633,8 @@ async fn status_and_events_follow_patroni_through_lag_failover_and_switchover() 
 async fn a_cordoned_primary_node_triggers_exactly_one_switchover_request() {
     let _nodes = NODES.lock().await;
     let f = fixture("pg-drain").await;
-    f.sites
-        .create(&PostParams::default(), &site("db", spec(Some(3))))
-        .await
-        .expect("create site");
-    let pods = f.database_pods("db", 3).await;
+    let pods = f.replicated_site(spec(Some(3))).await;
     let [p0, p1] = ["db-postgresql-0", "db-postgresql-1"];
-    f.patroni_cluster("db", &pods, p0, p1).await;
-    f.wait_status("db", "primary reported", |s| {
-        (s.status.as_ref()?.database.as_ref()?.primary.as_deref() == Some(p0)).then_some(())
-    })
-    .await;
     let node = node_of(&pods[0]).to_string();
     let nodes: Api<Node> = Api::all(f.client.clone());
     let _uncordon = Uncordon(nodes.clone(), node.clone());
@@ -980,17 +991,8 @@ async fn a_template_change_restarts_the_replicas_before_the_primary() {
     // A node cordoned by another test would make this primary switch over for the drain.
     let _nodes = NODES.lock().await;
     let f = fixture("pg-restart").await;
-    f.sites
-        .create(&PostParams::default(), &site("db", spec(Some(3))))
-        .await
-        .expect("create site");
-    let pods = f.database_pods("db", 3).await;
+    let pods = f.replicated_site(spec(Some(3))).await;
     let [p0, p1, p2] = ["db-postgresql-0", "db-postgresql-1", "db-postgresql-2"];
-    f.patroni_cluster("db", &pods, p0, p1).await;
-    f.wait_status("db", "primary reported", |s| {
-        (s.status.as_ref()?.database.as_ref()?.primary.as_deref() == Some(p0)).then_some(())
-    })
-    .await;
     let sts: StatefulSet = f.get("db-postgresql").await;
     let strategy = sts.spec.unwrap().update_strategy.unwrap().type_;
     assert_eq!(
@@ -1094,17 +1096,8 @@ async fn a_standby_that_keeps_failing_is_rebuilt_on_a_new_volume() {
     let f = fixture("pg-rebuild").await;
     let mut body = spec(Some(3));
     body["database"]["rebuildFailingStandbySeconds"] = json!(10);
-    f.sites
-        .create(&PostParams::default(), &site("db", body))
-        .await
-        .expect("create site");
-    let pods = f.database_pods("db", 3).await;
+    let pods = f.replicated_site(body).await;
     let [p0, p1, p2] = ["db-postgresql-0", "db-postgresql-1", "db-postgresql-2"];
-    f.patroni_cluster("db", &pods, p0, p1).await;
-    f.wait_status("db", "primary reported", |s| {
-        (s.status.as_ref()?.database.as_ref()?.primary.as_deref() == Some(p0)).then_some(())
-    })
-    .await;
     let claims: Api<PersistentVolumeClaim> = f.api();
     let claim_uid = |name: String| {
         let claims = claims.clone();
@@ -1252,17 +1245,8 @@ async fn a_replica_beside_the_primary_moves_to_a_free_node() {
     let mut body = spec(Some(3));
     body["highAvailability"] = json!({"spread": "Required"});
     body["placement"] = json!({"nodeSelector": {key.as_str(): "db"}});
-    f.sites
-        .create(&PostParams::default(), &site("db", body))
-        .await
-        .expect("create site");
-    let pods = f.database_pods("db", 3).await;
-    let [p0, p1] = ["db-postgresql-0", "db-postgresql-1"];
-    f.patroni_cluster("db", &pods, p0, p1).await;
-    f.wait_status("db", "primary reported", |s| {
-        (s.status.as_ref()?.database.as_ref()?.primary.as_deref() == Some(p0)).then_some(())
-    })
-    .await;
+    let pods = f.replicated_site(body).await;
+    let p0 = "db-postgresql-0";
     let per_node = |pods: &[Pod]| {
         let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for p in pods {

@@ -18,8 +18,8 @@
 //!   every instance serves (`spread::pick`): the scheduler spreads the pods only when it
 //!   places them, and a pod recreated after its node was away may land beside the primary,
 //!   where one node's loss stops the database. It is evicted and the StatefulSet recreates it
-//!   (its volume follows when the storage allows); when it comes back to the same node, its
-//!   volume holds it there, and the next move rebuilds it on a new volume.
+//!   (its volume follows when the storage allows); when its replacement comes back to the
+//!   same node, its volume holds it there, and the next move rebuilds it on a new volume.
 //! - Deleting the EndpointSlices the endpointslice controller left for the client Service
 //!   from before it lost its selector: kube-proxy would otherwise keep routing to the old pod
 //!   IP next to Patroni's leader.
@@ -405,9 +405,11 @@ fn rebuild(
     })
 }
 
-/// A move is remembered this long: an instance found back on the node it was moved off
-/// within it was held there (by its volume's node affinity, or by the scheduler).
-pub const MOVE_MEMORY: SignedDuration = SignedDuration::from_secs(10 * 60);
+/// The replacement of a moved instance is created within this long of the move (the old
+/// pod's graceful stop, then the StatefulSet): a pod of that name created so soon after a move
+/// and found on the node it was moved off was held there (by its volume's node affinity, or
+/// by the scheduler). One created later is a new pod after another fault, not a failed move.
+pub const MOVE_REPLACEMENT_WITHIN: SignedDuration = SignedDuration::from_secs(2 * 60);
 
 /// What `respread` found.
 #[derive(Debug, PartialEq)]
@@ -471,8 +473,17 @@ fn respread(site: &ArticleSite, observed: &Observed, state: &State, now: Timesta
         crate::spread::Pick::Calm => Respread::Calm,
         crate::spread::Pick::Wait(d) => Respread::Wait(d),
         crate::spread::Pick::Move { pod, from, counts } => {
+            let created = pods
+                .iter()
+                .find(|p| p.name_any() == pod)
+                .and_then(|p| p.metadata.creation_timestamp.as_ref())
+                .map(|t| t.0);
             let held = last_move.is_some_and(|m| {
-                m.instance == pod && m.from == from && now.duration_since(m.at.0) < MOVE_MEMORY
+                m.instance == pod
+                    && m.from == from
+                    && created.is_some_and(|c| {
+                        c >= m.at.0 && c.duration_since(m.at.0) < MOVE_REPLACEMENT_WITHIN
+                    })
             });
             if !held {
                 return Respread::Move(InstanceMove { pod, from, counts });

@@ -744,13 +744,7 @@ fn the_endpoints_controllers_leftover_goes_and_growth_waits_for_patroni() {
     let leftover: k8s_openapi::api::core::v1::Endpoints =
         serde_json::from_value(json!({"metadata": {"name": "news-postgresql"}})).unwrap();
     o.endpoints = vec![leftover];
-    o.statefulset
-        .as_mut()
-        .unwrap()
-        .spec
-        .as_mut()
-        .unwrap()
-        .replicas = Some(1);
+    statefulset_replicas(&mut o, 1);
     s.spec.database.instances = Some(3);
     let p = plan(&s, &o, now());
     assert_eq!(
@@ -844,6 +838,17 @@ fn a_new_template_restarts_replicas_first_then_switches_over_then_the_primary() 
     assert!(plan(&s, &o, now()).database.is_empty());
 }
 
+/// The StatefulSet's replica count as the operator last applied it.
+fn statefulset_replicas(o: &mut Observed, n: i32) {
+    o.statefulset
+        .as_mut()
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .replicas = Some(n);
+}
+
 #[test]
 fn a_single_instance_or_a_database_without_patroni_is_simply_restarted() {
     let (s, mut o) = replicated();
@@ -859,13 +864,7 @@ fn a_single_instance_or_a_database_without_patroni_is_simply_restarted() {
     assert_eq!(plan(&s, &o, now()).database.restart_pod, None);
     // One instance: restarted even with a leader object.
     o.pods.truncate(1);
-    o.statefulset
-        .as_mut()
-        .unwrap()
-        .spec
-        .as_mut()
-        .unwrap()
-        .replicas = Some(1);
+    statefulset_replicas(&mut o, 1);
     let mut one = s.clone();
     one.spec.database.instances = Some(1);
     assert_eq!(
@@ -1133,13 +1132,7 @@ fn replicated_on_three_nodes() -> (ArticleSite, Observed) {
             ..Default::default()
         })
         .collect();
-    o.statefulset
-        .as_mut()
-        .unwrap()
-        .spec
-        .as_mut()
-        .unwrap()
-        .replicas = Some(3);
+    statefulset_replicas(&mut o, 3);
     (s, o)
 }
 
@@ -1212,12 +1205,25 @@ fn a_replica_beside_the_primary_moves_to_the_free_node_once_every_instance_serve
     assert_eq!(plan(&off, &o, now()).database.move_instance, None);
 }
 
+/// Sets when `pod` was created, `secs_ago` before `now()`.
+fn created(o: &mut Observed, pod: &str, secs_ago: i64) {
+    let p = o
+        .pods
+        .iter_mut()
+        .find(|p| p.metadata.name.as_deref() == Some(pod))
+        .unwrap();
+    p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::from_second(10_000 - secs_ago).unwrap(),
+    ));
+}
+
 #[test]
 fn a_replica_held_on_its_node_by_its_volume_is_rebuilt_elsewhere_once() {
     let (mut s, mut o) = replicated_on_three_nodes();
     place(&mut o, "news-postgresql-2", "n1");
-    // Moved off n1 two minutes ago, and back on n1.
+    // Moved off n1 two minutes ago, and its replacement (made 20 s after) is on n1 again.
     last_move(&mut s, "news-postgresql-2", "n1", 120);
+    created(&mut o, "news-postgresql-2", 100);
     let p = plan(&s, &o, now()).database;
     assert_eq!(p.move_instance, None);
     let r = p.rebuild.expect("a rebuild on a new volume");
@@ -1245,6 +1251,15 @@ fn a_replica_held_on_its_node_by_its_volume_is_rebuilt_elsewhere_once() {
     let (mut s, _) = replicated_on_three_nodes();
     last_move(&mut s, "news-postgresql-2", "n1", 3_600);
     assert!(plan(&s, &o, now()).database.move_instance.is_some());
+    // Nor does a recent move whose replacement went elsewhere: this pod was made minutes
+    // later (after another fault), so a plain move again (seen on three real nodes).
+    let (mut s, _) = replicated_on_three_nodes();
+    last_move(&mut s, "news-postgresql-2", "n1", 400);
+    let mut later = o.clone();
+    created(&mut later, "news-postgresql-2", 60);
+    let p = plan(&s, &later, now()).database;
+    assert_eq!(p.rebuild, None);
+    assert!(p.move_instance.is_some());
 }
 
 #[test]
@@ -1253,13 +1268,7 @@ fn in_synchronous_modes_the_only_standby_stays_where_it_is() {
     // Two instances, both on n1: moving the replica would leave the primary without a standby.
     o.pods.truncate(2);
     place(&mut o, "news-postgresql-1", "n1");
-    o.statefulset
-        .as_mut()
-        .unwrap()
-        .spec
-        .as_mut()
-        .unwrap()
-        .replicas = Some(2);
+    statefulset_replicas(&mut o, 2);
     let mut two = s.clone();
     two.spec.database.instances = Some(2);
     assert_eq!(plan(&two, &o, now()).database.move_instance, None);
